@@ -1,0 +1,18 @@
+//! Watchword's engine: the lock-sharded in-memory challenge table and the
+//! rate-limited multi-carrier delivery router behind the gateway.
+//!
+//! The table API is synchronous and never awaits; the router is async where it
+//! does I/O. Nothing in this crate logs, counts or returns a code or a full
+//! destination.
+
+pub mod clock;
+pub mod code;
+pub mod events;
+pub mod mask;
+pub mod types;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use code::Code;
+pub use events::{Event, EventKind, EventSink, MemorySink, NullSink, OwnedEvent};
+pub use mask::{MaskedDestination, mask_destination};
+pub use types::{ChallengeId, ChallengeState, Channel, DeliveryState, TenantId, VerifyOutcome};
