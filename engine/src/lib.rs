@@ -7,8 +7,10 @@
 
 pub mod clock;
 pub mod code;
+pub mod delivery;
 pub mod events;
 pub mod mask;
+pub mod table;
 pub mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock};

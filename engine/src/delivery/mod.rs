@@ -1,0 +1,38 @@
+//! The delivery router: carriers, rate limits, retries, failover, sender pools.
+//!
+//! The router never touches the challenge table directly: it sees it through
+//! [`ChallengeLedger`], asks it before every try whether the challenge may still
+//! be sent to, and reports every change of delivery state to it.
+
+use crate::types::{ChallengeId, DeliveryState};
+
+/// A carrier's index in the router's carrier list; the table stores it in one
+/// byte. `CarrierSlot::NONE` means no carrier has taken the message yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CarrierSlot(pub u8);
+
+impl CarrierSlot {
+    /// No carrier yet.
+    pub const NONE: CarrierSlot = CarrierSlot(u8::MAX);
+}
+
+/// What the router needs from the challenge table (implemented by
+/// `table::ChallengeTable`).
+pub trait ChallengeLedger: Send + Sync + 'static {
+    /// Whether a message for `id` may still be sent now: the challenge exists,
+    /// is pending and its deadline has not passed. Checked before every try.
+    fn deliverable(&self, id: ChallengeId) -> bool;
+
+    /// Records where the latest message of `id` stands (and through which
+    /// carrier), and emits the matching event (`Sent`, `Delivered`,
+    /// `DeliveryFailed` with `reason`). A later state never goes back to an
+    /// earlier one for the same send. Unknown or forgotten ids are ignored.
+    fn delivery_update(
+        &self,
+        id: ChallengeId,
+        state: DeliveryState,
+        carrier: CarrierSlot,
+        carrier_name: &str,
+        reason: Option<&str>,
+    );
+}

@@ -1,0 +1,1 @@
+//! The lock-sharded challenge table (being written).
