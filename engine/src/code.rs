@@ -52,6 +52,16 @@ impl Code {
             .map(|_| Self { value, len })
     }
 
+    /// The stored form: the numeric value and the number of digits.
+    pub(crate) fn raw(&self) -> (u64, u8) {
+        (self.value, self.len)
+    }
+
+    /// Rebuilds a code from its stored form (see [`Code::raw`]).
+    pub(crate) fn from_raw(value: u64, len: u8) -> Self {
+        Self { value, len }
+    }
+
     /// The number of digits.
     pub fn len(&self) -> u8 {
         self.len

@@ -71,15 +71,13 @@ pub fn mask_destination(dest: &str) -> MaskedDestination {
     let bytes = main.as_bytes();
     let digit_count = bytes.iter().filter(|b| b.is_ascii_digit()).count();
     m.push(b"+");
-    let mut seen = 0usize;
-    for &b in bytes.iter().filter(|b| b.is_ascii_digit()) {
+    for (seen, &b) in bytes.iter().filter(|b| b.is_ascii_digit()).enumerate() {
         let keep = seen < 2 || seen + 2 >= digit_count;
         m.push(if keep && digit_count > 4 {
             std::slice::from_ref(&b)
         } else {
             b"*"
         });
-        seen += 1;
     }
     m
 }
@@ -91,14 +89,23 @@ mod tests {
     #[test]
     fn phone_numbers_keep_only_edges() {
         assert_eq!(mask_destination("+14255551234").as_str(), "+14*******34");
-        assert_eq!(mask_destination("+14255551234x5678").as_str(), "+14*******34");
+        assert_eq!(
+            mask_destination("+14255551234x5678").as_str(),
+            "+14*******34"
+        );
         assert_eq!(mask_destination("+331").as_str(), "+***");
     }
 
     #[test]
     fn emails_keep_first_letter_and_domain() {
-        assert_eq!(mask_destination("jane@example.com").as_str(), "j***@example.com");
-        assert_eq!(mask_destination("émile@exemple.fr").as_str(), "é***@exemple.fr");
+        assert_eq!(
+            mask_destination("jane@example.com").as_str(),
+            "j***@example.com"
+        );
+        assert_eq!(
+            mask_destination("émile@exemple.fr").as_str(),
+            "é***@exemple.fr"
+        );
     }
 
     #[test]

@@ -1,1 +1,899 @@
-//! The lock-sharded challenge table (being written).
+//! The lock-sharded challenge table: every pending one-time code lives here.
+//!
+//! Layout. `N` shards (a power of two), each a cache-padded `parking_lot` mutex
+//! over a [`Shard`]: a chunked slab of fixed-size entries, two `hashbrown`
+//! index tables of 4-byte slab slots (by id, and by tenant + subject), and a
+//! one-second timing wheel of slots to sweep.
+//!
+//! Sharding is by subject: the shard is chosen from the high bits of the
+//! `ahash` of (tenant, subject) — below the top 7 bits that hashbrown keeps for
+//! its control tags, so shard choice and bucket tags stay independent — and the
+//! shard index is written into the top bits of the challenge id. Every
+//! operation, by id or by subject, therefore takes exactly one shard lock, and
+//! supersede is atomic under it. The remaining >= 116 id bits come from the
+//! CSPRNG.
+//!
+//! This module must never: hold a lock across `.await` (the API is synchronous),
+//! take two shard locks at once, call the event sink with a lock held, evict a
+//! live challenge to make room, or let an expired code verify whether or not the
+//! sweeper has run.
+
+mod shard;
+mod sweeper;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crossbeam::utils::CachePadded;
+use parking_lot::Mutex;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Clock;
+use crate::code::{Code, MAX_CODE_LEN, MIN_CODE_LEN};
+use crate::delivery::{CarrierSlot, ChallengeLedger};
+use crate::events::{Event, EventKind, EventSink};
+use crate::mask::mask_destination;
+use crate::types::{ChallengeId, ChallengeState, Channel, DeliveryState, TenantId, VerifyOutcome};
+
+use shard::{Entry, Shard, Transition};
+pub use sweeper::Sweeper;
+
+/// Shortest accepted validity, seconds.
+pub const MIN_TTL_S: u16 = 30;
+/// Longest accepted validity, seconds.
+pub const MAX_TTL_S: u16 = 3600;
+/// Longest accepted subject, bytes.
+pub const MAX_SUBJECT_LEN: usize = 256;
+/// Longest accepted (normalised) destination, bytes.
+pub const MAX_DESTINATION_LEN: usize = 320;
+/// Most shards a table may have (ids keep at least 116 random bits).
+pub const MAX_SHARDS: usize = 4096;
+
+/// Sizing and timing of the table. `Default` is the production default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TableConfig {
+    /// Number of shards; 0 picks `(cores x 4).next_power_of_two()`. Otherwise
+    /// a power of two, at most 4096.
+    pub shards: usize,
+    /// Most pending challenges held at once; issuing beyond it fails with a
+    /// capacity error (a live challenge is never evicted).
+    pub capacity: usize,
+    /// How long a finished challenge stays visible to STATUS, seconds.
+    pub tombstone_grace_s: u32,
+    /// Most wheel entries the sweeper handles under one shard lock.
+    pub sweep_slice: usize,
+    /// How often the sweeper wakes, milliseconds.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        Self {
+            shards: 0,
+            capacity: 20_000_000,
+            tombstone_grace_s: 60,
+            sweep_slice: 256,
+            sweep_interval_ms: 100,
+        }
+    }
+}
+
+impl TableConfig {
+    /// The shard count this configuration resolves to.
+    pub fn resolved_shards(&self) -> usize {
+        if self.shards == 0 {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores * 4).next_power_of_two().min(MAX_SHARDS)
+        } else {
+            self.shards
+        }
+    }
+
+    /// Checks every field; the error names the field and the reason.
+    pub fn validate(&self) -> Result<(), IssueError> {
+        let shards = self.resolved_shards();
+        if !shards.is_power_of_two() || shards > MAX_SHARDS {
+            return Err(IssueError::invalid(
+                "table.shards",
+                format!("must be 0 (automatic) or a power of two up to {MAX_SHARDS}, got {shards}"),
+            ));
+        }
+        if self.capacity == 0 || self.capacity > u32::MAX as usize / 2 {
+            return Err(IssueError::invalid(
+                "table.capacity",
+                format!(
+                    "must be between 1 and {}, got {}",
+                    u32::MAX / 2,
+                    self.capacity
+                ),
+            ));
+        }
+        if self.sweep_slice == 0 {
+            return Err(IssueError::invalid(
+                "table.sweep_slice",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.sweep_interval_ms == 0 {
+            return Err(IssueError::invalid(
+                "table.sweep_interval_ms",
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One request to create a challenge, with every default already resolved.
+#[derive(Clone, Copy, Debug)]
+pub struct IssueSpec<'a> {
+    /// Whose challenge.
+    pub tenant: TenantId,
+    /// The upstream user id, 1..=256 bytes.
+    pub subject: &'a str,
+    /// How the code travels.
+    pub channel: Channel,
+    /// The normalised destination, 1..=320 bytes.
+    pub destination: &'a str,
+    /// Digits in the code, 4..=12.
+    pub code_len: u8,
+    /// Validity in seconds, 30..=3600.
+    pub ttl_s: u16,
+    /// Wrong codes allowed before the challenge locks, at least 1.
+    pub max_attempts: u8,
+}
+
+/// What [`ChallengeTable::issue`] hands back: the code goes to the router only.
+#[derive(Clone, Copy, Debug)]
+pub struct IssuedChallenge {
+    /// The new challenge's id.
+    pub id: ChallengeId,
+    /// The code to deliver (never to the caller on the wire).
+    pub code: Code,
+    /// When it stops verifying, Unix milliseconds.
+    pub expires_at_ms: u64,
+    /// The pending challenge it replaced, if any.
+    pub superseded: Option<ChallengeId>,
+}
+
+/// Why an issue was refused. Nothing was stored.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IssueError {
+    /// A field's value is not acceptable.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The field, as named on the wire or in configuration.
+        field: &'static str,
+        /// Why it is not acceptable.
+        reason: String,
+    },
+    /// The table holds its configured maximum of pending challenges.
+    #[error("the challenge table is full ({capacity} pending challenges)")]
+    Capacity {
+        /// The configured cap.
+        capacity: usize,
+    },
+}
+
+impl IssueError {
+    fn invalid(field: &'static str, reason: String) -> Self {
+        Self::InvalidArgument { field, reason }
+    }
+}
+
+/// What a pending challenge needs to be sent again (see [`ChallengeTable::resend`]).
+#[derive(Clone, Debug)]
+pub struct ResendTicket {
+    /// The challenge.
+    pub id: ChallengeId,
+    /// The same code as before.
+    pub code: Code,
+    /// The channel.
+    pub channel: Channel,
+    /// The normalised destination, for the router only.
+    pub destination: String,
+    /// The subject, for rate limits and audit.
+    pub subject: String,
+    /// When it expires, Unix milliseconds.
+    pub expires_at_ms: u64,
+    /// The carrier that carried the last send, to be avoided.
+    pub last_carrier: CarrierSlot,
+    /// Sends so far, this one included.
+    pub sends: u8,
+}
+
+/// What STATUS reports about a challenge (live or a recent tombstone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusInfo {
+    /// Where its life cycle stands.
+    pub state: ChallengeState,
+    /// Wrong codes still allowed.
+    pub attempts_left: u8,
+    /// Where its latest message stands.
+    pub delivery: DeliveryState,
+    /// The carrier of the latest message.
+    pub carrier: CarrierSlot,
+    /// When it expires (or expired), Unix milliseconds.
+    pub expires_at_ms: u64,
+    /// Sends so far.
+    pub sends: u8,
+}
+
+/// The pre-registered metric handles (no registry look-up on the hot path).
+struct TableMetrics {
+    issued: metrics::Counter,
+    superseded: metrics::Counter,
+    capacity_refused: metrics::Counter,
+    verify: [metrics::Counter; 5],
+    expired: metrics::Counter,
+    cancelled: metrics::Counter,
+    forgotten: metrics::Counter,
+    pending: metrics::Gauge,
+    tombstones: metrics::Gauge,
+}
+
+impl TableMetrics {
+    fn new() -> Self {
+        let verify = |outcome: &'static str| metrics::counter!("watchword_verify_total", "outcome" => outcome);
+        Self {
+            issued: metrics::counter!("watchword_challenges_issued_total"),
+            superseded: metrics::counter!("watchword_challenges_superseded_total"),
+            capacity_refused: metrics::counter!("watchword_challenges_capacity_refused_total"),
+            verify: [
+                verify("approved"),
+                verify("rejected"),
+                verify("expired"),
+                verify("locked"),
+                verify("unknown"),
+            ],
+            expired: metrics::counter!("watchword_challenges_expired_total"),
+            cancelled: metrics::counter!("watchword_challenges_cancelled_total"),
+            forgotten: metrics::counter!("watchword_challenges_forgotten_total"),
+            pending: metrics::gauge!("watchword_challenges_pending"),
+            tombstones: metrics::gauge!("watchword_challenges_tombstones"),
+        }
+    }
+}
+
+/// An event's data copied out of a shard, so the sink runs after the lock is
+/// released. Holds no code; the destination is masked on emission.
+struct PendingEvent {
+    kind: EventKind,
+    id: ChallengeId,
+    tenant: TenantId,
+    channel: Channel,
+    attempts_left: u8,
+    text: [u8; MAX_SUBJECT_LEN + MAX_DESTINATION_LEN],
+    subject_len: u16,
+    text_len: u16,
+}
+
+impl PendingEvent {
+    fn from_entry(kind: EventKind, e: &Entry) -> Self {
+        let mut text = [0u8; MAX_SUBJECT_LEN + MAX_DESTINATION_LEN];
+        let src = e.text();
+        text[..src.len()].copy_from_slice(src);
+        Self {
+            kind,
+            id: e.id,
+            tenant: TenantId(e.tenant),
+            channel: e.channel(),
+            attempts_left: e.attempts_left,
+            text,
+            subject_len: e.subject_len,
+            text_len: src.len() as u16,
+        }
+    }
+
+    fn emit(&self, sink: &dyn EventSink, at_ms: u64, carrier: Option<&str>, reason: Option<&str>) {
+        let subject_len = usize::from(self.subject_len);
+        let subject = std::str::from_utf8(&self.text[..subject_len]).unwrap_or("");
+        let destination =
+            std::str::from_utf8(&self.text[subject_len..usize::from(self.text_len)]).unwrap_or("");
+        sink.record(&Event {
+            kind: self.kind,
+            at_ms,
+            tenant: self.tenant,
+            id: self.id,
+            subject,
+            channel: self.channel,
+            destination: mask_destination(destination),
+            attempts_left: self.attempts_left,
+            carrier,
+            reason,
+        });
+    }
+}
+
+/// The lock-sharded table of challenges. Share it as `Arc<ChallengeTable>`.
+pub struct ChallengeTable {
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    shard_bits: u32,
+    hasher: ahash::RandomState,
+    clock: Arc<dyn Clock>,
+    sink: Arc<dyn EventSink>,
+    pending: CachePadded<AtomicUsize>,
+    config: TableConfig,
+    epoch_ms: u64,
+    metrics: TableMetrics,
+}
+
+impl std::fmt::Debug for ChallengeTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChallengeTable")
+            .field("shards", &self.shards.len())
+            .field("pending", &self.pending())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChallengeTable {
+    /// A new, empty table.
+    pub fn new(
+        config: TableConfig,
+        clock: Arc<dyn Clock>,
+        sink: Arc<dyn EventSink>,
+    ) -> Result<Self, IssueError> {
+        config.validate()?;
+        let n = config.resolved_shards();
+        let epoch_ms = clock.now_ms();
+        let hasher = ahash::RandomState::new();
+        let shards = (0..n)
+            .map(|_| CachePadded::new(Mutex::new(Shard::new(epoch_ms, hasher.clone()))))
+            .collect();
+        Ok(Self {
+            shards,
+            shard_bits: n.trailing_zeros(),
+            hasher,
+            clock,
+            sink,
+            pending: CachePadded::new(AtomicUsize::new(0)),
+            config,
+            epoch_ms,
+            metrics: TableMetrics::new(),
+        })
+    }
+
+    /// The configuration the table runs with.
+    pub fn config(&self) -> &TableConfig {
+        &self.config
+    }
+
+    /// The number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Pending challenges right now (tombstones not included).
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Entries held, pending and tombstones. Locking behaviour: takes each
+    /// shard lock in turn, one at a time.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Whether the table holds nothing at all. Locks like [`Self::len`].
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes the table's own structures reserve (slabs, indexes, wheels; the
+    /// per-entry heap text included). Locks like [`Self::len`].
+    pub fn reserved_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().reserved_bytes()).sum()
+    }
+
+    fn subject_hash(&self, tenant: TenantId, subject: &str) -> u64 {
+        self.hasher.hash_one((tenant.0, subject))
+    }
+
+    fn shard_of_hash(&self, hash: u64) -> usize {
+        if self.shard_bits == 0 {
+            0
+        } else {
+            // Skip the top 7 bits: hashbrown's control tags come from them.
+            ((hash << 7) >> (64 - self.shard_bits)) as usize
+        }
+    }
+
+    fn shard_of_id(&self, id: ChallengeId) -> usize {
+        if self.shard_bits == 0 {
+            0
+        } else {
+            (id.as_u128() >> (128 - self.shard_bits)) as usize
+        }
+    }
+
+    fn new_id(&self, shard: usize) -> ChallengeId {
+        let mut bytes = [0u8; 16];
+        rand::rng().fill_bytes(&mut bytes);
+        if self.shard_bits == 0 {
+            return ChallengeId(bytes);
+        }
+        let keep = u128::MAX >> self.shard_bits;
+        let v = (u128::from_be_bytes(bytes) & keep) | ((shard as u128) << (128 - self.shard_bits));
+        ChallengeId(v.to_be_bytes())
+    }
+
+    fn id_hash(&self, id: ChallengeId) -> u64 {
+        self.hasher.hash_one(id.0)
+    }
+
+    fn grace_ms(&self) -> u64 {
+        u64::from(self.config.tombstone_grace_s) * 1000
+    }
+
+    /// Validates a request; the error names the field and the reason.
+    pub fn validate(spec: &IssueSpec<'_>) -> Result<(), IssueError> {
+        if spec.subject.is_empty() {
+            return Err(IssueError::invalid("subject", "must not be empty".into()));
+        }
+        if spec.subject.len() > MAX_SUBJECT_LEN {
+            return Err(IssueError::invalid(
+                "subject",
+                format!(
+                    "is {} bytes; at most {MAX_SUBJECT_LEN} allowed",
+                    spec.subject.len()
+                ),
+            ));
+        }
+        if spec.destination.is_empty() {
+            return Err(IssueError::invalid(
+                "destination",
+                "must not be empty".into(),
+            ));
+        }
+        if spec.destination.len() > MAX_DESTINATION_LEN {
+            return Err(IssueError::invalid(
+                "destination",
+                format!(
+                    "is {} bytes; at most {MAX_DESTINATION_LEN} allowed",
+                    spec.destination.len()
+                ),
+            ));
+        }
+        if !(MIN_CODE_LEN..=MAX_CODE_LEN).contains(&spec.code_len) {
+            return Err(IssueError::invalid(
+                "code_len",
+                format!(
+                    "must be between {MIN_CODE_LEN} and {MAX_CODE_LEN} digits, got {}",
+                    spec.code_len
+                ),
+            ));
+        }
+        if !(MIN_TTL_S..=MAX_TTL_S).contains(&spec.ttl_s) {
+            return Err(IssueError::invalid(
+                "ttl_s",
+                format!(
+                    "must be between {MIN_TTL_S} and {MAX_TTL_S} seconds, got {}",
+                    spec.ttl_s
+                ),
+            ));
+        }
+        if spec.max_attempts == 0 {
+            return Err(IssueError::invalid(
+                "max_attempts",
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates a challenge with a fresh code, superseding the pending one for
+    /// the same tenant, subject, channel and destination.
+    ///
+    /// Locking behaviour: takes the subject's shard lock once; the sink is
+    /// called after it is released.
+    pub fn issue(&self, spec: &IssueSpec<'_>) -> Result<IssuedChallenge, IssueError> {
+        Self::validate(spec)?;
+        let now = self.clock.now_ms();
+        let hash = self.subject_hash(spec.tenant, spec.subject);
+        let shard_ix = self.shard_of_hash(hash);
+        let id = self.new_id(shard_ix);
+        let code = Code::generate(spec.code_len);
+        let expires_at_ms = now + u64::from(spec.ttl_s) * 1000;
+        let grace = self.grace_ms();
+
+        let (issued, superseded) = {
+            let mut shard = self.shards[shard_ix].lock();
+            let old = shard.find_same_target(hash, spec, now);
+            if old.is_none() {
+                // A new pending challenge: respect the cap, never evict.
+                let before = self.pending.fetch_add(1, Ordering::Relaxed);
+                if before >= self.config.capacity {
+                    self.pending.fetch_sub(1, Ordering::Relaxed);
+                    drop(shard);
+                    self.metrics.capacity_refused.increment(1);
+                    return Err(IssueError::Capacity {
+                        capacity: self.config.capacity,
+                    });
+                }
+            }
+            let superseded = old.map(|slot| {
+                shard.finish(slot, ChallengeState::Superseded, now + grace);
+                PendingEvent::from_entry(EventKind::Superseded, shard.entry(slot))
+            });
+            let id_hash = self.id_hash(id);
+            let slot = shard.insert(Entry::new(id, spec, code, expires_at_ms), id_hash, hash);
+            (
+                PendingEvent::from_entry(EventKind::Issued, shard.entry(slot)),
+                superseded,
+            )
+        };
+
+        self.metrics.issued.increment(1);
+        let superseded_id = superseded.as_ref().map(|e| e.id);
+        if let Some(ev) = superseded {
+            self.metrics.superseded.increment(1);
+            ev.emit(
+                &*self.sink,
+                now,
+                None,
+                Some("superseded by a newer challenge"),
+            );
+        }
+        issued.emit(&*self.sink, now, None, None);
+        Ok(IssuedChallenge {
+            id,
+            code,
+            expires_at_ms,
+            superseded: superseded_id,
+        })
+    }
+
+    fn record_verify(&self, outcome: VerifyOutcome) -> VerifyOutcome {
+        self.metrics.verify[usize::from(outcome.wire())].increment(1);
+        outcome
+    }
+
+    /// Checks `code` against challenge `id` of `tenant`.
+    ///
+    /// Locking behaviour: takes the id's shard lock once; the sink is called
+    /// after it is released.
+    pub fn verify(&self, tenant: TenantId, id: ChallengeId, code: &[u8]) -> VerifyOutcome {
+        let now = self.clock.now_ms();
+        let grace = self.grace_ms();
+        let (outcome, event) = {
+            let mut shard = self.shards[self.shard_of_id(id)].lock();
+            match shard.find_id(self.id_hash(id), id) {
+                Some(slot) if shard.entry(slot).tenant == tenant.0 => {
+                    let t = shard.verify_slot(slot, code, now, grace);
+                    self.transition_event(&shard, slot, t)
+                }
+                _ => (VerifyOutcome::Unknown, None),
+            }
+        };
+        self.after_transition(event, now);
+        self.record_verify(outcome)
+    }
+
+    /// Checks `code` against the newest pending challenge of `subject`.
+    ///
+    /// Expired challenges met on the way are expired (and reported EXPIRED if
+    /// no live one remains). Locking behaviour: takes the subject's shard lock
+    /// once; the sink is called after it is released.
+    pub fn verify_subject(&self, tenant: TenantId, subject: &str, code: &[u8]) -> VerifyOutcome {
+        if subject.is_empty() || subject.len() > MAX_SUBJECT_LEN {
+            return self.record_verify(VerifyOutcome::Unknown);
+        }
+        let now = self.clock.now_ms();
+        let grace = self.grace_ms();
+        let hash = self.subject_hash(tenant, subject);
+        let mut expired_events = Vec::new();
+        let (outcome, event) = {
+            let mut shard = self.shards[self.shard_of_hash(hash)].lock();
+            let mut found = None;
+            let mut saw_expired = false;
+            while let Some(slot) = shard.newest_for_subject(hash, tenant.0, subject) {
+                if shard.entry(slot).expires_at_ms <= now {
+                    shard.finish(slot, ChallengeState::Expired, now + grace);
+                    self.pending.fetch_sub(1, Ordering::Relaxed);
+                    expired_events.push(PendingEvent::from_entry(
+                        EventKind::Expired,
+                        shard.entry(slot),
+                    ));
+                    saw_expired = true;
+                    continue;
+                }
+                found = Some(slot);
+                break;
+            }
+            match found {
+                Some(slot) => {
+                    let t = shard.verify_slot(slot, code, now, grace);
+                    self.transition_event(&shard, slot, t)
+                }
+                None if saw_expired => (VerifyOutcome::Expired, None),
+                None => (VerifyOutcome::Unknown, None),
+            }
+        };
+        for ev in &expired_events {
+            self.metrics.expired.increment(1);
+            ev.emit(&*self.sink, now, None, Some("validity period ended"));
+        }
+        self.after_transition(event, now);
+        self.record_verify(outcome)
+    }
+
+    /// Maps a shard transition to the verify outcome and the event to emit.
+    fn transition_event(
+        &self,
+        shard: &Shard,
+        slot: u32,
+        t: Transition,
+    ) -> (VerifyOutcome, Option<(PendingEvent, Option<&'static str>)>) {
+        let entry = shard.entry(slot);
+        let ev = |kind, reason| Some((PendingEvent::from_entry(kind, entry), reason));
+        match t {
+            Transition::Approved => {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+                (VerifyOutcome::Approved, ev(EventKind::Approved, None))
+            }
+            Transition::Rejected => (
+                VerifyOutcome::Rejected {
+                    attempts_left: entry.attempts_left,
+                },
+                ev(EventKind::Rejected, Some("wrong code")),
+            ),
+            Transition::Locked => {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+                (
+                    VerifyOutcome::Locked,
+                    ev(EventKind::Locked, Some("too many wrong codes")),
+                )
+            }
+            Transition::NowExpired => {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+                (
+                    VerifyOutcome::Expired,
+                    ev(EventKind::Expired, Some("validity period ended")),
+                )
+            }
+            Transition::AlreadyFinished(state) => (
+                match state {
+                    ChallengeState::Expired => VerifyOutcome::Expired,
+                    ChallengeState::Locked => VerifyOutcome::Locked,
+                    _ => VerifyOutcome::Unknown,
+                },
+                None,
+            ),
+        }
+    }
+
+    fn after_transition(&self, event: Option<(PendingEvent, Option<&'static str>)>, now: u64) {
+        if let Some((ev, reason)) = event {
+            if ev.kind == EventKind::Expired {
+                self.metrics.expired.increment(1);
+            }
+            ev.emit(&*self.sink, now, None, reason);
+        }
+    }
+
+    /// Counts one more send of a pending challenge and hands back what the
+    /// router needs to send the same code again; `None` if it is not pending
+    /// (unknown, another tenant's, finished or past its deadline).
+    ///
+    /// The delivery state goes back to `Queued`. Locking behaviour: one shard lock.
+    pub fn resend(&self, tenant: TenantId, id: ChallengeId) -> Option<ResendTicket> {
+        let now = self.clock.now_ms();
+        let (ticket, ev) = {
+            let mut shard = self.shards[self.shard_of_id(id)].lock();
+            let slot = shard.find_id(self.id_hash(id), id)?;
+            let e = shard.entry_mut(slot);
+            if e.tenant != tenant.0
+                || e.state() != ChallengeState::Pending
+                || e.expires_at_ms <= now
+            {
+                return None;
+            }
+            e.sends = e.sends.saturating_add(1);
+            e.delivery = DeliveryState::Queued as u8;
+            let ticket = ResendTicket {
+                id,
+                code: e.code(),
+                channel: e.channel(),
+                destination: e.destination().to_owned(),
+                subject: e.subject().to_owned(),
+                expires_at_ms: e.expires_at_ms,
+                last_carrier: CarrierSlot(e.carrier),
+                sends: e.sends,
+            };
+            (ticket, PendingEvent::from_entry(EventKind::Resent, e))
+        };
+        ev.emit(&*self.sink, now, None, None);
+        Some(ticket)
+    }
+
+    /// Looks at a pending challenge without changing it (for a resend that the
+    /// router may still refuse). Same `None` cases as [`Self::resend`].
+    pub fn peek_pending(&self, tenant: TenantId, id: ChallengeId) -> Option<ResendTicket> {
+        let now = self.clock.now_ms();
+        let shard = self.shards[self.shard_of_id(id)].lock();
+        let slot = shard.find_id(self.id_hash(id), id)?;
+        let e = shard.entry(slot);
+        if e.tenant != tenant.0 || e.state() != ChallengeState::Pending || e.expires_at_ms <= now {
+            return None;
+        }
+        Some(ResendTicket {
+            id,
+            code: e.code(),
+            channel: e.channel(),
+            destination: e.destination().to_owned(),
+            subject: e.subject().to_owned(),
+            expires_at_ms: e.expires_at_ms,
+            last_carrier: CarrierSlot(e.carrier),
+            sends: e.sends,
+        })
+    }
+
+    /// Ends a pending challenge; `false` if there was none to end (unknown,
+    /// another tenant's, already finished or expired). Locking: one shard lock.
+    pub fn cancel(&self, tenant: TenantId, id: ChallengeId) -> bool {
+        let now = self.clock.now_ms();
+        let grace = self.grace_ms();
+        let ev = {
+            let mut shard = self.shards[self.shard_of_id(id)].lock();
+            let Some(slot) = shard.find_id(self.id_hash(id), id) else {
+                return false;
+            };
+            let e = shard.entry(slot);
+            if e.tenant != tenant.0 || e.state() != ChallengeState::Pending {
+                return false;
+            }
+            if e.expires_at_ms <= now {
+                shard.finish(slot, ChallengeState::Expired, now + grace);
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+                let ev = PendingEvent::from_entry(EventKind::Expired, shard.entry(slot));
+                drop(shard);
+                self.metrics.expired.increment(1);
+                ev.emit(&*self.sink, now, None, Some("validity period ended"));
+                return false;
+            }
+            shard.finish(slot, ChallengeState::Cancelled, now + grace);
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            PendingEvent::from_entry(EventKind::Cancelled, shard.entry(slot))
+        };
+        self.metrics.cancelled.increment(1);
+        ev.emit(
+            &*self.sink,
+            now,
+            None,
+            Some("cancelled by the upstream system"),
+        );
+        true
+    }
+
+    /// What STATUS reports, for a pending challenge or a tombstone still in its
+    /// grace period; `None` otherwise. A pending challenge past its deadline
+    /// reports `Expired`. Locking: one shard lock.
+    pub fn status(&self, tenant: TenantId, id: ChallengeId) -> Option<StatusInfo> {
+        let now = self.clock.now_ms();
+        let shard = self.shards[self.shard_of_id(id)].lock();
+        let slot = shard.find_id(self.id_hash(id), id)?;
+        let e = shard.entry(slot);
+        if e.tenant != tenant.0 {
+            return None;
+        }
+        let mut state = e.state();
+        if state == ChallengeState::Pending && e.expires_at_ms <= now {
+            state = ChallengeState::Expired;
+        } else if state != ChallengeState::Pending && shard.forget_at_ms(e) <= now {
+            return None;
+        }
+        Some(StatusInfo {
+            state,
+            attempts_left: e.attempts_left,
+            delivery: DeliveryState::from_u8(e.delivery),
+            carrier: CarrierSlot(e.carrier),
+            expires_at_ms: e.expires_at_ms,
+            sends: e.sends,
+        })
+    }
+
+    /// Frees what is due: pending challenges past their deadline become
+    /// `Expired` tombstones, tombstones past their grace are forgotten.
+    ///
+    /// Works in slices of at most `sweep_slice` wheel entries per shard lock,
+    /// so verifies are never stalled behind a long sweep. Returns how many
+    /// entries changed. Locking: each shard lock in turn, briefly, repeatedly.
+    pub fn sweep(&self) -> usize {
+        let now = self.clock.now_ms();
+        let grace = self.grace_ms();
+        let slice = self.config.sweep_slice;
+        let mut changed = 0;
+        let mut events: Vec<PendingEvent> = Vec::new();
+        for shard in self.shards.iter() {
+            loop {
+                let mut s = shard.lock();
+                let outcome = s.sweep_slice(now, grace, slice, |e| {
+                    events.push(PendingEvent::from_entry(EventKind::Expired, e));
+                });
+                drop(s);
+                changed += outcome.expired + outcome.forgotten;
+                if outcome.expired > 0 {
+                    self.pending.fetch_sub(outcome.expired, Ordering::Relaxed);
+                    self.metrics.expired.increment(outcome.expired as u64);
+                }
+                self.metrics.forgotten.increment(outcome.forgotten as u64);
+                for ev in events.drain(..) {
+                    ev.emit(&*self.sink, now, None, Some("validity period ended"));
+                }
+                if outcome.done {
+                    break;
+                }
+            }
+        }
+        self.metrics.pending.set(self.pending() as f64);
+        changed
+    }
+
+    /// Publishes the pending and tombstone gauges. Locks like [`Self::len`].
+    pub fn publish_gauges(&self) {
+        let len = self.len();
+        let pending = self.pending();
+        self.metrics.pending.set(pending as f64);
+        self.metrics
+            .tombstones
+            .set(len.saturating_sub(pending) as f64);
+    }
+
+    /// The table's creation time, Unix milliseconds (the wheel's epoch).
+    pub fn epoch_ms(&self) -> u64 {
+        self.epoch_ms
+    }
+}
+
+impl ChallengeLedger for ChallengeTable {
+    fn deliverable(&self, id: ChallengeId) -> bool {
+        let now = self.clock.now_ms();
+        let shard = self.shards[self.shard_of_id(id)].lock();
+        shard.find_id(self.id_hash(id), id).is_some_and(|slot| {
+            let e = shard.entry(slot);
+            e.state() == ChallengeState::Pending && e.expires_at_ms > now
+        })
+    }
+
+    fn delivery_update(
+        &self,
+        id: ChallengeId,
+        state: DeliveryState,
+        carrier: CarrierSlot,
+        carrier_name: &str,
+        reason: Option<&str>,
+    ) {
+        let now = self.clock.now_ms();
+        let ev = {
+            let mut shard = self.shards[self.shard_of_id(id)].lock();
+            let Some(slot) = shard.find_id(self.id_hash(id), id) else {
+                return;
+            };
+            let e = shard.entry_mut(slot);
+            // A receipt may come after a failover moved the message to another
+            // carrier: never go back from a later state to an earlier one.
+            if (state as u8) < e.delivery && state != DeliveryState::Queued {
+                return;
+            }
+            e.delivery = state as u8;
+            if carrier != CarrierSlot::NONE {
+                e.carrier = carrier.0;
+            }
+            let kind = match state {
+                DeliveryState::Queued => return,
+                DeliveryState::Sent => EventKind::Sent,
+                DeliveryState::Delivered => EventKind::Delivered,
+                DeliveryState::Failed => EventKind::DeliveryFailed,
+            };
+            PendingEvent::from_entry(kind, e)
+        };
+        let carrier_name = (!carrier_name.is_empty()).then_some(carrier_name);
+        ev.emit(&*self.sink, now, carrier_name, reason);
+    }
+}

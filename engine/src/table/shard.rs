@@ -1,0 +1,498 @@
+//! One shard of the challenge table: a chunked slab of entries, the id and
+//! subject indexes over it, and the timing wheel that tells the sweeper what
+//! is due. Everything here runs under the shard's mutex, held by the caller.
+//!
+//! Invariants this file must never break:
+//! - every entry in a subject chain is `Pending` (finishing unlinks it);
+//! - every live entry has a wheel reference in the bucket of its deadline
+//!   (stale references are tolerated: the sweeper acts only on entries whose
+//!   own deadline has passed);
+//! - nothing here allocates per verify.
+
+use hashbrown::HashTable;
+
+use super::IssueSpec;
+use crate::code::Code;
+use crate::delivery::CarrierSlot;
+use crate::types::{ChallengeId, ChallengeState, Channel, DeliveryState};
+
+/// Slots per slab chunk: growth costs at most one chunk, never a doubling.
+const CHUNK: usize = 1024;
+/// One-second buckets in the wheel (68 minutes: one lap covers the longest TTL).
+const WHEEL: u64 = 4096;
+/// "No slot" in chains and the free list.
+const NIL: u32 = u32::MAX;
+/// The `state` byte of a free slab slot.
+const VACANT: u8 = u8::MAX;
+
+/// One challenge (or tombstone, or free slot). 72 bytes plus its text.
+pub(super) struct Entry {
+    pub(super) id: ChallengeId,
+    code: u64,
+    pub(super) expires_at_ms: u64,
+    /// Subject bytes, then destination bytes.
+    text: Box<[u8]>,
+    /// When a tombstone is forgotten, seconds after the shard epoch.
+    forget_at_s: u32,
+    /// The next-older pending entry of the same subject; the free list's link
+    /// in a vacant slot.
+    prev: u32,
+    pub(super) subject_len: u16,
+    pub(super) tenant: u16,
+    channel: u8,
+    state: u8,
+    pub(super) attempts_left: u8,
+    pub(super) sends: u8,
+    code_len: u8,
+    pub(super) delivery: u8,
+    pub(super) carrier: u8,
+}
+
+impl Entry {
+    pub(super) fn new(
+        id: ChallengeId,
+        spec: &IssueSpec<'_>,
+        code: Code,
+        expires_at_ms: u64,
+    ) -> Self {
+        let mut text = Vec::with_capacity(spec.subject.len() + spec.destination.len());
+        text.extend_from_slice(spec.subject.as_bytes());
+        text.extend_from_slice(spec.destination.as_bytes());
+        let (value, len) = code.raw();
+        Self {
+            id,
+            code: value,
+            expires_at_ms,
+            text: text.into_boxed_slice(),
+            forget_at_s: 0,
+            prev: NIL,
+            subject_len: spec.subject.len() as u16,
+            tenant: spec.tenant.0,
+            channel: spec.channel.wire(),
+            state: ChallengeState::Pending as u8,
+            attempts_left: spec.max_attempts,
+            sends: 1,
+            code_len: len,
+            delivery: DeliveryState::Queued as u8,
+            carrier: CarrierSlot::NONE.0,
+        }
+    }
+
+    fn vacant(next_free: u32) -> Self {
+        Self {
+            id: ChallengeId([0; 16]),
+            code: 0,
+            expires_at_ms: 0,
+            text: Box::default(),
+            forget_at_s: 0,
+            prev: next_free,
+            subject_len: 0,
+            tenant: 0,
+            channel: 0,
+            state: VACANT,
+            attempts_left: 0,
+            sends: 0,
+            code_len: 0,
+            delivery: 0,
+            carrier: 0,
+        }
+    }
+
+    fn is_vacant(&self) -> bool {
+        self.state == VACANT
+    }
+
+    pub(super) fn state(&self) -> ChallengeState {
+        ChallengeState::from_u8(self.state)
+    }
+
+    pub(super) fn channel(&self) -> Channel {
+        Channel::from_wire(self.channel).unwrap_or(Channel::Sms)
+    }
+
+    pub(super) fn code(&self) -> Code {
+        Code::from_raw(self.code, self.code_len)
+    }
+
+    pub(super) fn text(&self) -> &[u8] {
+        &self.text
+    }
+
+    pub(super) fn subject(&self) -> &str {
+        std::str::from_utf8(&self.text[..usize::from(self.subject_len)]).unwrap_or("")
+    }
+
+    pub(super) fn destination(&self) -> &str {
+        std::str::from_utf8(&self.text[usize::from(self.subject_len)..]).unwrap_or("")
+    }
+}
+
+/// What a verify did to one entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Transition {
+    Approved,
+    Rejected,
+    Locked,
+    NowExpired,
+    AlreadyFinished(ChallengeState),
+}
+
+/// What one sweep slice did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct SweepOutcome {
+    pub(super) expired: usize,
+    pub(super) forgotten: usize,
+    /// Nothing more is due in this shard.
+    pub(super) done: bool,
+}
+
+/// One shard. See the module comment for its invariants.
+pub(super) struct Shard {
+    chunks: Vec<Box<[Entry]>>,
+    /// Slots at or above this were never handed out.
+    fresh: u32,
+    free_head: u32,
+    live: usize,
+    text_bytes: usize,
+    by_id: HashTable<u32>,
+    /// Head (newest pending entry) of each subject chain.
+    by_subject: HashTable<u32>,
+    hasher: ahash::RandomState,
+    wheel: Vec<Vec<u32>>,
+    /// The next wheel second to process.
+    cursor_s: u64,
+    /// References taken from the bucket being swept that belong to a later lap.
+    carry: Vec<u32>,
+    epoch_ms: u64,
+}
+
+fn entry_in(chunks: &[Box<[Entry]>], slot: u32) -> &Entry {
+    &chunks[slot as usize / CHUNK][slot as usize % CHUNK]
+}
+
+impl Shard {
+    pub(super) fn new(epoch_ms: u64, hasher: ahash::RandomState) -> Self {
+        Self {
+            chunks: Vec::new(),
+            fresh: 0,
+            free_head: NIL,
+            live: 0,
+            text_bytes: 0,
+            by_id: HashTable::new(),
+            by_subject: HashTable::new(),
+            hasher,
+            wheel: (0..WHEEL).map(|_| Vec::new()).collect(),
+            cursor_s: 0,
+            carry: Vec::new(),
+            epoch_ms,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.live
+    }
+
+    pub(super) fn reserved_bytes(&self) -> usize {
+        let slab = self.chunks.len() * CHUNK * size_of::<Entry>();
+        let index = (self.by_id.capacity() + self.by_subject.capacity()) * (size_of::<u32>() + 1);
+        let wheel: usize = self
+            .wheel
+            .iter()
+            .map(|b| b.capacity() * size_of::<u32>())
+            .sum();
+        slab + index + wheel + self.text_bytes
+    }
+
+    pub(super) fn entry(&self, slot: u32) -> &Entry {
+        entry_in(&self.chunks, slot)
+    }
+
+    pub(super) fn entry_mut(&mut self, slot: u32) -> &mut Entry {
+        &mut self.chunks[slot as usize / CHUNK][slot as usize % CHUNK]
+    }
+
+    fn subject_hash_of(&self, e: &Entry) -> u64 {
+        self.hasher.hash_one((e.tenant, e.subject()))
+    }
+
+    pub(super) fn find_id(&self, id_hash: u64, id: ChallengeId) -> Option<u32> {
+        let chunks = &self.chunks;
+        self.by_id
+            .find(id_hash, |&s| entry_in(chunks, s).id == id)
+            .copied()
+    }
+
+    /// The head of the subject chain: its newest pending entry.
+    pub(super) fn newest_for_subject(&self, hash: u64, tenant: u16, subject: &str) -> Option<u32> {
+        let chunks = &self.chunks;
+        self.by_subject
+            .find(hash, |&s| {
+                let e = entry_in(chunks, s);
+                e.tenant == tenant && e.subject() == subject
+            })
+            .copied()
+    }
+
+    /// The live pending entry with the same tenant, subject, channel and
+    /// destination as `spec`, if any.
+    pub(super) fn find_same_target(
+        &self,
+        hash: u64,
+        spec: &IssueSpec<'_>,
+        now: u64,
+    ) -> Option<u32> {
+        let mut cur = self.newest_for_subject(hash, spec.tenant.0, spec.subject)?;
+        while cur != NIL {
+            let e = self.entry(cur);
+            if e.channel == spec.channel.wire()
+                && e.destination() == spec.destination
+                && e.expires_at_ms > now
+            {
+                return Some(cur);
+            }
+            cur = e.prev;
+        }
+        None
+    }
+
+    fn alloc_slot(&mut self) -> u32 {
+        if self.free_head != NIL {
+            let slot = self.free_head;
+            self.free_head = self.entry(slot).prev;
+            return slot;
+        }
+        if self.fresh as usize == self.chunks.len() * CHUNK {
+            let chunk: Vec<Entry> = (0..CHUNK).map(|_| Entry::vacant(NIL)).collect();
+            self.chunks.push(chunk.into_boxed_slice());
+        }
+        self.fresh += 1;
+        self.fresh - 1
+    }
+
+    fn due_second(&self, deadline_ms: u64) -> u64 {
+        deadline_ms.saturating_sub(self.epoch_ms).div_ceil(1000)
+    }
+
+    pub(super) fn forget_at_ms(&self, e: &Entry) -> u64 {
+        self.epoch_ms + u64::from(e.forget_at_s) * 1000
+    }
+
+    /// The deadline the sweeper acts on: expiry while pending, forgetting after.
+    fn deadline_ms(&self, e: &Entry) -> u64 {
+        if e.state() == ChallengeState::Pending {
+            e.expires_at_ms
+        } else {
+            self.forget_at_ms(e)
+        }
+    }
+
+    fn wheel_push(&mut self, slot: u32, deadline_ms: u64) {
+        let second = self.due_second(deadline_ms).max(self.cursor_s);
+        self.wheel[(second % WHEEL) as usize].push(slot);
+    }
+
+    /// Stores a new pending entry at the head of its subject chain.
+    pub(super) fn insert(&mut self, mut entry: Entry, id_hash: u64, subject_hash: u64) -> u32 {
+        let slot = self.alloc_slot();
+        let expires = entry.expires_at_ms;
+        let head = self.newest_for_subject(subject_hash, entry.tenant, entry.subject());
+        entry.prev = head.unwrap_or(NIL);
+        self.text_bytes += entry.text.len();
+        *self.entry_mut(slot) = entry;
+
+        let Self {
+            chunks,
+            by_id,
+            by_subject,
+            hasher,
+            ..
+        } = self;
+        match head {
+            Some(old_head) => {
+                if let Some(h) = by_subject.find_mut(subject_hash, |&s| s == old_head) {
+                    *h = slot;
+                }
+            }
+            None => {
+                by_subject.insert_unique(subject_hash, slot, |&s| {
+                    let e = entry_in(chunks, s);
+                    hasher.hash_one((e.tenant, e.subject()))
+                });
+            }
+        }
+        by_id.insert_unique(id_hash, slot, |&s| {
+            hasher.hash_one(entry_in(chunks, s).id.0)
+        });
+        self.live += 1;
+        self.wheel_push(slot, expires);
+        slot
+    }
+
+    /// Takes a pending entry out of its subject chain.
+    fn unlink_subject(&mut self, slot: u32) {
+        let e = self.entry(slot);
+        let hash = self.subject_hash_of(e);
+        let prev = e.prev;
+        let Some(head_slot) = self.newest_for_subject(hash, e.tenant, e.subject()) else {
+            return;
+        };
+        if head_slot == slot {
+            if let Ok(head) = self.by_subject.find_entry(hash, |&s| s == slot) {
+                if prev == NIL {
+                    head.remove();
+                } else {
+                    *head.into_mut() = prev;
+                }
+            }
+        } else {
+            let mut cur = head_slot;
+            while cur != NIL {
+                let next = self.entry(cur).prev;
+                if next == slot {
+                    self.entry_mut(cur).prev = prev;
+                    break;
+                }
+                cur = next;
+            }
+        }
+        self.entry_mut(slot).prev = NIL;
+    }
+
+    /// Turns a pending entry into a tombstone in `state`, forgotten at
+    /// `forget_at_ms`.
+    pub(super) fn finish(&mut self, slot: u32, state: ChallengeState, forget_at_ms: u64) {
+        debug_assert_eq!(self.entry(slot).state(), ChallengeState::Pending);
+        self.unlink_subject(slot);
+        let forget_s = forget_at_ms.saturating_sub(self.epoch_ms).div_ceil(1000);
+        let e = self.entry_mut(slot);
+        e.state = state as u8;
+        e.forget_at_s = u32::try_from(forget_s).unwrap_or(u32::MAX);
+        let deadline = self.forget_at_ms(self.entry(slot));
+        self.wheel_push(slot, deadline);
+    }
+
+    /// Frees a tombstone's slot.
+    fn forget(&mut self, slot: u32) {
+        let id = self.entry(slot).id;
+        let id_hash = self.hasher.hash_one(id.0);
+        if let Ok(found) = self.by_id.find_entry(id_hash, |&s| s == slot) {
+            found.remove();
+        }
+        self.text_bytes -= self.entry(slot).text.len();
+        let free = self.free_head;
+        *self.entry_mut(slot) = Entry::vacant(free);
+        self.free_head = slot;
+        self.live -= 1;
+    }
+
+    /// One verify attempt against a slot, deadline checked first.
+    pub(super) fn verify_slot(
+        &mut self,
+        slot: u32,
+        code: &[u8],
+        now: u64,
+        grace_ms: u64,
+    ) -> Transition {
+        let e = self.entry(slot);
+        let state = e.state();
+        if state != ChallengeState::Pending {
+            return Transition::AlreadyFinished(state);
+        }
+        if e.expires_at_ms <= now {
+            self.finish(slot, ChallengeState::Expired, now + grace_ms);
+            return Transition::NowExpired;
+        }
+        if e.code().matches(code) {
+            self.finish(slot, ChallengeState::Approved, now + grace_ms);
+            return Transition::Approved;
+        }
+        let e = self.entry_mut(slot);
+        e.attempts_left = e.attempts_left.saturating_sub(1);
+        if e.attempts_left == 0 {
+            self.finish(slot, ChallengeState::Locked, now + grace_ms);
+            Transition::Locked
+        } else {
+            Transition::Rejected
+        }
+    }
+
+    /// Handles at most `slice` wheel references that are due by `now`.
+    pub(super) fn sweep_slice(
+        &mut self,
+        now: u64,
+        grace_ms: u64,
+        slice: usize,
+        mut on_expired: impl FnMut(&Entry),
+    ) -> SweepOutcome {
+        let now_s = now.saturating_sub(self.epoch_ms) / 1000;
+        let mut out = SweepOutcome::default();
+        let mut handled = 0;
+        while self.cursor_s <= now_s {
+            let bucket = (self.cursor_s % WHEEL) as usize;
+            while let Some(slot) = self.wheel[bucket].pop() {
+                handled += 1;
+                let e = self.entry(slot);
+                if !e.is_vacant() {
+                    let deadline = self.deadline_ms(e);
+                    if deadline <= now {
+                        if e.state() == ChallengeState::Pending {
+                            self.finish(slot, ChallengeState::Expired, now + grace_ms);
+                            on_expired(self.entry(slot));
+                            out.expired += 1;
+                        } else {
+                            self.forget(slot);
+                            out.forgotten += 1;
+                        }
+                    } else if (self.due_second(deadline) % WHEEL) as usize == bucket {
+                        // Due on a later lap of the wheel: keep it here.
+                        self.carry.push(slot);
+                    }
+                    // Otherwise a stale reference: the entry has its own.
+                }
+                if handled >= slice {
+                    return out;
+                }
+            }
+            let carried = std::mem::take(&mut self.carry);
+            let emptied = std::mem::replace(&mut self.wheel[bucket], carried);
+            self.carry = emptied;
+            self.carry.clear();
+            if self.wheel[bucket].is_empty() && self.wheel[bucket].capacity() > 64 {
+                self.wheel[bucket].shrink_to_fit();
+            }
+            self.cursor_s += 1;
+        }
+        self.give_back_memory();
+        out.done = true;
+        out
+    }
+
+    /// Shrinks indexes that have become mostly empty, so memory comes back
+    /// after a mass expiry.
+    fn give_back_memory(&mut self) {
+        let Self {
+            chunks,
+            by_id,
+            by_subject,
+            hasher,
+            ..
+        } = self;
+        if by_id.capacity() > 4096 && by_id.len() * 4 < by_id.capacity() {
+            by_id.shrink_to_fit(|&s| hasher.hash_one(entry_in(chunks, s).id.0));
+        }
+        if by_subject.capacity() > 4096 && by_subject.len() * 4 < by_subject.capacity() {
+            by_subject.shrink_to_fit(|&s| {
+                let e = entry_in(chunks, s);
+                hasher.hash_one((e.tenant, e.subject()))
+            });
+        }
+        if self.live == 0 && !self.chunks.is_empty() {
+            self.chunks = Vec::new();
+            self.fresh = 0;
+            self.free_head = NIL;
+            for b in &mut self.wheel {
+                *b = Vec::new();
+            }
+        }
+    }
+}

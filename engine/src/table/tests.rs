@@ -1,0 +1,704 @@
+//! Unit and property tests of the challenge table's rules. Time moves through a
+//! `ManualClock`; no test sleeps or measures time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::events::MemorySink;
+
+const T0: u64 = 1_700_000_000_000;
+const DEMO: TenantId = TenantId(0);
+const OTHER: TenantId = TenantId(1);
+
+fn table_with(config: TableConfig) -> (Arc<ChallengeTable>, Arc<ManualClock>, Arc<MemorySink>) {
+    let clock = ManualClock::new(T0);
+    let sink = Arc::new(MemorySink::default());
+    let table = ChallengeTable::new(config, clock.clone(), sink.clone()).unwrap();
+    (Arc::new(table), clock, sink)
+}
+
+fn table() -> (Arc<ChallengeTable>, Arc<ManualClock>, Arc<MemorySink>) {
+    table_with(TableConfig {
+        shards: 4,
+        ..TableConfig::default()
+    })
+}
+
+fn spec<'a>(subject: &'a str, destination: &'a str) -> IssueSpec<'a> {
+    IssueSpec {
+        tenant: DEMO,
+        subject,
+        channel: Channel::Sms,
+        destination,
+        code_len: 6,
+        ttl_s: 300,
+        max_attempts: 5,
+    }
+}
+
+fn digits(code: Code) -> Vec<u8> {
+    let (d, n) = code.digits();
+    d[..n].to_vec()
+}
+
+fn wrong(code: Code) -> Vec<u8> {
+    let mut d = digits(code);
+    d[0] = if d[0] == b'9' { b'0' } else { d[0] + 1 };
+    d
+}
+
+#[test]
+fn right_code_approves_once() {
+    let (t, _, sink) = table();
+    let c = t.issue(&spec("alice", "+14255551234")).unwrap();
+    assert_eq!(
+        t.verify(DEMO, c.id, &digits(c.code)),
+        VerifyOutcome::Approved
+    );
+    assert_eq!(
+        t.verify(DEMO, c.id, &digits(c.code)),
+        VerifyOutcome::Unknown
+    );
+    assert_eq!(t.pending(), 0);
+    assert_eq!(sink.count(EventKind::Approved), 1);
+    assert_eq!(
+        t.status(DEMO, c.id).unwrap().state,
+        ChallengeState::Approved
+    );
+}
+
+#[test]
+fn wrong_codes_count_down_then_lock() {
+    let (t, _, sink) = table();
+    let c = t.issue(&spec("bob", "+14255551234")).unwrap();
+    for left in (1..5).rev() {
+        assert_eq!(
+            t.verify(DEMO, c.id, &wrong(c.code)),
+            VerifyOutcome::Rejected {
+                attempts_left: left
+            }
+        );
+    }
+    assert_eq!(t.verify(DEMO, c.id, &wrong(c.code)), VerifyOutcome::Locked);
+    // Locked is final: even the right code is refused.
+    assert_eq!(t.verify(DEMO, c.id, &digits(c.code)), VerifyOutcome::Locked);
+    assert_eq!(sink.count(EventKind::Rejected), 4);
+    assert_eq!(sink.count(EventKind::Locked), 1);
+    assert_eq!(t.pending(), 0);
+}
+
+#[test]
+fn wrong_length_and_non_digits_are_rejected_attempts() {
+    let (t, _, _) = table();
+    let c = t.issue(&spec("carol", "+14255551234")).unwrap();
+    assert_eq!(
+        t.verify(DEMO, c.id, b"12"),
+        VerifyOutcome::Rejected { attempts_left: 4 }
+    );
+    assert_eq!(
+        t.verify(DEMO, c.id, b"abcdef"),
+        VerifyOutcome::Rejected { attempts_left: 3 }
+    );
+    assert_eq!(
+        t.verify(DEMO, c.id, &digits(c.code)),
+        VerifyOutcome::Approved
+    );
+}
+
+#[test]
+fn expired_code_never_verifies_even_before_the_sweep() {
+    let (t, clock, sink) = table();
+    let c = t.issue(&spec("dave", "+14255551234")).unwrap();
+    clock.advance_s(300);
+    assert_eq!(
+        t.verify(DEMO, c.id, &digits(c.code)),
+        VerifyOutcome::Expired
+    );
+    assert_eq!(
+        t.verify(DEMO, c.id, &digits(c.code)),
+        VerifyOutcome::Expired
+    );
+    assert_eq!(sink.count(EventKind::Expired), 1);
+    assert_eq!(t.pending(), 0);
+}
+
+#[test]
+fn one_millisecond_before_expiry_still_verifies() {
+    let (t, clock, _) = table();
+    let c = t.issue(&spec("erin", "+14255551234")).unwrap();
+    clock.advance_ms(300_000 - 1);
+    assert_eq!(
+        t.verify(DEMO, c.id, &digits(c.code)),
+        VerifyOutcome::Approved
+    );
+}
+
+#[test]
+fn tenants_are_isolated() {
+    let (t, _, _) = table();
+    let c = t.issue(&spec("frank", "+14255551234")).unwrap();
+    assert_eq!(
+        t.verify(OTHER, c.id, &digits(c.code)),
+        VerifyOutcome::Unknown
+    );
+    assert!(t.status(OTHER, c.id).is_none());
+    assert!(!t.cancel(OTHER, c.id));
+    assert!(t.resend(OTHER, c.id).is_none());
+    assert_eq!(
+        t.verify_subject(OTHER, "frank", &digits(c.code)),
+        VerifyOutcome::Unknown
+    );
+    // Untouched by the other tenant's tries.
+    assert_eq!(t.status(DEMO, c.id).unwrap().attempts_left, 5);
+    assert_eq!(
+        t.verify(DEMO, c.id, &digits(c.code)),
+        VerifyOutcome::Approved
+    );
+}
+
+#[test]
+fn same_target_supersedes_other_targets_do_not() {
+    let (t, _, sink) = table();
+    let a = t.issue(&spec("gina", "+14255551234")).unwrap();
+    let other_dest = t.issue(&spec("gina", "+14255550000")).unwrap();
+    let b = t.issue(&spec("gina", "+14255551234")).unwrap();
+    assert_eq!(b.superseded, Some(a.id));
+    assert_eq!(
+        t.verify(DEMO, a.id, &digits(a.code)),
+        VerifyOutcome::Unknown
+    );
+    assert_eq!(
+        t.status(DEMO, a.id).unwrap().state,
+        ChallengeState::Superseded
+    );
+    assert_eq!(sink.count(EventKind::Superseded), 1);
+    assert_eq!(t.pending(), 2);
+    assert_eq!(
+        t.verify(DEMO, other_dest.id, &digits(other_dest.code)),
+        VerifyOutcome::Approved
+    );
+    assert_eq!(
+        t.verify(DEMO, b.id, &digits(b.code)),
+        VerifyOutcome::Approved
+    );
+}
+
+#[test]
+fn verify_subject_uses_the_newest_pending_challenge() {
+    let (t, _, _) = table();
+    let old = t.issue(&spec("hank", "+14255551234")).unwrap();
+    let new = t.issue(&spec("hank", "hank@example.com")).unwrap();
+    // The older one's code is wrong for the newest challenge.
+    let old_digits = digits(old.code);
+    if old_digits != digits(new.code) {
+        assert_eq!(
+            t.verify_subject(DEMO, "hank", &old_digits),
+            VerifyOutcome::Rejected { attempts_left: 4 }
+        );
+    }
+    assert_eq!(
+        t.verify_subject(DEMO, "hank", &digits(new.code)),
+        VerifyOutcome::Approved
+    );
+    // Now the older one is the newest pending.
+    assert_eq!(
+        t.verify_subject(DEMO, "hank", &digits(old.code)),
+        VerifyOutcome::Approved
+    );
+    assert_eq!(
+        t.verify_subject(DEMO, "hank", &digits(old.code)),
+        VerifyOutcome::Unknown
+    );
+}
+
+#[test]
+fn verify_subject_skips_expired_and_reports_expired_when_none_live() {
+    let (t, clock, _) = table();
+    let short = IssueSpec {
+        ttl_s: 30,
+        ..spec("ivy", "+14255551234")
+    };
+    let long = t.issue(&spec("ivy", "ivy@example.com")).unwrap();
+    clock.advance_s(1);
+    let s = t.issue(&short).unwrap();
+    clock.advance_s(30);
+    // The newest (short) one expired; the older live one is used.
+    assert_eq!(
+        t.verify_subject(DEMO, "ivy", &digits(long.code)),
+        VerifyOutcome::Approved
+    );
+    assert_eq!(t.status(DEMO, s.id).unwrap().state, ChallengeState::Expired);
+    let late = t.issue(&short).unwrap();
+    clock.advance_s(31);
+    assert_eq!(
+        t.verify_subject(DEMO, "ivy", &digits(late.code)),
+        VerifyOutcome::Expired
+    );
+}
+
+#[test]
+fn capacity_refuses_new_but_never_evicts() {
+    let (t, _, _) = table_with(TableConfig {
+        shards: 2,
+        capacity: 3,
+        ..TableConfig::default()
+    });
+    let held: Vec<_> = (0..3)
+        .map(|i| t.issue(&spec(&format!("u{i}"), "+14255551234")).unwrap())
+        .collect();
+    assert_eq!(
+        t.issue(&spec("u9", "+14255551234")).unwrap_err(),
+        IssueError::Capacity { capacity: 3 }
+    );
+    // Superseding does not add a pending challenge, so it is allowed when full.
+    let again = t.issue(&spec("u0", "+14255551234")).unwrap();
+    assert_eq!(again.superseded, Some(held[0].id));
+    for c in &held[1..] {
+        assert_eq!(
+            t.verify(DEMO, c.id, &digits(c.code)),
+            VerifyOutcome::Approved
+        );
+    }
+    assert!(t.issue(&spec("u9", "+14255551234")).is_ok());
+}
+
+#[test]
+fn bad_input_names_the_field() {
+    let (t, _, _) = table();
+    let long_subject = "s".repeat(257);
+    let cases: Vec<(IssueSpec<'_>, &str)> = vec![
+        (spec("", "+14255551234"), "subject"),
+        (spec(&long_subject, "+14255551234"), "subject"),
+        (spec("a", ""), "destination"),
+        (
+            IssueSpec {
+                code_len: 3,
+                ..spec("a", "+1")
+            },
+            "code_len",
+        ),
+        (
+            IssueSpec {
+                code_len: 13,
+                ..spec("a", "+1")
+            },
+            "code_len",
+        ),
+        (
+            IssueSpec {
+                ttl_s: 29,
+                ..spec("a", "+1")
+            },
+            "ttl_s",
+        ),
+        (
+            IssueSpec {
+                ttl_s: 3601,
+                ..spec("a", "+1")
+            },
+            "ttl_s",
+        ),
+        (
+            IssueSpec {
+                max_attempts: 0,
+                ..spec("a", "+1")
+            },
+            "max_attempts",
+        ),
+    ];
+    for (s, field) in cases {
+        match t.issue(&s) {
+            Err(IssueError::InvalidArgument { field: f, reason }) => {
+                assert_eq!(f, field);
+                assert!(!reason.is_empty());
+            }
+            other => panic!("expected InvalidArgument for {field}, got {other:?}"),
+        }
+    }
+    assert_eq!(t.pending(), 0);
+}
+
+#[test]
+fn resend_returns_the_same_code_and_counts() {
+    let (t, _, sink) = table();
+    let c = t.issue(&spec("jack", "+14255551234")).unwrap();
+    let r = t.resend(DEMO, c.id).unwrap();
+    assert_eq!(digits(r.code), digits(c.code));
+    assert_eq!(r.sends, 2);
+    assert_eq!(r.destination, "+14255551234");
+    assert_eq!(t.status(DEMO, c.id).unwrap().sends, 2);
+    assert_eq!(sink.count(EventKind::Resent), 1);
+    assert!(t.cancel(DEMO, c.id));
+    assert!(t.resend(DEMO, c.id).is_none());
+}
+
+#[test]
+fn cancel_ends_it_and_tombstone_is_forgotten_after_grace() {
+    let (t, clock, _) = table();
+    let c = t.issue(&spec("kim", "+14255551234")).unwrap();
+    assert!(t.cancel(DEMO, c.id));
+    assert!(!t.cancel(DEMO, c.id));
+    assert_eq!(
+        t.verify(DEMO, c.id, &digits(c.code)),
+        VerifyOutcome::Unknown
+    );
+    assert_eq!(
+        t.status(DEMO, c.id).unwrap().state,
+        ChallengeState::Cancelled
+    );
+    clock.advance_s(59);
+    t.sweep();
+    assert!(t.status(DEMO, c.id).is_some());
+    clock.advance_s(2);
+    // Gone for STATUS at once, and freed by the sweep.
+    assert!(t.status(DEMO, c.id).is_none());
+    t.sweep();
+    assert_eq!(t.len(), 0);
+}
+
+#[test]
+fn sweeper_expires_then_forgets_and_memory_comes_back() {
+    let (t, clock, sink) = table();
+    let ids: Vec<_> = (0..5000)
+        .map(|i| {
+            t.issue(&spec(&format!("user{i}"), "+14255551234"))
+                .unwrap()
+                .id
+        })
+        .collect();
+    assert_eq!(t.pending(), 5000);
+    let full = t.reserved_bytes();
+    clock.advance_s(300);
+    t.sweep();
+    assert_eq!(t.pending(), 0);
+    assert_eq!(sink.count(EventKind::Expired), 5000);
+    assert_eq!(
+        t.status(DEMO, ids[0]).unwrap().state,
+        ChallengeState::Expired
+    );
+    assert_eq!(t.len(), 5000);
+    clock.advance_s(61);
+    t.sweep();
+    assert_eq!(t.len(), 0);
+    assert!(t.status(DEMO, ids[0]).is_none());
+    assert!(
+        t.reserved_bytes() < full / 4,
+        "{} vs {full}",
+        t.reserved_bytes()
+    );
+}
+
+#[test]
+fn sweep_works_in_slices_and_handles_long_ttls_and_late_sweeps() {
+    let (t, clock, _) = table_with(TableConfig {
+        shards: 1,
+        sweep_slice: 7,
+        tombstone_grace_s: 5000,
+        ..TableConfig::default()
+    });
+    let long = t
+        .issue(&IssueSpec {
+            ttl_s: 3600,
+            ..spec("long", "+14255551234")
+        })
+        .unwrap();
+    for i in 0..100 {
+        t.issue(&IssueSpec {
+            ttl_s: 30,
+            ..spec(&format!("s{i}"), "+14255551234")
+        })
+        .unwrap();
+    }
+    clock.advance_s(31);
+    assert_eq!(t.sweep(), 100);
+    assert_eq!(t.pending(), 1);
+    // The tombstones' grace (5000 s) is longer than a wheel lap (4096 s).
+    clock.advance_s(3600);
+    t.sweep();
+    assert_eq!(
+        t.status(DEMO, long.id).unwrap().state,
+        ChallengeState::Expired
+    );
+    clock.advance_s(1500);
+    t.sweep();
+    assert_eq!(t.len(), 1, "only the long one's tombstone remains");
+    clock.advance_s(5000);
+    t.sweep();
+    assert_eq!(t.len(), 0);
+}
+
+#[test]
+fn delivery_updates_flow_to_status_and_never_go_back() {
+    let (t, clock, sink) = table();
+    let c = t.issue(&spec("lee", "+14255551234")).unwrap();
+    assert!(t.deliverable(c.id));
+    t.delivery_update(c.id, DeliveryState::Sent, CarrierSlot(2), "simA", None);
+    t.delivery_update(c.id, DeliveryState::Delivered, CarrierSlot(2), "simA", None);
+    t.delivery_update(c.id, DeliveryState::Sent, CarrierSlot(3), "simB", None);
+    let s = t.status(DEMO, c.id).unwrap();
+    assert_eq!(s.delivery, DeliveryState::Delivered);
+    assert_eq!(s.carrier, CarrierSlot(2));
+    assert_eq!(sink.count(EventKind::Delivered), 1);
+    clock.advance_s(300);
+    assert!(!t.deliverable(c.id));
+    assert!(!t.deliverable(ChallengeId([7; 16])));
+}
+
+#[test]
+fn events_never_carry_the_code_or_full_destination() {
+    let (t, _, sink) = table();
+    let c = t.issue(&spec("mo", "+14255551234")).unwrap();
+    t.verify(DEMO, c.id, &wrong(c.code));
+    t.verify(DEMO, c.id, &digits(c.code));
+    let code = String::from_utf8(digits(c.code)).unwrap();
+    for e in sink.events() {
+        let text = format!("{e:?}");
+        assert!(!text.contains(&code), "{text}");
+        assert!(!text.contains("4255551234"), "{text}");
+        assert_eq!(e.subject, "mo");
+    }
+}
+
+#[test]
+fn ids_carry_their_shard_and_differ() {
+    let (t, _, _) = table_with(TableConfig {
+        shards: 64,
+        ..TableConfig::default()
+    });
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..2000 {
+        let c = t.issue(&spec(&format!("u{i}"), "+14255551234")).unwrap();
+        assert!(seen.insert(c.id));
+        assert!(t.status(DEMO, c.id).is_some());
+    }
+    // An id with a flipped random bit is unknown, not another challenge.
+    let c = t.issue(&spec("zed", "+14255551234")).unwrap();
+    let mut forged = c.id;
+    forged.0[15] ^= 1;
+    assert_eq!(
+        t.verify(DEMO, forged, &digits(c.code)),
+        VerifyOutcome::Unknown
+    );
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_field() {
+    let clock = ManualClock::new(T0);
+    let bad = TableConfig {
+        shards: 3,
+        ..TableConfig::default()
+    };
+    let err = ChallengeTable::new(bad, clock, Arc::new(MemorySink::default())).unwrap_err();
+    assert!(err.to_string().starts_with("table.shards"), "{err}");
+}
+
+#[test]
+fn concurrent_right_codes_approve_exactly_once() {
+    let (t, _, _) = table();
+    for round in 0..200 {
+        let c = t
+            .issue(&spec(&format!("race{round}"), "+14255551234"))
+            .unwrap();
+        let code = digits(c.code);
+        let approvals: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| t.verify(DEMO, c.id, &code) == VerifyOutcome::Approved))
+                .collect();
+            hs.into_iter().map(|h| usize::from(h.join().unwrap())).sum()
+        });
+        assert_eq!(approvals, 1, "round {round}");
+    }
+}
+
+#[test]
+fn many_threads_issue_and_verify_without_losing_count() {
+    let (t, _, sink) = table_with(TableConfig {
+        shards: 8,
+        ..TableConfig::default()
+    });
+    std::thread::scope(|s| {
+        for th in 0..4 {
+            let t = &t;
+            s.spawn(move || {
+                for i in 0..2000 {
+                    let c = t
+                        .issue(&spec(
+                            &format!("t{th}-u{}", i % 50),
+                            &format!("+1425555{:04}", i % 7),
+                        ))
+                        .unwrap();
+                    if i % 3 == 0 {
+                        t.verify(DEMO, c.id, &wrong(c.code));
+                    }
+                    if i % 2 == 0 {
+                        assert_eq!(
+                            t.verify(DEMO, c.id, &digits(c.code)),
+                            VerifyOutcome::Approved
+                        );
+                    }
+                }
+            });
+        }
+    });
+    let issued = sink.count(EventKind::Issued);
+    let approved = sink.count(EventKind::Approved);
+    let superseded = sink.count(EventKind::Superseded);
+    assert_eq!(issued, 8000);
+    assert_eq!(approved, 4000);
+    assert_eq!(t.pending(), issued - approved - superseded);
+}
+
+// ---- Property test: the table against a simple model -----------------------
+
+#[derive(Clone, Debug)]
+enum Op {
+    Issue { subject: u8, dest: u8 },
+    VerifyRight { pick: u8 },
+    VerifyWrong { pick: u8 },
+    VerifySubject { subject: u8, right: bool },
+    Cancel { pick: u8 },
+    Resend { pick: u8 },
+    Advance { secs: u16 },
+    Sweep,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0u8..3, 0u8..2).prop_map(|(subject, dest)| Op::Issue { subject, dest }),
+        2 => any::<u8>().prop_map(|pick| Op::VerifyRight { pick }),
+        3 => any::<u8>().prop_map(|pick| Op::VerifyWrong { pick }),
+        1 => (0u8..3, any::<bool>()).prop_map(|(subject, right)| Op::VerifySubject { subject, right }),
+        1 => any::<u8>().prop_map(|pick| Op::Cancel { pick }),
+        1 => any::<u8>().prop_map(|pick| Op::Resend { pick }),
+        1 => (0u16..200).prop_map(|secs| Op::Advance { secs }),
+        1 => Just(Op::Sweep),
+    ]
+}
+
+#[derive(Clone, Debug)]
+struct Model {
+    id: ChallengeId,
+    code: Code,
+    subject: u8,
+    expires_at_ms: u64,
+    attempts_left: u8,
+    finished: Option<ChallengeState>,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn table_follows_the_model(ops in proptest::collection::vec(op(), 1..80)) {
+        let (t, clock, _) = table_with(TableConfig { shards: 2, tombstone_grace_s: 1_000_000, ..TableConfig::default() });
+        let mut all: Vec<Model> = Vec::new();
+        let mut approvals: HashMap<ChallengeId, usize> = HashMap::new();
+        for op in ops {
+            let now = clock.now_ms();
+            match op {
+                Op::Issue { subject, dest } => {
+                    let s = format!("s{subject}");
+                    let d = format!("+1425555000{dest}");
+                    let c = t.issue(&IssueSpec { ttl_s: 60, ..spec(&s, &d) }).unwrap();
+                    if let Some(old) = c.superseded {
+                        let m = all.iter_mut().find(|m| m.id == old).unwrap();
+                        prop_assert!(m.finished.is_none() && m.expires_at_ms > now);
+                        m.finished = Some(ChallengeState::Superseded);
+                    }
+                    // Nothing live with the same target may remain.
+                    all.push(Model { id: c.id, code: c.code, subject, expires_at_ms: c.expires_at_ms, attempts_left: 5, finished: None });
+                }
+                Op::VerifyRight { pick } | Op::VerifyWrong { pick } if !all.is_empty() => {
+                    let right = matches!(op, Op::VerifyRight { .. });
+                    let n = all.len(); let m = &mut all[usize::from(pick) % n];
+                    let typed = if right { digits(m.code) } else { wrong(m.code) };
+                    let before = m.attempts_left;
+                    let got = t.verify(DEMO, m.id, &typed);
+                    let expected = match m.finished {
+                        Some(ChallengeState::Locked) => VerifyOutcome::Locked,
+                        Some(ChallengeState::Expired) => VerifyOutcome::Expired,
+                        Some(_) => VerifyOutcome::Unknown,
+                        None if m.expires_at_ms <= now => { m.finished = Some(ChallengeState::Expired); VerifyOutcome::Expired }
+                        None if right => { m.finished = Some(ChallengeState::Approved); VerifyOutcome::Approved }
+                        None => {
+                            m.attempts_left -= 1;
+                            if m.attempts_left == 0 { m.finished = Some(ChallengeState::Locked); VerifyOutcome::Locked }
+                            else { VerifyOutcome::Rejected { attempts_left: m.attempts_left } }
+                        }
+                    };
+                    prop_assert_eq!(got, expected);
+                    prop_assert!(m.attempts_left <= before);
+                    if got == VerifyOutcome::Approved { *approvals.entry(m.id).or_default() += 1; }
+                }
+                Op::VerifySubject { subject, right } => {
+                    let live: Vec<usize> = all.iter().enumerate()
+                        .filter(|(_, m)| m.subject == subject && m.finished.is_none())
+                        .map(|(i, _)| i).collect();
+                    let newest_live = live.iter().rev().copied().find(|&i| all[i].expires_at_ms > now);
+                    let any_expired = live.iter().any(|&i| all[i].expires_at_ms <= now);
+                    let typed = match newest_live { Some(i) if right => digits(all[i].code), Some(i) => wrong(all[i].code), None => b"000000".to_vec() };
+                    let got = t.verify_subject(DEMO, &format!("s{subject}"), &typed);
+                    // Every expired one newer than the match was expired on the way.
+                    for &i in &live {
+                        if all[i].expires_at_ms <= now && newest_live.is_none_or(|n| i > n) {
+                            all[i].finished = Some(ChallengeState::Expired);
+                        }
+                    }
+                    match newest_live {
+                        Some(i) => {
+                            let m = &mut all[i];
+                            if right {
+                                prop_assert_eq!(got, VerifyOutcome::Approved);
+                                m.finished = Some(ChallengeState::Approved);
+                                *approvals.entry(m.id).or_default() += 1;
+                            } else {
+                                m.attempts_left -= 1;
+                                if m.attempts_left == 0 { m.finished = Some(ChallengeState::Locked); prop_assert_eq!(got, VerifyOutcome::Locked); }
+                                else { prop_assert_eq!(got, VerifyOutcome::Rejected { attempts_left: m.attempts_left }); }
+                            }
+                        }
+                        None if any_expired => prop_assert_eq!(got, VerifyOutcome::Expired),
+                        None => prop_assert_eq!(got, VerifyOutcome::Unknown),
+                    }
+                }
+                Op::Cancel { pick } if !all.is_empty() => {
+                    let n = all.len(); let m = &mut all[usize::from(pick) % n];
+                    let live = m.finished.is_none() && m.expires_at_ms > now;
+                    prop_assert_eq!(t.cancel(DEMO, m.id), live);
+                    if live { m.finished = Some(ChallengeState::Cancelled); }
+                    else if m.finished.is_none() { m.finished = Some(ChallengeState::Expired); }
+                }
+                Op::Resend { pick } if !all.is_empty() => {
+                    let m = &all[usize::from(pick) % all.len()];
+                    let live = m.finished.is_none() && m.expires_at_ms > now;
+                    let r = t.resend(DEMO, m.id);
+                    prop_assert_eq!(r.is_some(), live);
+                    if let Some(r) = r { prop_assert_eq!(digits(r.code), digits(m.code)); }
+                }
+                Op::Advance { secs } => clock.advance_s(u64::from(secs)),
+                Op::Sweep => {
+                    t.sweep();
+                    for m in all.iter_mut().filter(|m| m.finished.is_none() && m.expires_at_ms <= now) {
+                        m.finished = Some(ChallengeState::Expired);
+                    }
+                }
+                _ => {}
+            }
+            // Status agrees with the model for every challenge.
+            let now = clock.now_ms();
+            for m in &all {
+                let s = t.status(DEMO, m.id).unwrap();
+                let expected = match m.finished { Some(st) => st, None if m.expires_at_ms <= now => ChallengeState::Expired, None => ChallengeState::Pending };
+                prop_assert_eq!(s.state, expected);
+                prop_assert_eq!(s.attempts_left, m.attempts_left);
+            }
+            let pending_model = all.iter().filter(|m| m.finished.is_none()).count();
+            prop_assert_eq!(t.pending(), pending_model);
+        }
+        prop_assert!(approvals.values().all(|&n| n == 1));
+    }
+}
