@@ -1,1 +1,2 @@
+//! The `watchword` binary (placeholder until the server lands).
 fn main() {}
