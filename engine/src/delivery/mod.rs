@@ -4,6 +4,31 @@
 //! [`ChallengeLedger`], asks it before every try whether the challenge may still
 //! be sent to, and reports every change of delivery state to it.
 
+mod breaker;
+pub mod carrier;
+pub mod config;
+pub mod destination;
+pub mod http;
+mod limits;
+mod pace;
+pub mod router;
+pub mod simulated;
+mod template;
+
+pub use breaker::BreakerState;
+pub use carrier::{
+    Carrier, CarrierMessage, DialPlan, Receipt, ReceiptToken, Receipts, SendFuture, SendOutcome,
+};
+pub use config::{
+    BreakerConfig, CarrierConfig, CarrierKind, HttpConfig, Limit, LimitsConfig, OutageConfig,
+    OutageMode, PrefixLimit, RetryConfig, RouterConfig, RouterConfigError, SenderPool,
+    SenderPoolsConfig, SimulatedConfig, TenantDelivery,
+};
+pub use destination::{Destination, ExtensionKind, InvalidDestination, normalize};
+pub use http::HttpCarrier;
+pub use router::{DeliveryJob, DeliveryPermit, QueueFull, RateLimited, Router, RouterStats};
+pub use simulated::{OutboxMessage, SimCounters, SimulatedCarrier};
+
 use crate::types::{ChallengeId, DeliveryState};
 
 /// A carrier's index in the router's carrier list; the table stores it in one

@@ -1,0 +1,141 @@
+//! The carrier contract: send one message, answer accepted / throttled /
+//! rejected / failed; report the delivery receipt later through [`Receipts`].
+//!
+//! A carrier implementation must never retry on its own (the router owns
+//! retries and failover), never log a message's text (it holds the code) and
+//! never log a full destination.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::types::{ChallengeId, Channel, TenantId};
+
+/// How a voice call reaches the person.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DialPlan {
+    /// Dial the number; no extension (always the case for SMS and e-mail).
+    Direct,
+    /// Dial the number, then play these digits as tones once connected.
+    Tones(String),
+    /// Dial the number, ask the operator who answers to transfer the call to
+    /// this extension, and play the prompt once transferred.
+    Operator(String),
+}
+
+impl DialPlan {
+    /// Short name for logs: "direct", "tones", "operator".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Tones(_) => "tones",
+            Self::Operator(_) => "operator",
+        }
+    }
+}
+
+/// Identifies one send for its later receipt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReceiptToken(pub u64);
+
+/// One message handed to a carrier.
+#[derive(Clone, Debug)]
+pub struct CarrierMessage {
+    /// Whose challenge.
+    pub tenant: TenantId,
+    /// The challenge.
+    pub id: ChallengeId,
+    /// SMS, voice or e-mail.
+    pub channel: Channel,
+    /// E.164 number without extension, or the e-mail address.
+    pub to: String,
+    /// For voice: how to reach an extension.
+    pub dial_plan: DialPlan,
+    /// Sender id, caller id or from address.
+    pub sender: String,
+    /// The text (holds the code: never log it).
+    pub text: String,
+    /// Quote this in [`Receipts::report`].
+    pub token: ReceiptToken,
+}
+
+/// A carrier's immediate answer to one send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Taken; a receipt may follow.
+    Accepted,
+    /// Too fast: try again after `retry_after` (SMPP 0x58, HTTP 429).
+    Throttled {
+        /// The carrier's Retry-After.
+        retry_after: Duration,
+    },
+    /// Refused for good (bad number, blocked destination).
+    Rejected {
+        /// Why, without the destination.
+        reason: String,
+    },
+    /// A transient failure (error, 5xx, connection loss).
+    Failed {
+        /// Why, without the destination.
+        reason: String,
+    },
+}
+
+/// What a carrier's receipt says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Receipt {
+    /// It reached the handset or mailbox.
+    Delivered,
+    /// It did not.
+    Undelivered {
+        /// Why, without the destination.
+        reason: String,
+    },
+}
+
+/// A boxed send future.
+pub type SendFuture = Pin<Box<dyn Future<Output = SendOutcome> + Send + 'static>>;
+
+/// A carrier. Implementations are shared across tasks.
+pub trait Carrier: Send + Sync + 'static {
+    /// Sends one message. The router drops the future at its timeout. A
+    /// receipt, if any, goes to `receipts` (before or after the answer).
+    fn send(&self, msg: CarrierMessage, receipts: &Receipts) -> SendFuture;
+}
+
+/// Where carriers report receipts; cheap to clone.
+#[derive(Clone)]
+pub struct Receipts(pub(crate) Arc<dyn ReceiptSink>);
+
+impl Receipts {
+    /// Reports the receipt for one send. Unknown or late tokens are ignored.
+    pub fn report(&self, token: ReceiptToken, receipt: Receipt) {
+        self.0.report(token, receipt);
+    }
+
+    /// A sink that drops every receipt (tools and tests of carriers alone).
+    pub fn discard() -> Self {
+        struct Null;
+        impl ReceiptSink for Null {
+            fn report(&self, _: ReceiptToken, _: Receipt) {}
+        }
+        Self(Arc::new(Null))
+    }
+
+    /// Receipts forwarded to a function (tests of carriers alone).
+    pub fn from_fn(f: impl Fn(ReceiptToken, Receipt) + Send + Sync + 'static) -> Self {
+        struct F<T>(T);
+        impl<T: Fn(ReceiptToken, Receipt) + Send + Sync + 'static> ReceiptSink for F<T> {
+            fn report(&self, t: ReceiptToken, r: Receipt) {
+                (self.0)(t, r)
+            }
+        }
+        Self(Arc::new(F(f)))
+    }
+}
+
+/// The receiving end of [`Receipts`].
+pub(crate) trait ReceiptSink: Send + Sync + 'static {
+    fn report(&self, token: ReceiptToken, receipt: Receipt);
+}

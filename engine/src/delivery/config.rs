@@ -1,0 +1,516 @@
+//! The router's configuration: carriers, sender pools, rate limits, retry
+//! policy, and each tenant's delivery settings. Loaded by the gateway from TOML.
+//!
+//! `Default` is the development profile (simulated carriers only). This module
+//! only describes and validates; it must never start tasks or hold secrets
+//! beyond what the operator wrote in the file.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::Channel;
+
+/// Everything the router needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// The carriers, in slot order (at most 64).
+    pub carriers: Vec<CarrierConfig>,
+    /// SMS sender pools per country.
+    pub senders: SenderPoolsConfig,
+    /// Keyed admission limits.
+    pub limits: LimitsConfig,
+    /// Messages accepted and not yet finished (queued, in flight or backing off);
+    /// a full queue refuses at once.
+    pub queue_capacity: usize,
+    /// Messages kept for slow outbox subscribers before they lag.
+    pub outbox_capacity: usize,
+    /// Tries per message and their time budget.
+    pub retry: RetryConfig,
+    /// An accepted message without a receipt after this long ends as failed.
+    pub receipt_timeout_ms: u64,
+    /// How often the janitor reclaims idle limiter keys.
+    pub janitor_interval_ms: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        let primary = CarrierConfig {
+            name: "sim-primary".into(),
+            priority: 0,
+            weight: 1,
+            ..CarrierConfig::default()
+        };
+        let backup = CarrierConfig {
+            name: "sim-backup".into(),
+            priority: 1,
+            weight: 1,
+            senders: vec!["+15550100002".into(), "Watchword".into()],
+            ..CarrierConfig::default()
+        };
+        Self {
+            carriers: vec![primary, backup],
+            senders: SenderPoolsConfig::default(),
+            limits: LimitsConfig::default(),
+            queue_capacity: 100_000,
+            outbox_capacity: 65_536,
+            retry: RetryConfig::default(),
+            receipt_timeout_ms: 120_000,
+            janitor_interval_ms: 10_000,
+        }
+    }
+}
+
+/// Which implementation a carrier uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CarrierKind {
+    /// In-process simulation delivering into the outbox.
+    Simulated,
+    /// JSON over HTTP/1.1 to `http.url`.
+    Http,
+}
+
+/// One carrier.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CarrierConfig {
+    /// Unique name, used in metrics, logs and STATUS.
+    pub name: String,
+    /// Which implementation.
+    pub kind: CarrierKind,
+    /// Channels served.
+    pub channels: Vec<Channel>,
+    /// ISO 3166 alpha-2 countries served; with `prefixes` both empty, every country.
+    pub countries: Vec<String>,
+    /// E.164 prefixes served (e.g. "+1", "+4420").
+    pub prefixes: Vec<String>,
+    /// Lower is preferred.
+    pub priority: u8,
+    /// Share of traffic among carriers of the same priority.
+    pub weight: u32,
+    /// Sends per second (0 = unlimited); paced with a burst of two.
+    pub throughput_per_s: u32,
+    /// Messages waiting for this carrier before it counts as saturated.
+    pub queue_capacity: usize,
+    /// Sends awaiting the carrier's answer at once (like an SMPP window).
+    pub max_in_flight: usize,
+    /// A send without an answer after this long has failed.
+    pub timeout_ms: u64,
+    /// The circuit breaker.
+    pub breaker: BreakerConfig,
+    /// Senders for SMS to countries without a pool, caller id for voice, from for e-mail.
+    pub senders: Vec<String>,
+    /// Each of `senders`' own rate per second (0 = unlimited; a long number does about 1).
+    pub sender_rate_per_s: u32,
+    /// Settings of a simulated carrier.
+    pub simulated: SimulatedConfig,
+    /// Settings of an HTTP carrier.
+    pub http: HttpConfig,
+}
+
+impl Default for CarrierConfig {
+    fn default() -> Self {
+        Self {
+            name: "sim".into(),
+            kind: CarrierKind::Simulated,
+            channels: Channel::ALL.to_vec(),
+            countries: Vec::new(),
+            prefixes: Vec::new(),
+            priority: 0,
+            weight: 1,
+            throughput_per_s: 0,
+            queue_capacity: 50_000,
+            max_in_flight: 10_000,
+            timeout_ms: 10_000,
+            breaker: BreakerConfig::default(),
+            senders: vec!["+15550100001".into(), "Watchword".into()],
+            sender_rate_per_s: 1,
+            simulated: SimulatedConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+/// Circuit breaker settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open it.
+    pub failure_threshold: u32,
+    /// First cooldown before a half-open probe.
+    pub cooldown_ms: u64,
+    /// Cooldowns double after each failed probe, up to this.
+    pub max_cooldown_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            cooldown_ms: 5_000,
+            max_cooldown_ms: 120_000,
+        }
+    }
+}
+
+/// How a simulated outage behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutageMode {
+    /// Every send fails at once.
+    Fail,
+    /// Sends never get an answer (the router's timeout ends them).
+    Hang,
+}
+
+/// A scheduled outage, relative to the router's start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutageConfig {
+    /// Start, in ms after the router started.
+    pub start_ms: u64,
+    /// Length in ms.
+    pub duration_ms: u64,
+    /// Fail or hang.
+    pub mode: OutageMode,
+}
+
+/// Behaviour of a simulated carrier.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulatedConfig {
+    /// Fastest answer, ms.
+    pub latency_min_ms: u64,
+    /// Slowest answer, ms (uniform between the two).
+    pub latency_max_ms: u64,
+    /// Probability that a send fails (transient).
+    pub failure_rate: f64,
+    /// Probability that a send is throttled.
+    pub throttle_rate: f64,
+    /// The Retry-After given with a throttle, ms.
+    pub throttle_retry_after_ms: u64,
+    /// Probability that a send is rejected for good.
+    pub reject_rate: f64,
+    /// Probability that an accepted message is never delivered (no receipt).
+    pub lost_rate: f64,
+    /// Time from acceptance to the delivery receipt, ms.
+    pub receipt_delay_ms: u64,
+    /// Scheduled outages.
+    pub outages: Vec<OutageConfig>,
+}
+
+impl Default for SimulatedConfig {
+    fn default() -> Self {
+        Self {
+            latency_min_ms: 1,
+            latency_max_ms: 5,
+            failure_rate: 0.0,
+            throttle_rate: 0.0,
+            throttle_retry_after_ms: 1_000,
+            reject_rate: 0.0,
+            lost_rate: 0.0,
+            receipt_delay_ms: 20,
+            outages: Vec::new(),
+        }
+    }
+}
+
+/// Settings of an HTTP carrier.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where to POST each message (http:// only; TLS is not wired yet).
+    pub url: String,
+    /// Optional `Authorization` header value.
+    pub authorization: String,
+    /// Idle keep-alive connections kept per host.
+    pub pool_max_idle_per_host: usize,
+    /// An idle pooled connection is closed after this long, ms.
+    pub pool_idle_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            authorization: String::new(),
+            pool_max_idle_per_host: 64,
+            pool_idle_timeout_ms: 90_000,
+        }
+    }
+}
+
+/// One country's SMS sender pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SenderPool {
+    /// ISO 3166 alpha-2 country.
+    pub country: String,
+    /// The senders (short codes), used in rotation.
+    pub senders: Vec<String>,
+    /// Each sender's own rate per second (0 = unlimited).
+    pub rate_per_s: u32,
+}
+
+impl Default for SenderPool {
+    fn default() -> Self {
+        Self {
+            country: String::new(),
+            senders: Vec::new(),
+            rate_per_s: 100,
+        }
+    }
+}
+
+/// SMS sender pools per country; countries without one use their carrier's senders.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SenderPoolsConfig {
+    /// The pools.
+    pub pools: Vec<SenderPool>,
+}
+
+impl Default for SenderPoolsConfig {
+    fn default() -> Self {
+        let pool = |country: &str, codes: &[&str]| SenderPool {
+            country: country.into(),
+            senders: codes.iter().map(|s| (*s).to_owned()).collect(),
+            rate_per_s: 100,
+        };
+        Self {
+            pools: vec![
+                pool("US", &["97671", "69829", "51789", "99399"]),
+                pool("CA", &["759731", "673801"]),
+            ],
+        }
+    }
+}
+
+/// One keyed limit: at most `max` sends per `window_ms` (0 = off).
+///
+/// Up to 16, it is exact over any sliding window; above, a GCRA with a burst of
+/// `max` refilled at `max / window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limit {
+    /// Sends allowed (0 = no limit).
+    pub max: u32,
+    /// The window, ms.
+    pub window_ms: u64,
+}
+
+impl Default for Limit {
+    fn default() -> Self {
+        Self {
+            max: 0,
+            window_ms: 1_000,
+        }
+    }
+}
+
+impl Limit {
+    /// `max` sends per `window_ms`.
+    pub const fn new(max: u32, window_ms: u64) -> Self {
+        Self { max, window_ms }
+    }
+}
+
+/// A limit on every destination under a number prefix (against SMS pumping).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrefixLimit {
+    /// E.164 prefix, e.g. "+882".
+    pub prefix: String,
+    /// The limit for all numbers under it together.
+    pub limit: Limit,
+}
+
+impl Default for PrefixLimit {
+    fn default() -> Self {
+        Self {
+            prefix: "+".into(),
+            limit: Limit::default(),
+        }
+    }
+}
+
+/// Keyed admission limits, checked and counted by `Router::admit`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Per destination (all tenants): default 5 in any 5 minutes.
+    pub destination: Limit,
+    /// Per tenant and subject.
+    pub subject: Limit,
+    /// Per tenant.
+    pub tenant: Limit,
+    /// Per destination country (all tenants).
+    pub country: Limit,
+    /// Per number prefix (all tenants); the longest matching prefix applies.
+    pub prefixes: Vec<PrefixLimit>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            destination: Limit::new(5, 300_000),
+            subject: Limit::new(10, 300_000),
+            tenant: Limit::new(200_000, 1_000),
+            country: Limit::new(100_000, 1_000),
+            prefixes: Vec::new(),
+        }
+    }
+}
+
+/// Tries per message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Tries per message (1..=5).
+    pub max_tries: u32,
+    /// Every try starts within this long of the first, ms.
+    pub budget_ms: u64,
+    /// Back-off before the second try, ms; doubles after, with jitter.
+    pub base_backoff_ms: u64,
+    /// Longest back-off, ms.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_tries: 5,
+            budget_ms: 300_000,
+            base_backoff_ms: 200,
+            max_backoff_ms: 30_000,
+        }
+    }
+}
+
+/// A tenant's delivery settings (from the tenant's policy).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantDelivery {
+    /// ISO 3166 alpha-2 country for numbers in national format, e.g. "US".
+    pub default_country: String,
+    /// Voice extensions go through the operator who answers.
+    pub operator_assistance: bool,
+    /// The service name written in messages.
+    pub service_name: String,
+    /// Message locale when a request gives none.
+    pub default_locale: String,
+}
+
+impl Default for TenantDelivery {
+    fn default() -> Self {
+        Self {
+            default_country: "US".into(),
+            operator_assistance: false,
+            service_name: "Watchword".into(),
+            default_locale: "en".into(),
+        }
+    }
+}
+
+/// A configuration the router cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("router configuration: {0}")]
+pub struct RouterConfigError(pub String);
+
+impl RouterConfig {
+    /// Checks the configuration; the error names the offending field.
+    pub fn validate(&self) -> Result<(), RouterConfigError> {
+        let err = |s: String| Err(RouterConfigError(s));
+        if self.carriers.len() > 64 {
+            return err(format!("carriers: at most 64, got {}", self.carriers.len()));
+        }
+        if self.queue_capacity == 0 || self.queue_capacity > (u32::MAX as usize) {
+            return err("queue_capacity: must be 1..=4294967295".into());
+        }
+        if self.outbox_capacity == 0 {
+            return err("outbox_capacity: must be at least 1".into());
+        }
+        if !(1..=5).contains(&self.retry.max_tries) {
+            return err("retry.max_tries: must be 1..=5".into());
+        }
+        if self.retry.budget_ms == 0 || self.retry.budget_ms > 300_000 {
+            return err("retry.budget_ms: must be 1..=300000".into());
+        }
+        if self.receipt_timeout_ms == 0 || self.janitor_interval_ms == 0 {
+            return err("receipt_timeout_ms and janitor_interval_ms must be positive".into());
+        }
+        for (i, c) in self.carriers.iter().enumerate() {
+            let at = format!("carriers[{i}] ({})", c.name);
+            if c.name.is_empty() {
+                return err(format!("{at}.name: must not be empty"));
+            }
+            if self.carriers[..i].iter().any(|o| o.name == c.name) {
+                return err(format!("{at}.name: duplicate"));
+            }
+            if c.channels.is_empty() {
+                return err(format!("{at}.channels: must not be empty"));
+            }
+            if c.max_in_flight == 0 || c.queue_capacity == 0 || c.timeout_ms == 0 {
+                return err(format!(
+                    "{at}: max_in_flight, queue_capacity and timeout_ms must be positive"
+                ));
+            }
+            if c.breaker.failure_threshold == 0 || c.breaker.cooldown_ms == 0 {
+                return err(format!(
+                    "{at}.breaker: failure_threshold and cooldown_ms must be positive"
+                ));
+            }
+            if c.senders.is_empty() {
+                return err(format!("{at}.senders: need at least one sender"));
+            }
+            if let Some(p) = c.prefixes.iter().find(|p| !valid_prefix(p)) {
+                return err(format!("{at}.prefixes: {p:?} is not '+' then digits"));
+            }
+            let s = &c.simulated;
+            for (n, r) in [
+                ("failure_rate", s.failure_rate),
+                ("throttle_rate", s.throttle_rate),
+                ("reject_rate", s.reject_rate),
+                ("lost_rate", s.lost_rate),
+            ] {
+                if !(0.0..=1.0).contains(&r) {
+                    return err(format!("{at}.simulated.{n}: must be within 0..=1"));
+                }
+            }
+            if s.latency_min_ms > s.latency_max_ms {
+                return err(format!("{at}.simulated: latency_min_ms > latency_max_ms"));
+            }
+            if c.kind == CarrierKind::Http && !c.http.url.starts_with("http://") {
+                return err(format!("{at}.http.url: must start with http://"));
+            }
+        }
+        for (i, p) in self.senders.pools.iter().enumerate() {
+            if p.country.len() != 2 || p.senders.is_empty() {
+                return err(format!(
+                    "senders.pools[{i}]: needs a 2-letter country and at least one sender"
+                ));
+            }
+        }
+        for (i, p) in self.limits.prefixes.iter().enumerate() {
+            if !valid_prefix(&p.prefix) {
+                return err(format!("limits.prefixes[{i}].prefix: not '+' then digits"));
+            }
+        }
+        for (n, l) in [
+            ("destination", self.limits.destination),
+            ("subject", self.limits.subject),
+            ("tenant", self.limits.tenant),
+            ("country", self.limits.country),
+        ] {
+            if l.max > 0 && l.window_ms == 0 {
+                return err(format!("limits.{n}.window_ms: must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn valid_prefix(p: &str) -> bool {
+    p.strip_prefix('+')
+        .is_some_and(|d| d.len() <= 15 && d.bytes().all(|b| b.is_ascii_digit()))
+}

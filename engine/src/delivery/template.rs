@@ -1,0 +1,180 @@
+//! Message texts: per-locale templates (English, French) for SMS, voice and
+//! e-mail, with the code, the service name and the minutes left; an SMS always
+//! fits one segment (GSM-7 160 or UCS-2 70 characters).
+//!
+//! The rendered text holds the code: it goes to a carrier and nowhere else.
+//! This module must never log or keep what it renders.
+
+use std::fmt::Write as _;
+
+use crate::code::Code;
+use crate::types::Channel;
+
+/// A supported message language.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lang {
+    En,
+    Fr,
+}
+
+impl Lang {
+    /// The language for a BCP 47 tag (`fr`, `fr-CA`, `fr_FR`); English otherwise.
+    pub(crate) fn from_tag(tag: &str) -> Self {
+        let primary = tag.split(['-', '_']).next().unwrap_or("");
+        if primary.eq_ignore_ascii_case("fr") {
+            Self::Fr
+        } else {
+            Self::En
+        }
+    }
+}
+
+/// GSM 03.38 basic character set.
+const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+/// GSM 03.38 extension table: two septets each.
+const GSM7_EXT: &str = "^{}\\[~]|€\u{c}";
+
+/// The number of characters `text` takes in one SMS, and the segment's size:
+/// `(septets, 160)` for GSM-7, `(UTF-16 units, 70)` otherwise.
+pub(crate) fn sms_cost(text: &str) -> (usize, usize) {
+    let mut septets = 0;
+    for c in text.chars() {
+        if GSM7_BASIC.contains(c) {
+            septets += 1;
+        } else if GSM7_EXT.contains(c) {
+            septets += 2;
+        } else {
+            return (text.encode_utf16().count(), 70);
+        }
+    }
+    (septets, 160)
+}
+
+/// Whether `text` fits in one SMS segment.
+pub(crate) fn fits_one_segment(text: &str) -> bool {
+    let (n, max) = sms_cost(text);
+    n <= max
+}
+
+fn minutes_left(expires_at_ms: u64, now_ms: u64) -> u64 {
+    expires_at_ms.saturating_sub(now_ms).div_ceil(60_000).max(1)
+}
+
+fn sms(lang: Lang, code: &str, service: &str, minutes: u64) -> String {
+    let mut s = String::with_capacity(96);
+    let _ = match lang {
+        Lang::En => write!(
+            s,
+            "{code} is your {service} verification code. It expires in {minutes} min."
+        ),
+        Lang::Fr => write!(
+            s,
+            "{code} est votre code de vérification {service}. Il expire dans {minutes} min."
+        ),
+    };
+    s
+}
+
+/// Renders the text for `channel`. For voice, the code is read digit by digit,
+/// twice. `service` is shortened if an SMS would not fit one segment.
+pub(crate) fn render(
+    channel: Channel,
+    locale: &str,
+    code: &Code,
+    service: &str,
+    expires_at_ms: u64,
+    now_ms: u64,
+) -> String {
+    let lang = Lang::from_tag(locale);
+    let (buf, n) = code.digits();
+    let code = std::str::from_utf8(&buf[..n]).unwrap_or("");
+    let minutes = minutes_left(expires_at_ms, now_ms);
+    match channel {
+        Channel::Sms => {
+            let text = sms(lang, code, service, minutes);
+            if fits_one_segment(&text) {
+                return text;
+            }
+            // Shorten the service name until it fits; drop it if need be.
+            let mut chars: Vec<char> = service.chars().collect();
+            while !chars.is_empty() {
+                chars.pop();
+                let short: String = chars.iter().collect();
+                let text = sms(lang, code, short.trim_end(), minutes);
+                if fits_one_segment(&text) {
+                    return text;
+                }
+            }
+            sms(lang, code, "", minutes)
+        }
+        Channel::Voice => {
+            let mut spoken = String::with_capacity(n * 3);
+            for (i, d) in code.chars().enumerate() {
+                if i > 0 {
+                    spoken.push_str(", ");
+                }
+                spoken.push(d);
+            }
+            match lang {
+                Lang::En => format!(
+                    "Hello. Your {service} verification code is: {spoken}. Again: {spoken}. It expires in {minutes} minutes."
+                ),
+                Lang::Fr => format!(
+                    "Bonjour. Votre code de vérification {service} est : {spoken}. Je répète : {spoken}. Il expire dans {minutes} minutes."
+                ),
+            }
+        }
+        Channel::Email => match lang {
+            Lang::En => format!(
+                "Subject: Your {service} verification code\n\nYour {service} verification code is {code}.\nIt expires in {minutes} minutes. If you did not ask for it, ignore this message.\n"
+            ),
+            Lang::Fr => format!(
+                "Subject: Votre code de vérification {service}\n\nVotre code de vérification {service} est {code}.\nIl expire dans {minutes} minutes. Si vous ne l'avez pas demandé, ignorez ce message.\n"
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code() -> Code {
+        Code::from_parts(123456, 6).unwrap()
+    }
+
+    #[test]
+    fn english_and_french_sms_carry_code_service_and_minutes() {
+        let en = render(Channel::Sms, "en-US", &code(), "Acme VPN", 300_000, 0);
+        assert_eq!(
+            en,
+            "123456 is your Acme VPN verification code. It expires in 5 min."
+        );
+        let fr = render(Channel::Sms, "fr-CA", &code(), "Acme VPN", 250_000, 0);
+        assert!(fr.starts_with("123456 est votre code"), "{fr}");
+        assert!(fr.contains("5 min"));
+        assert_eq!(sms_cost(&fr).1, 160, "é is GSM-7");
+    }
+
+    #[test]
+    fn long_or_unicode_service_names_still_fit_one_segment() {
+        let long = "A".repeat(300);
+        let t = render(Channel::Sms, "en", &code(), &long, 60_000, 0);
+        assert!(fits_one_segment(&t));
+        assert!(t.contains("123456"));
+        let uni = "服务".repeat(40);
+        let t = render(Channel::Sms, "fr", &code(), &uni, 60_000, 0);
+        assert!(fits_one_segment(&t), "{t}");
+        assert_eq!(sms_cost(&t).1, 70);
+        assert!(t.contains("123456"));
+    }
+
+    #[test]
+    fn voice_reads_digits_and_email_has_a_subject() {
+        let v = render(Channel::Voice, "en", &code(), "Acme", 60_000, 0);
+        assert!(v.contains("1, 2, 3, 4, 5, 6"));
+        let e = render(Channel::Email, "fr", &code(), "Acme", 60_000, 0);
+        assert!(e.starts_with("Subject: Votre code"));
+        assert!(e.contains("123456"));
+    }
+}
