@@ -1,14 +1,20 @@
 //! Watchword's gateway: protocol v1 on the network in front of the engine.
 //!
 //! One file per concern, as in mini-redis: [`frame`] and [`protocol`] (wire
-//! format only), [`client`] (the async client library) and [`tls`]. The library
-//! holds everything testable; the `watchword` binary only parses flags and
-//! calls into it. Nothing in this crate may log, count or return a code, a key
-//! or a full destination.
+//! format only), [`connection`] (buffered frames on a stream), [`server`]
+//! (accept loop and per-connection handler), [`backend`] (the thin layer to
+//! the engine), [`metrics`], [`tls`] and [`client`] (the async client
+//! library). The library holds everything testable; the `watchword` binary
+//! only parses flags and calls into it. Nothing in this crate may log, count
+//! or return a code, a key or a full destination.
 
+pub mod backend;
 pub mod client;
+pub mod connection;
 pub mod frame;
+pub mod metrics;
 pub mod protocol;
+pub mod server;
 pub mod tls;
 
 pub use client::{
