@@ -1,1 +1,211 @@
-fn main() {}
+//! The challenge table against its baselines, in one criterion group.
+//!
+//! `watchword/{issue,verify,cycle}` at 1 and 2 threads with 1k, 1M and 10M
+//! challenges already pending, beside `dashmap` and `scc` doing insert + get +
+//! remove of an entry of the same size (a bare cycle: no code, no CSPRNG, no
+//! expiry, no indexes). Throughput is in operations (a cycle counts as one).
+//!
+//! Run: `cargo bench -p watchword-benches --bench table`
+//! (`WATCHWORD_BENCH_SIZES=1000,1000000` to skip the 10M runs.)
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use rand::{Rng, SeedableRng};
+use watchword_benches::{
+    BaselineValue, BenchClock, bench_table, destination, prefill, spec, subject,
+};
+use watchword_engine::table::ChallengeTable;
+use watchword_engine::{TenantId, VerifyOutcome};
+
+const THREADS: [u64; 2] = [1, 2];
+
+fn sizes() -> Vec<u64> {
+    std::env::var("WATCHWORD_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 1_000_000, 10_000_000])
+}
+
+/// Runs `per_thread(thread_index, iterations)` on `threads` threads and
+/// returns the wall time of the slowest.
+fn run_threads(
+    threads: u64,
+    iters: u64,
+    per_thread: impl Fn(u64, u64) -> Duration + Sync,
+) -> Duration {
+    let share = iters.div_ceil(threads);
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let f = &per_thread;
+                s.spawn(move || f(t, share))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .max()
+            .unwrap_or_default()
+    })
+}
+
+/// A fresh subject range per call so issues never supersede each other.
+fn user_base(counter: &std::sync::atomic::AtomicU64, n: u64) -> u64 {
+    counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn watchword(c: &mut Criterion, pending: u64) {
+    let clock = BenchClock::new();
+    let table = bench_table(clock.clone(), 0);
+    prefill(&table, pending);
+    let next_user = std::sync::atomic::AtomicU64::new(100_000_000);
+    let mut group = c.benchmark_group("table");
+    group.throughput(Throughput::Elements(1));
+    let tidy = |t: &ChallengeTable| {
+        // Finished challenges become forgettable at once (grace 0); move the
+        // clock a second so the sweep frees them, outside the measurement.
+        clock.advance_ms(1000);
+        t.sweep();
+    };
+
+    for threads in THREADS {
+        let id = format!("{pending}-pending/{threads}-thread");
+        group.bench_function(BenchmarkId::new("watchword-issue", &id), |b| {
+            b.iter_custom(|iters| {
+                let ids = parking_lot::Mutex::new(Vec::new());
+                let took = run_threads(threads, iters, |_, n| {
+                    let base = user_base(&next_user, n);
+                    let names: Vec<(String, String)> = (base..base + n)
+                        .map(|i| (subject(i), destination(i)))
+                        .collect();
+                    let mut mine = Vec::with_capacity(n as usize);
+                    let start = Instant::now();
+                    for (s, d) in &names {
+                        mine.push(table.issue(&spec(s, d, 300)).expect("issue").id);
+                    }
+                    let took = start.elapsed();
+                    ids.lock().extend(mine);
+                    took
+                });
+                for id in ids.into_inner() {
+                    table.cancel(TenantId(0), id);
+                }
+                tidy(&table);
+                took
+            })
+        });
+        group.bench_function(BenchmarkId::new("watchword-verify", &id), |b| {
+            b.iter_custom(|iters| {
+                let took = run_threads(threads, iters, |_, n| {
+                    let base = user_base(&next_user, n);
+                    let issued: Vec<_> = (base..base + n)
+                        .map(|i| {
+                            let c = table
+                                .issue(&spec(&subject(i), &destination(i), 300))
+                                .expect("issue");
+                            let (d, len) = c.code.digits();
+                            (c.id, d, len)
+                        })
+                        .collect();
+                    let start = Instant::now();
+                    for (id, d, len) in &issued {
+                        let r = table.verify(TenantId(0), *id, &d[..*len]);
+                        debug_assert_eq!(r, VerifyOutcome::Approved);
+                        black_box(r);
+                    }
+                    start.elapsed()
+                });
+                tidy(&table);
+                took
+            })
+        });
+        group.bench_function(BenchmarkId::new("watchword-cycle", &id), |b| {
+            b.iter_custom(|iters| {
+                let took = run_threads(threads, iters, |_, n| {
+                    let base = user_base(&next_user, n);
+                    let names: Vec<(String, String)> = (base..base + n)
+                        .map(|i| (subject(i), destination(i)))
+                        .collect();
+                    let start = Instant::now();
+                    for (s, d) in &names {
+                        let c = table.issue(&spec(s, d, 300)).expect("issue");
+                        let (digits, len) = c.code.digits();
+                        black_box(table.verify(TenantId(0), c.id, &digits[..len]));
+                    }
+                    start.elapsed()
+                });
+                tidy(&table);
+                took
+            })
+        });
+    }
+    group.finish();
+    drop(table);
+}
+
+fn baselines(c: &mut Criterion, pending: u64) {
+    let dash: Arc<dashmap::DashMap<u128, BaselineValue, ahash::RandomState>> =
+        Arc::new(dashmap::DashMap::with_hasher(ahash::RandomState::new()));
+    let scc: Arc<scc::HashMap<u128, BaselineValue, ahash::RandomState>> =
+        Arc::new(scc::HashMap::with_hasher(ahash::RandomState::new()));
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    for i in 0..pending {
+        dash.insert(rng.random(), BaselineValue::new(i));
+        let _ = scc.insert_sync(rng.random(), BaselineValue::new(i));
+    }
+    let mut group = c.benchmark_group("table");
+    group.throughput(Throughput::Elements(1));
+    for threads in THREADS {
+        let id = format!("{pending}-pending/{threads}-thread");
+        group.bench_function(BenchmarkId::new("dashmap-cycle", &id), |b| {
+            b.iter_custom(|iters| {
+                run_threads(threads, iters, |t, n| {
+                    let mut rng = rand::rngs::SmallRng::seed_from_u64(t + 1000);
+                    let start = Instant::now();
+                    for i in 0..n {
+                        let k: u128 = rng.random();
+                        dash.insert(k, BaselineValue::new(i));
+                        black_box(dash.get(&k).map(|v| v.record[0]));
+                        black_box(dash.remove(&k));
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        group.bench_function(BenchmarkId::new("scc-cycle", &id), |b| {
+            b.iter_custom(|iters| {
+                run_threads(threads, iters, |t, n| {
+                    let mut rng = rand::rngs::SmallRng::seed_from_u64(t + 2000);
+                    let start = Instant::now();
+                    for i in 0..n {
+                        let k: u128 = rng.random();
+                        let _ = scc.insert_sync(k, BaselineValue::new(i));
+                        black_box(scc.read_sync(&k, |_, v| v.record[0]));
+                        black_box(scc.remove_sync(&k));
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+fn all(c: &mut Criterion) {
+    for pending in sizes() {
+        watchword(c, pending);
+        baselines(c, pending);
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30);
+    targets = all
+}
+criterion_main!(benches);

@@ -37,9 +37,15 @@ impl Code {
     /// # Panics
     /// Never for lengths the table accepts; a length outside 4..=12 is clamped.
     pub fn generate(len: u8) -> Self {
+        Self::generate_with(len, &mut rand::rng())
+    }
+
+    /// [`Code::generate`] with a CSPRNG handle the caller already holds. The
+    /// generator must be cryptographically secure (`rand::rngs::ThreadRng`).
+    pub(crate) fn generate_with(len: u8, rng: &mut rand::rngs::ThreadRng) -> Self {
         let len = len.clamp(MIN_CODE_LEN, MAX_CODE_LEN);
         let bound = 10u64.pow(u32::from(len));
-        let value = rand::rng().random_range(0..bound);
+        let value = rng.random_range(0..bound);
         Self { value, len }
     }
 

@@ -84,6 +84,12 @@ pub struct Event<'a> {
 pub trait EventSink: Send + Sync + 'static {
     /// Takes one event.
     fn record(&self, event: &Event<'_>);
+
+    /// Whether this sink wants events at all; `false` lets the table skip
+    /// copying them out. Asked once, when the table is built.
+    fn enabled(&self) -> bool {
+        true
+    }
 }
 
 /// A sink that drops everything (benchmarks, tools).
@@ -92,6 +98,10 @@ pub struct NullSink;
 
 impl EventSink for NullSink {
     fn record(&self, _event: &Event<'_>) {}
+
+    fn enabled(&self) -> bool {
+        false
+    }
 }
 
 /// An owned copy of an event, for sinks that keep them (tests, queues).

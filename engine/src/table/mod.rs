@@ -25,7 +25,7 @@ mod sweeper;
 mod tests;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use crossbeam::utils::CachePadded;
 use parking_lot::Mutex;
@@ -57,8 +57,10 @@ pub const MAX_SHARDS: usize = 4096;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TableConfig {
-    /// Number of shards; 0 picks `(cores x 4).next_power_of_two()`. Otherwise
-    /// a power of two, at most 4096.
+    /// Number of shards; 0 picks `(cores x 16).next_power_of_two()`. Otherwise
+    /// a power of two, at most 4096. More shards than dashmap's `cores x 4`:
+    /// while the sweeper works through a mass expiry it holds one shard lock
+    /// at a time, and a verify collides with it with probability 1/shards.
     pub shards: usize,
     /// Most pending challenges held at once; issuing beyond it fails with a
     /// capacity error (a live challenge is never evicted).
@@ -77,7 +79,7 @@ impl Default for TableConfig {
             shards: 0,
             capacity: 20_000_000,
             tombstone_grace_s: 60,
-            sweep_slice: 256,
+            sweep_slice: 32,
             sweep_interval_ms: 100,
         }
     }
@@ -88,7 +90,7 @@ impl TableConfig {
     pub fn resolved_shards(&self) -> usize {
         if self.shards == 0 {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            (cores * 4).next_power_of_two().min(MAX_SHARDS)
+            (cores * 16).next_power_of_two().min(MAX_SHARDS)
         } else {
             self.shards
         }
@@ -317,7 +319,10 @@ pub struct ChallengeTable {
     hasher: ahash::RandomState,
     clock: Arc<dyn Clock>,
     sink: Arc<dyn EventSink>,
-    pending: CachePadded<AtomicUsize>,
+    /// Pending challenges across shards, behind by at most one flush batch
+    /// per shard; for the capacity check and lock-free reads.
+    pending_approx: Arc<CachePadded<AtomicI64>>,
+    events: bool,
     config: TableConfig,
     epoch_ms: u64,
     metrics: TableMetrics,
@@ -343,16 +348,28 @@ impl ChallengeTable {
         let n = config.resolved_shards();
         let epoch_ms = clock.now_ms();
         let hasher = ahash::RandomState::new();
+        let pending_approx = Arc::new(CachePadded::new(AtomicI64::new(0)));
+        // Exact for small tables (tests); at most 64 behind per shard for big ones.
+        let flush_batch = (config.capacity / (n * 64)).clamp(1, 64) as i64;
         let shards = (0..n)
-            .map(|_| CachePadded::new(Mutex::new(Shard::new(epoch_ms, hasher.clone()))))
+            .map(|_| {
+                CachePadded::new(Mutex::new(Shard::new(
+                    epoch_ms,
+                    hasher.clone(),
+                    pending_approx.clone(),
+                    flush_batch,
+                )))
+            })
             .collect();
+        let events = sink.enabled();
         Ok(Self {
             shards,
             shard_bits: n.trailing_zeros(),
             hasher,
             clock,
             sink,
-            pending: CachePadded::new(AtomicUsize::new(0)),
+            pending_approx,
+            events,
             config,
             epoch_ms,
             metrics: TableMetrics::new(),
@@ -369,9 +386,20 @@ impl ChallengeTable {
         self.shards.len()
     }
 
-    /// Pending challenges right now (tombstones not included).
+    /// Pending challenges right now, exactly (tombstones not included).
+    /// Locking behaviour: takes each shard lock in turn, one at a time.
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+        self.shards.iter().map(|s| s.lock().pending()).sum()
+    }
+
+    /// Pending challenges without taking any lock: behind the exact count by
+    /// at most 64 per shard on large tables (exact on small ones).
+    pub fn pending_approx(&self) -> usize {
+        self.pending_approx.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    fn event(&self, kind: EventKind, entry: &Entry) -> Option<PendingEvent> {
+        self.events.then(|| PendingEvent::from_entry(kind, entry))
     }
 
     /// Entries held, pending and tombstones. Locking behaviour: takes each
@@ -392,7 +420,7 @@ impl ChallengeTable {
     }
 
     fn subject_hash(&self, tenant: TenantId, subject: &str) -> u64 {
-        self.hasher.hash_one((tenant.0, subject))
+        self.hasher.hash_one((tenant.0, subject.as_bytes()))
     }
 
     fn shard_of_hash(&self, hash: u64) -> usize {
@@ -412,9 +440,9 @@ impl ChallengeTable {
         }
     }
 
-    fn new_id(&self, shard: usize) -> ChallengeId {
+    fn new_id(&self, shard: usize, rng: &mut impl RngCore) -> ChallengeId {
         let mut bytes = [0u8; 16];
-        rand::rng().fill_bytes(&mut bytes);
+        rng.fill_bytes(&mut bytes);
         if self.shard_bits == 0 {
             return ChallengeId(bytes);
         }
@@ -497,19 +525,22 @@ impl ChallengeTable {
         let now = self.clock.now_ms();
         let hash = self.subject_hash(spec.tenant, spec.subject);
         let shard_ix = self.shard_of_hash(hash);
-        let id = self.new_id(shard_ix);
-        let code = Code::generate(spec.code_len);
+        let mut rng = rand::rng();
+        let id = self.new_id(shard_ix, &mut rng);
+        let code = Code::generate_with(spec.code_len, &mut rng);
         let expires_at_ms = now + u64::from(spec.ttl_s) * 1000;
         let grace = self.grace_ms();
+        let id_hash = self.id_hash(id);
 
         let (issued, superseded) = {
             let mut shard = self.shards[shard_ix].lock();
-            let old = shard.find_same_target(hash, spec, now);
+            let mut head = shard.newest_for_subject(hash, spec.tenant.0, spec.subject.as_bytes());
+            let old = shard.find_same_target(head, spec, now);
+            // A new pending challenge must fit under the cap; superseding one
+            // adds nothing. A live challenge is never evicted to make room.
             if old.is_none() {
-                // A new pending challenge: respect the cap, never evict.
-                let before = self.pending.fetch_add(1, Ordering::Relaxed);
-                if before >= self.config.capacity {
-                    self.pending.fetch_sub(1, Ordering::Relaxed);
+                let approx = self.pending_approx.load(Ordering::Relaxed) + shard.unflushed_growth();
+                if approx.max(0) as usize >= self.config.capacity {
                     drop(shard);
                     self.metrics.capacity_refused.increment(1);
                     return Err(IssueError::Capacity {
@@ -519,28 +550,37 @@ impl ChallengeTable {
             }
             let superseded = old.map(|slot| {
                 shard.finish(slot, ChallengeState::Superseded, now + grace);
-                PendingEvent::from_entry(EventKind::Superseded, shard.entry(slot))
+                let entry = shard.entry(slot);
+                (entry.id, self.event(EventKind::Superseded, entry))
             });
-            let id_hash = self.id_hash(id);
-            let slot = shard.insert(Entry::new(id, spec, code, expires_at_ms), id_hash, hash);
-            (
-                PendingEvent::from_entry(EventKind::Issued, shard.entry(slot)),
-                superseded,
-            )
+            if superseded.is_some() {
+                head = shard.newest_for_subject(hash, spec.tenant.0, spec.subject.as_bytes());
+            }
+            let slot = shard.insert(
+                Entry::new(id, spec, code, expires_at_ms),
+                id_hash,
+                hash,
+                head,
+            );
+            (self.event(EventKind::Issued, shard.entry(slot)), superseded)
         };
 
         self.metrics.issued.increment(1);
-        let superseded_id = superseded.as_ref().map(|e| e.id);
-        if let Some(ev) = superseded {
+        let superseded_id = superseded.as_ref().map(|(id, _)| *id);
+        if let Some((_, ev)) = superseded {
             self.metrics.superseded.increment(1);
-            ev.emit(
-                &*self.sink,
-                now,
-                None,
-                Some("superseded by a newer challenge"),
-            );
+            if let Some(ev) = ev {
+                ev.emit(
+                    &*self.sink,
+                    now,
+                    None,
+                    Some("superseded by a newer challenge"),
+                );
+            }
         }
-        issued.emit(&*self.sink, now, None, None);
+        if let Some(ev) = issued {
+            ev.emit(&*self.sink, now, None, None);
+        }
         Ok(IssuedChallenge {
             id,
             code,
@@ -592,14 +632,11 @@ impl ChallengeTable {
             let mut shard = self.shards[self.shard_of_hash(hash)].lock();
             let mut found = None;
             let mut saw_expired = false;
-            while let Some(slot) = shard.newest_for_subject(hash, tenant.0, subject) {
+            while let Some(slot) = shard.newest_for_subject(hash, tenant.0, subject.as_bytes()) {
                 if shard.entry(slot).expires_at_ms <= now {
                     shard.finish(slot, ChallengeState::Expired, now + grace);
-                    self.pending.fetch_sub(1, Ordering::Relaxed);
-                    expired_events.push(PendingEvent::from_entry(
-                        EventKind::Expired,
-                        shard.entry(slot),
-                    ));
+                    self.metrics.expired.increment(1);
+                    expired_events.extend(self.event(EventKind::Expired, shard.entry(slot)));
                     saw_expired = true;
                     continue;
                 }
@@ -616,7 +653,6 @@ impl ChallengeTable {
             }
         };
         for ev in &expired_events {
-            self.metrics.expired.increment(1);
             ev.emit(&*self.sink, now, None, Some("validity period ended"));
         }
         self.after_transition(event, now);
@@ -631,27 +667,21 @@ impl ChallengeTable {
         t: Transition,
     ) -> (VerifyOutcome, Option<(PendingEvent, Option<&'static str>)>) {
         let entry = shard.entry(slot);
-        let ev = |kind, reason| Some((PendingEvent::from_entry(kind, entry), reason));
+        let ev = |kind, reason| self.event(kind, entry).map(|e| (e, reason));
         match t {
-            Transition::Approved => {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
-                (VerifyOutcome::Approved, ev(EventKind::Approved, None))
-            }
+            Transition::Approved => (VerifyOutcome::Approved, ev(EventKind::Approved, None)),
             Transition::Rejected => (
                 VerifyOutcome::Rejected {
                     attempts_left: entry.attempts_left,
                 },
                 ev(EventKind::Rejected, Some("wrong code")),
             ),
-            Transition::Locked => {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
-                (
-                    VerifyOutcome::Locked,
-                    ev(EventKind::Locked, Some("too many wrong codes")),
-                )
-            }
+            Transition::Locked => (
+                VerifyOutcome::Locked,
+                ev(EventKind::Locked, Some("too many wrong codes")),
+            ),
             Transition::NowExpired => {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
+                self.metrics.expired.increment(1);
                 (
                     VerifyOutcome::Expired,
                     ev(EventKind::Expired, Some("validity period ended")),
@@ -670,9 +700,6 @@ impl ChallengeTable {
 
     fn after_transition(&self, event: Option<(PendingEvent, Option<&'static str>)>, now: u64) {
         if let Some((ev, reason)) = event {
-            if ev.kind == EventKind::Expired {
-                self.metrics.expired.increment(1);
-            }
             ev.emit(&*self.sink, now, None, reason);
         }
     }
@@ -706,9 +733,11 @@ impl ChallengeTable {
                 last_carrier: CarrierSlot(e.carrier),
                 sends: e.sends,
             };
-            (ticket, PendingEvent::from_entry(EventKind::Resent, e))
+            (ticket, self.event(EventKind::Resent, e))
         };
-        ev.emit(&*self.sink, now, None, None);
+        if let Some(ev) = ev {
+            ev.emit(&*self.sink, now, None, None);
+        }
         Some(ticket)
     }
 
@@ -750,24 +779,26 @@ impl ChallengeTable {
             }
             if e.expires_at_ms <= now {
                 shard.finish(slot, ChallengeState::Expired, now + grace);
-                self.pending.fetch_sub(1, Ordering::Relaxed);
-                let ev = PendingEvent::from_entry(EventKind::Expired, shard.entry(slot));
+                let ev = self.event(EventKind::Expired, shard.entry(slot));
                 drop(shard);
                 self.metrics.expired.increment(1);
-                ev.emit(&*self.sink, now, None, Some("validity period ended"));
+                if let Some(ev) = ev {
+                    ev.emit(&*self.sink, now, None, Some("validity period ended"));
+                }
                 return false;
             }
             shard.finish(slot, ChallengeState::Cancelled, now + grace);
-            self.pending.fetch_sub(1, Ordering::Relaxed);
-            PendingEvent::from_entry(EventKind::Cancelled, shard.entry(slot))
+            self.event(EventKind::Cancelled, shard.entry(slot))
         };
         self.metrics.cancelled.increment(1);
-        ev.emit(
-            &*self.sink,
-            now,
-            None,
-            Some("cancelled by the upstream system"),
-        );
+        if let Some(ev) = ev {
+            ev.emit(
+                &*self.sink,
+                now,
+                None,
+                Some("cancelled by the upstream system"),
+            );
+        }
         true
     }
 
@@ -813,15 +844,18 @@ impl ChallengeTable {
         for shard in self.shards.iter() {
             loop {
                 let mut s = shard.lock();
+                let events_on = self.events;
                 let outcome = s.sweep_slice(now, grace, slice, |e| {
-                    events.push(PendingEvent::from_entry(EventKind::Expired, e));
+                    if events_on {
+                        events.push(PendingEvent::from_entry(EventKind::Expired, e));
+                    }
                 });
-                drop(s);
+                // Hand the lock straight to a waiting verify: with a plain
+                // unlock this loop re-takes it before the waiter wakes, and
+                // the waiter starves for many slices.
+                parking_lot::MutexGuard::unlock_fair(s);
                 changed += outcome.expired + outcome.forgotten;
-                if outcome.expired > 0 {
-                    self.pending.fetch_sub(outcome.expired, Ordering::Relaxed);
-                    self.metrics.expired.increment(outcome.expired as u64);
-                }
+                self.metrics.expired.increment(outcome.expired as u64);
                 self.metrics.forgotten.increment(outcome.forgotten as u64);
                 for ev in events.drain(..) {
                     ev.emit(&*self.sink, now, None, Some("validity period ended"));
@@ -831,7 +865,7 @@ impl ChallengeTable {
                 }
             }
         }
-        self.metrics.pending.set(self.pending() as f64);
+        self.metrics.pending.set(self.pending_approx() as f64);
         changed
     }
 
@@ -891,9 +925,11 @@ impl ChallengeLedger for ChallengeTable {
                 DeliveryState::Delivered => EventKind::Delivered,
                 DeliveryState::Failed => EventKind::DeliveryFailed,
             };
-            PendingEvent::from_entry(kind, e)
+            self.event(kind, e)
         };
         let carrier_name = (!carrier_name.is_empty()).then_some(carrier_name);
-        ev.emit(&*self.sink, now, carrier_name, reason);
+        if let Some(ev) = ev {
+            ev.emit(&*self.sink, now, carrier_name, reason);
+        }
     }
 }

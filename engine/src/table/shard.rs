@@ -9,6 +9,10 @@
 //!   own deadline has passed);
 //! - nothing here allocates per verify.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use crossbeam::utils::CachePadded;
 use hashbrown::HashTable;
 
 use super::IssueSpec;
@@ -118,6 +122,16 @@ impl Entry {
         &self.text
     }
 
+    /// The subject's bytes: compared and hashed without UTF-8 validation
+    /// (it was valid when stored).
+    pub(super) fn subject_bytes(&self) -> &[u8] {
+        &self.text[..usize::from(self.subject_len)]
+    }
+
+    fn destination_bytes(&self) -> &[u8] {
+        &self.text[usize::from(self.subject_len)..]
+    }
+
     pub(super) fn subject(&self) -> &str {
         std::str::from_utf8(&self.text[..usize::from(self.subject_len)]).unwrap_or("")
     }
@@ -148,6 +162,14 @@ pub(super) struct SweepOutcome {
 
 /// One shard. See the module comment for its invariants.
 pub(super) struct Shard {
+    /// Pending (not finished) entries in this shard, exact.
+    pending: usize,
+    /// Change of `pending` not yet added to the table-wide counter.
+    unflushed: i64,
+    /// How large `unflushed` may grow before it is added.
+    flush_batch: i64,
+    /// The table-wide pending count, behind by at most `flush_batch` per shard.
+    global_pending: Arc<CachePadded<AtomicI64>>,
     chunks: Vec<Box<[Entry]>>,
     /// Slots at or above this were never handed out.
     fresh: u32,
@@ -171,8 +193,17 @@ fn entry_in(chunks: &[Box<[Entry]>], slot: u32) -> &Entry {
 }
 
 impl Shard {
-    pub(super) fn new(epoch_ms: u64, hasher: ahash::RandomState) -> Self {
+    pub(super) fn new(
+        epoch_ms: u64,
+        hasher: ahash::RandomState,
+        global_pending: Arc<CachePadded<AtomicI64>>,
+        flush_batch: i64,
+    ) -> Self {
         Self {
+            pending: 0,
+            unflushed: 0,
+            flush_batch,
+            global_pending,
             chunks: Vec::new(),
             fresh: 0,
             free_head: NIL,
@@ -190,6 +221,27 @@ impl Shard {
 
     pub(super) fn len(&self) -> usize {
         self.live
+    }
+
+    /// Pending entries in this shard, exact.
+    pub(super) fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// The pending count this shard has added that the global counter does
+    /// not show yet (never negative for the capacity check's purpose).
+    pub(super) fn unflushed_growth(&self) -> i64 {
+        self.unflushed.max(0)
+    }
+
+    fn count_pending(&mut self, delta: i64) {
+        self.pending = (self.pending as i64 + delta) as usize;
+        self.unflushed += delta;
+        if self.unflushed.abs() >= self.flush_batch {
+            self.global_pending
+                .fetch_add(self.unflushed, Ordering::Relaxed);
+            self.unflushed = 0;
+        }
     }
 
     pub(super) fn reserved_bytes(&self) -> usize {
@@ -212,7 +264,7 @@ impl Shard {
     }
 
     fn subject_hash_of(&self, e: &Entry) -> u64 {
-        self.hasher.hash_one((e.tenant, e.subject()))
+        self.hasher.hash_one((e.tenant, e.subject_bytes()))
     }
 
     pub(super) fn find_id(&self, id_hash: u64, id: ChallengeId) -> Option<u32> {
@@ -223,12 +275,12 @@ impl Shard {
     }
 
     /// The head of the subject chain: its newest pending entry.
-    pub(super) fn newest_for_subject(&self, hash: u64, tenant: u16, subject: &str) -> Option<u32> {
+    pub(super) fn newest_for_subject(&self, hash: u64, tenant: u16, subject: &[u8]) -> Option<u32> {
         let chunks = &self.chunks;
         self.by_subject
             .find(hash, |&s| {
                 let e = entry_in(chunks, s);
-                e.tenant == tenant && e.subject() == subject
+                e.tenant == tenant && e.subject_bytes() == subject
             })
             .copied()
     }
@@ -237,15 +289,15 @@ impl Shard {
     /// destination as `spec`, if any.
     pub(super) fn find_same_target(
         &self,
-        hash: u64,
+        head: Option<u32>,
         spec: &IssueSpec<'_>,
         now: u64,
     ) -> Option<u32> {
-        let mut cur = self.newest_for_subject(hash, spec.tenant.0, spec.subject)?;
+        let mut cur = head?;
         while cur != NIL {
             let e = self.entry(cur);
             if e.channel == spec.channel.wire()
-                && e.destination() == spec.destination
+                && e.destination_bytes() == spec.destination.as_bytes()
                 && e.expires_at_ms > now
             {
                 return Some(cur);
@@ -291,11 +343,17 @@ impl Shard {
         self.wheel[(second % WHEEL) as usize].push(slot);
     }
 
-    /// Stores a new pending entry at the head of its subject chain.
-    pub(super) fn insert(&mut self, mut entry: Entry, id_hash: u64, subject_hash: u64) -> u32 {
+    /// Stores a new pending entry at the head of its subject chain, whose
+    /// current head the caller looked up (under the same lock).
+    pub(super) fn insert(
+        &mut self,
+        mut entry: Entry,
+        id_hash: u64,
+        subject_hash: u64,
+        head: Option<u32>,
+    ) -> u32 {
         let slot = self.alloc_slot();
         let expires = entry.expires_at_ms;
-        let head = self.newest_for_subject(subject_hash, entry.tenant, entry.subject());
         entry.prev = head.unwrap_or(NIL);
         self.text_bytes += entry.text.len();
         *self.entry_mut(slot) = entry;
@@ -316,7 +374,7 @@ impl Shard {
             None => {
                 by_subject.insert_unique(subject_hash, slot, |&s| {
                     let e = entry_in(chunks, s);
-                    hasher.hash_one((e.tenant, e.subject()))
+                    hasher.hash_one((e.tenant, e.subject_bytes()))
                 });
             }
         }
@@ -324,6 +382,7 @@ impl Shard {
             hasher.hash_one(entry_in(chunks, s).id.0)
         });
         self.live += 1;
+        self.count_pending(1);
         self.wheel_push(slot, expires);
         slot
     }
@@ -333,7 +392,7 @@ impl Shard {
         let e = self.entry(slot);
         let hash = self.subject_hash_of(e);
         let prev = e.prev;
-        let Some(head_slot) = self.newest_for_subject(hash, e.tenant, e.subject()) else {
+        let Some(head_slot) = self.newest_for_subject(hash, e.tenant, e.subject_bytes()) else {
             return;
         };
         if head_slot == slot {
@@ -363,6 +422,7 @@ impl Shard {
     pub(super) fn finish(&mut self, slot: u32, state: ChallengeState, forget_at_ms: u64) {
         debug_assert_eq!(self.entry(slot).state(), ChallengeState::Pending);
         self.unlink_subject(slot);
+        self.count_pending(-1);
         let forget_s = forget_at_ms.saturating_sub(self.epoch_ms).div_ceil(1000);
         let e = self.entry_mut(slot);
         e.state = state as u8;
@@ -483,7 +543,7 @@ impl Shard {
         if by_subject.capacity() > 4096 && by_subject.len() * 4 < by_subject.capacity() {
             by_subject.shrink_to_fit(|&s| {
                 let e = entry_in(chunks, s);
-                hasher.hash_one((e.tenant, e.subject()))
+                hasher.hash_one((e.tenant, e.subject_bytes()))
             });
         }
         if self.live == 0 && !self.chunks.is_empty() {
