@@ -10,6 +10,7 @@ pub mod code;
 pub mod delivery;
 pub mod events;
 pub mod mask;
+pub mod service;
 pub mod table;
 pub mod types;
 
@@ -17,4 +18,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use code::Code;
 pub use events::{Event, EventKind, EventSink, MemorySink, NullSink, OwnedEvent};
 pub use mask::{MaskedDestination, mask_destination};
+pub use service::{
+    Engine, EngineConfig, EngineError, IssueParams, Issued, Resent, StatusView, TenantPolicy,
+};
 pub use types::{ChallengeId, ChallengeState, Channel, DeliveryState, TenantId, VerifyOutcome};

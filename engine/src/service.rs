@@ -1,0 +1,543 @@
+//! The engine facade the gateway calls: one method per protocol operation,
+//! joining the challenge table and the delivery router under each tenant's
+//! policy.
+//!
+//! Order of checks on ISSUE and RESEND: the request's own fields first, then
+//! the destination, the route, the rate limits, a slot in the delivery queue,
+//! and only then the table. So a refused request stores nothing, and a stored
+//! challenge always has its message queued. Every method here is synchronous
+//! and non-blocking except [`Engine::drain`]; none holds a lock across an
+//! `.await`. Nothing here returns or logs a code or a full destination.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Clock;
+use crate::code::{MAX_CODE_LEN, MIN_CODE_LEN};
+use crate::delivery::{
+    CarrierSlot, ChallengeLedger, DeliveryJob, OutboxMessage, Router, RouterConfig, TenantDelivery,
+    normalize,
+};
+use crate::events::EventSink;
+use crate::mask::{MaskedDestination, mask_destination};
+use crate::table::{
+    ChallengeTable, IssueError, IssueSpec, MAX_SUBJECT_LEN, MAX_TTL_S, MIN_TTL_S, Sweeper,
+    TableConfig,
+};
+use crate::types::{ChallengeId, ChallengeState, Channel, DeliveryState, TenantId, VerifyOutcome};
+
+/// One tenant's defaults and delivery settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantPolicy {
+    /// The tenant's name, as sent in HELLO.
+    pub name: String,
+    /// Digits in a code when the request says 0 (4..=12).
+    pub code_len: u8,
+    /// Validity in seconds when the request says 0 (30..=3600).
+    pub ttl_s: u16,
+    /// Wrong codes allowed before a challenge locks.
+    pub max_attempts: u8,
+    /// ISO 3166 alpha-2 country for phone numbers written in national format.
+    pub default_country: String,
+    /// Voice extensions go through an operator instead of being dialled as tones.
+    pub operator_assistance: bool,
+    /// Message language when the request gives none (BCP 47).
+    pub locale: String,
+    /// The service name written in messages.
+    pub service_name: String,
+}
+
+impl Default for TenantPolicy {
+    fn default() -> Self {
+        Self {
+            name: "demo".into(),
+            code_len: 6,
+            ttl_s: 300,
+            max_attempts: 5,
+            default_country: "US".into(),
+            operator_assistance: false,
+            locale: "en".into(),
+            service_name: "Watchword".into(),
+        }
+    }
+}
+
+impl TenantPolicy {
+    fn validate(&self, at: &str) -> Result<(), String> {
+        if self.name.is_empty() {
+            return Err(format!("{at}.name: must not be empty"));
+        }
+        if !(MIN_CODE_LEN..=MAX_CODE_LEN).contains(&self.code_len) {
+            return Err(format!(
+                "{at}.code_len: must be between {MIN_CODE_LEN} and {MAX_CODE_LEN}, got {}",
+                self.code_len
+            ));
+        }
+        if !(MIN_TTL_S..=MAX_TTL_S).contains(&self.ttl_s) {
+            return Err(format!(
+                "{at}.ttl_s: must be between {MIN_TTL_S} and {MAX_TTL_S} seconds, got {}",
+                self.ttl_s
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(format!("{at}.max_attempts: must be at least 1"));
+        }
+        if self.default_country.len() != 2
+            || !self.default_country.bytes().all(|b| b.is_ascii_uppercase())
+        {
+            return Err(format!(
+                "{at}.default_country: must be an ISO 3166 alpha-2 code such as \"US\", got {:?}",
+                self.default_country
+            ));
+        }
+        Ok(())
+    }
+
+    fn delivery(&self) -> TenantDelivery {
+        TenantDelivery {
+            default_country: self.default_country.clone(),
+            operator_assistance: self.operator_assistance,
+            service_name: self.service_name.clone(),
+            default_locale: self.locale.clone(),
+        }
+    }
+}
+
+/// Everything the engine needs: table sizing, tenants, and the router.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// The challenge table.
+    pub table: TableConfig,
+    /// The tenants, in the order that gives their [`TenantId`]s.
+    pub tenants: Vec<TenantPolicy>,
+    /// Carriers, sender pools, rate limits.
+    pub router: RouterConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            table: TableConfig::default(),
+            tenants: vec![TenantPolicy::default()],
+            router: RouterConfig::default(),
+        }
+    }
+}
+
+/// One ISSUE request as the gateway decoded it.
+#[derive(Clone, Copy, Debug)]
+pub struct IssueParams<'a> {
+    /// The upstream user id (1..=256 bytes).
+    pub subject: &'a str,
+    /// How to deliver the code.
+    pub channel: Channel,
+    /// The destination in any common notation.
+    pub destination: &'a str,
+    /// 0 for the tenant default, else 4..=12.
+    pub code_len: u8,
+    /// 0 for the tenant default, else 30..=3600.
+    pub ttl_s: u16,
+    /// BCP 47 tag for the message text; empty for the tenant default.
+    pub locale: &'a str,
+    /// The end user's address as seen upstream; for the audit log only.
+    pub client_ip: &'a str,
+}
+
+/// A successful ISSUE.
+#[derive(Clone, Copy, Debug)]
+pub struct Issued {
+    /// The new challenge.
+    pub id: ChallengeId,
+    /// When it stops verifying, Unix milliseconds.
+    pub expires_at_ms: u64,
+    /// The destination as it may be shown.
+    pub masked_destination: MaskedDestination,
+}
+
+/// A successful RESEND.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resent {
+    /// Sends the destination may still receive in its current window.
+    pub sends_left: u8,
+    /// When the challenge expires, Unix milliseconds.
+    pub expires_at_ms: u64,
+}
+
+/// A successful STATUS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusView {
+    /// Where the challenge's life cycle stands.
+    pub state: ChallengeState,
+    /// Wrong codes still allowed.
+    pub attempts_left: u8,
+    /// Where its latest message stands.
+    pub delivery: DeliveryState,
+    /// The carrier of the latest message ("" if none yet).
+    pub carrier: String,
+    /// When it expires (or expired), Unix milliseconds.
+    pub expires_at_ms: u64,
+}
+
+/// Why an operation was refused; each maps to one protocol status.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// A field's value is not acceptable (INVALID_ARGUMENT).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A rate limit was hit (RATE_LIMITED).
+    #[error("{message}")]
+    RateLimited {
+        /// When to try again.
+        retry_after_ms: u32,
+        /// Which limit.
+        message: String,
+    },
+    /// The table or the delivery queue is full; nothing was stored (CAPACITY).
+    #[error("{message}")]
+    Capacity {
+        /// A hint for when to try again (0 if none).
+        retry_after_ms: u32,
+        /// What is full.
+        message: String,
+    },
+    /// No carrier serves this channel and destination (NO_ROUTE).
+    #[error("{0}")]
+    NoRoute(String),
+    /// No such challenge for this tenant (NOT_FOUND).
+    #[error("no such challenge")]
+    NotFound,
+    /// The engine is draining (SHUTTING_DOWN).
+    #[error("the server is shutting down; retry on another node")]
+    ShuttingDown,
+    /// An unexpected fault (INTERNAL).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<IssueError> for EngineError {
+    fn from(e: IssueError) -> Self {
+        match e {
+            IssueError::InvalidArgument { .. } => Self::InvalidArgument(e.to_string()),
+            IssueError::Capacity { .. } => Self::Capacity {
+                retry_after_ms: 1000,
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+struct TenantRuntime {
+    policy: TenantPolicy,
+    delivery: TenantDelivery,
+}
+
+struct Inner {
+    table: Arc<ChallengeTable>,
+    router: Router,
+    tenants: Vec<TenantRuntime>,
+    by_name: HashMap<String, TenantId>,
+    shutting_down: AtomicBool,
+    _sweeper: Sweeper,
+}
+
+/// The engine: cheap to clone, shared by every connection.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("tenants", &self.inner.tenants.len())
+            .field("table", &self.inner.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Builds the table, starts the router's tasks and the sweeper thread.
+    /// Must be called inside a tokio runtime. The error says which field is
+    /// wrong and why.
+    pub fn start(
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+        sink: Arc<dyn EventSink>,
+    ) -> Result<Engine, String> {
+        if config.tenants.is_empty() {
+            return Err("tenants: at least one tenant is required".into());
+        }
+        if config.tenants.len() > usize::from(u16::MAX) {
+            return Err(format!("tenants: at most {} tenants", u16::MAX));
+        }
+        let mut by_name = HashMap::new();
+        let mut tenants = Vec::with_capacity(config.tenants.len());
+        for (i, policy) in config.tenants.into_iter().enumerate() {
+            policy.validate(&format!("tenants[{i}]"))?;
+            if by_name
+                .insert(policy.name.clone(), TenantId(i as u16))
+                .is_some()
+            {
+                return Err(format!(
+                    "tenants[{i}].name: {:?} is used by another tenant",
+                    policy.name
+                ));
+            }
+            tenants.push(TenantRuntime {
+                delivery: policy.delivery(),
+                policy,
+            });
+        }
+        let table = Arc::new(
+            ChallengeTable::new(config.table, clock.clone(), sink).map_err(|e| e.to_string())?,
+        );
+        let ledger: Arc<dyn ChallengeLedger> = table.clone();
+        let router = Router::start(config.router, ledger, clock).map_err(|e| e.to_string())?;
+        let sweeper = Sweeper::spawn(table.clone())
+            .map_err(|e| format!("cannot start the sweeper thread: {e}"))?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                table,
+                router,
+                tenants,
+                by_name,
+                shutting_down: AtomicBool::new(false),
+                _sweeper: sweeper,
+            }),
+        })
+    }
+
+    /// The id of the tenant called `name`.
+    pub fn tenant_id(&self, name: &str) -> Option<TenantId> {
+        self.inner.by_name.get(name).copied()
+    }
+
+    /// The policy of a tenant.
+    pub fn tenant_policy(&self, tenant: TenantId) -> Option<&TenantPolicy> {
+        self.inner
+            .tenants
+            .get(usize::from(tenant.0))
+            .map(|t| &t.policy)
+    }
+
+    /// The challenge table (for gauges and tools).
+    pub fn table(&self) -> &Arc<ChallengeTable> {
+        &self.inner.table
+    }
+
+    /// The delivery router (for tools and tests).
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    fn tenant(&self, tenant: TenantId) -> Result<&TenantRuntime, EngineError> {
+        self.inner
+            .tenants
+            .get(usize::from(tenant.0))
+            .ok_or_else(|| EngineError::Internal(format!("unknown tenant index {}", tenant.0)))
+    }
+
+    /// Creates a challenge and queues its message.
+    pub fn issue(&self, tenant: TenantId, req: &IssueParams<'_>) -> Result<Issued, EngineError> {
+        if self.inner.shutting_down.load(Ordering::Relaxed) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let t = self.tenant(tenant)?;
+        let code_len = if req.code_len == 0 {
+            t.policy.code_len
+        } else {
+            req.code_len
+        };
+        let ttl_s = if req.ttl_s == 0 {
+            t.policy.ttl_s
+        } else {
+            req.ttl_s
+        };
+        let destination = normalize(req.channel, req.destination, &t.delivery)
+            .map_err(|e| EngineError::InvalidArgument(format!("destination: {e}")))?;
+        let spec = IssueSpec {
+            tenant,
+            subject: req.subject,
+            channel: req.channel,
+            destination: destination.as_str(),
+            code_len,
+            ttl_s,
+            max_attempts: t.policy.max_attempts,
+        };
+        ChallengeTable::validate(&spec)?;
+        let router = &self.inner.router;
+        if !router.has_route(req.channel, &destination) {
+            return Err(no_route(req.channel, &destination));
+        }
+        router
+            .admit(
+                tenant,
+                &t.policy.name,
+                req.subject,
+                req.channel,
+                &destination,
+            )
+            .map_err(|r| EngineError::RateLimited {
+                retry_after_ms: r.retry_after_ms,
+                message: format!("rate limit per {} reached", r.scope),
+            })?;
+        let permit = router.try_reserve().map_err(|q| EngineError::Capacity {
+            retry_after_ms: q.retry_after_ms,
+            message: "the delivery queue is full".into(),
+        })?;
+        let issued = self.inner.table.issue(&spec)?;
+        let masked_destination = mask_destination(destination.as_str());
+        permit.send(DeliveryJob {
+            tenant,
+            id: issued.id,
+            channel: req.channel,
+            destination,
+            code: issued.code,
+            expires_at_ms: issued.expires_at_ms,
+            locale: if req.locale.is_empty() {
+                t.policy.locale.clone()
+            } else {
+                req.locale.to_owned()
+            },
+            service_name: t.policy.service_name.clone(),
+            avoid_carrier: CarrierSlot::NONE,
+            operator_assistance: t.policy.operator_assistance,
+        });
+        Ok(Issued {
+            id: issued.id,
+            expires_at_ms: issued.expires_at_ms,
+            masked_destination,
+        })
+    }
+
+    /// Checks a code against a challenge.
+    pub fn verify(&self, tenant: TenantId, id: ChallengeId, code: &[u8]) -> VerifyOutcome {
+        self.inner.table.verify(tenant, id, code)
+    }
+
+    /// Checks a code against the subject's newest pending challenge.
+    pub fn verify_subject(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        code: &[u8],
+    ) -> Result<VerifyOutcome, EngineError> {
+        if subject.is_empty() || subject.len() > MAX_SUBJECT_LEN {
+            return Err(EngineError::InvalidArgument(format!(
+                "subject: must be 1 to {MAX_SUBJECT_LEN} bytes, got {}",
+                subject.len()
+            )));
+        }
+        Ok(self.inner.table.verify_subject(tenant, subject, code))
+    }
+
+    /// Sends the same code again, preferring another carrier than the last.
+    pub fn resend(&self, tenant: TenantId, id: ChallengeId) -> Result<Resent, EngineError> {
+        if self.inner.shutting_down.load(Ordering::Relaxed) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let t = self.tenant(tenant)?;
+        let table = &self.inner.table;
+        let router = &self.inner.router;
+        let peek = table
+            .peek_pending(tenant, id)
+            .ok_or(EngineError::NotFound)?;
+        let destination = normalize(peek.channel, &peek.destination, &t.delivery).map_err(|e| {
+            EngineError::Internal(format!("stored destination no longer parses: {e}"))
+        })?;
+        if !router.has_route(peek.channel, &destination) {
+            return Err(no_route(peek.channel, &destination));
+        }
+        router
+            .admit(
+                tenant,
+                &t.policy.name,
+                &peek.subject,
+                peek.channel,
+                &destination,
+            )
+            .map_err(|r| EngineError::RateLimited {
+                retry_after_ms: r.retry_after_ms,
+                message: format!("rate limit per {} reached", r.scope),
+            })?;
+        let permit = router.try_reserve().map_err(|q| EngineError::Capacity {
+            retry_after_ms: q.retry_after_ms,
+            message: "the delivery queue is full".into(),
+        })?;
+        let ticket = table.resend(tenant, id).ok_or(EngineError::NotFound)?;
+        let sends_left = router.sends_left(&destination);
+        permit.send(DeliveryJob {
+            tenant,
+            id,
+            channel: ticket.channel,
+            destination,
+            code: ticket.code,
+            expires_at_ms: ticket.expires_at_ms,
+            locale: t.policy.locale.clone(),
+            service_name: t.policy.service_name.clone(),
+            avoid_carrier: ticket.last_carrier,
+            operator_assistance: t.policy.operator_assistance,
+        });
+        Ok(Resent {
+            sends_left,
+            expires_at_ms: ticket.expires_at_ms,
+        })
+    }
+
+    /// Ends a pending challenge.
+    pub fn cancel(&self, tenant: TenantId, id: ChallengeId) -> Result<(), EngineError> {
+        if self.inner.table.cancel(tenant, id) {
+            Ok(())
+        } else {
+            Err(EngineError::NotFound)
+        }
+    }
+
+    /// Where a challenge stands (pending, or finished within the grace period).
+    pub fn status(&self, tenant: TenantId, id: ChallengeId) -> Result<StatusView, EngineError> {
+        let s = self
+            .inner
+            .table
+            .status(tenant, id)
+            .ok_or(EngineError::NotFound)?;
+        Ok(StatusView {
+            state: s.state,
+            attempts_left: s.attempts_left,
+            delivery: s.delivery,
+            carrier: self.inner.router.carrier_name(s.carrier).to_owned(),
+            expires_at_ms: s.expires_at_ms,
+        })
+    }
+
+    /// A feed of every message the simulated carriers deliver (all tenants;
+    /// the caller filters). `None` when no simulated carrier is configured.
+    pub fn outbox_subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Arc<OutboxMessage>>> {
+        self.inner.router.outbox_subscribe()
+    }
+
+    /// From now on ISSUE and RESEND answer [`EngineError::ShuttingDown`].
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Engine::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// Waits for queued deliveries to finish, up to `deadline`.
+    pub async fn drain(&self, deadline: Duration) {
+        self.inner.router.drain(deadline).await;
+    }
+}
+
+fn no_route(channel: Channel, destination: &crate::delivery::Destination) -> EngineError {
+    let country = destination.country().unwrap_or("this destination");
+    EngineError::NoRoute(format!("no carrier serves {} to {country}", channel.name()))
+}
