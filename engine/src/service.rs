@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Clock;
 use crate::code::{MAX_CODE_LEN, MIN_CODE_LEN};
 use crate::delivery::{
-    CarrierSlot, ChallengeLedger, DeliveryJob, OutboxMessage, Router, RouterConfig, TenantDelivery,
-    normalize,
+    CarrierSlot, ChallengeLedger, DeliveryJob, DeliveryPermit, Destination, OutboxMessage, Router,
+    RouterConfig, TenantDelivery, normalize,
 };
 use crate::events::EventSink;
 use crate::mask::{MaskedDestination, mask_destination};
@@ -343,6 +343,33 @@ impl Engine {
             .ok_or_else(|| EngineError::Internal(format!("unknown tenant index {}", tenant.0)))
     }
 
+    /// The checks every send goes through, in order: a carrier serves the
+    /// route, every keyed limit allows one more send (and counts it), and the
+    /// delivery queue has a slot, which the returned permit holds.
+    fn admit_send(
+        &self,
+        tenant: TenantId,
+        t: &TenantRuntime,
+        subject: &str,
+        channel: Channel,
+        destination: &Destination,
+    ) -> Result<DeliveryPermit, EngineError> {
+        let router = &self.inner.router;
+        if !router.has_route(channel, destination) {
+            return Err(no_route(channel, destination));
+        }
+        router
+            .admit(tenant, &t.policy.name, subject, channel, destination)
+            .map_err(|r| EngineError::RateLimited {
+                retry_after_ms: r.retry_after_ms,
+                message: format!("rate limit per {} reached", r.scope),
+            })?;
+        router.try_reserve().map_err(|q| EngineError::Capacity {
+            retry_after_ms: q.retry_after_ms,
+            message: "the delivery queue is full".into(),
+        })
+    }
+
     /// Creates a challenge and queues its message.
     pub fn issue(&self, tenant: TenantId, req: &IssueParams<'_>) -> Result<Issued, EngineError> {
         if self.inner.shutting_down.load(Ordering::Relaxed) {
@@ -371,26 +398,7 @@ impl Engine {
             max_attempts: t.policy.max_attempts,
         };
         ChallengeTable::validate(&spec)?;
-        let router = &self.inner.router;
-        if !router.has_route(req.channel, &destination) {
-            return Err(no_route(req.channel, &destination));
-        }
-        router
-            .admit(
-                tenant,
-                &t.policy.name,
-                req.subject,
-                req.channel,
-                &destination,
-            )
-            .map_err(|r| EngineError::RateLimited {
-                retry_after_ms: r.retry_after_ms,
-                message: format!("rate limit per {} reached", r.scope),
-            })?;
-        let permit = router.try_reserve().map_err(|q| EngineError::Capacity {
-            retry_after_ms: q.retry_after_ms,
-            message: "the delivery queue is full".into(),
-        })?;
+        let permit = self.admit_send(tenant, t, req.subject, req.channel, &destination)?;
         let issued = self.inner.table.issue(&spec)?;
         let masked_destination = mask_destination(destination.as_str());
         permit.send(DeliveryJob {
@@ -451,25 +459,7 @@ impl Engine {
         let destination = normalize(peek.channel, &peek.destination, &t.delivery).map_err(|e| {
             EngineError::Internal(format!("stored destination no longer parses: {e}"))
         })?;
-        if !router.has_route(peek.channel, &destination) {
-            return Err(no_route(peek.channel, &destination));
-        }
-        router
-            .admit(
-                tenant,
-                &t.policy.name,
-                &peek.subject,
-                peek.channel,
-                &destination,
-            )
-            .map_err(|r| EngineError::RateLimited {
-                retry_after_ms: r.retry_after_ms,
-                message: format!("rate limit per {} reached", r.scope),
-            })?;
-        let permit = router.try_reserve().map_err(|q| EngineError::Capacity {
-            retry_after_ms: q.retry_after_ms,
-            message: "the delivery queue is full".into(),
-        })?;
+        let permit = self.admit_send(tenant, t, &peek.subject, peek.channel, &destination)?;
         let ticket = table.resend(tenant, id).ok_or(EngineError::NotFound)?;
         let sends_left = router.sends_left(&destination);
         permit.send(DeliveryJob {
@@ -537,7 +527,7 @@ impl Engine {
     }
 }
 
-fn no_route(channel: Channel, destination: &crate::delivery::Destination) -> EngineError {
+fn no_route(channel: Channel, destination: &Destination) -> EngineError {
     let country = destination.country().unwrap_or("this destination");
     EngineError::NoRoute(format!("no carrier serves {} to {country}", channel.name()))
 }

@@ -209,6 +209,21 @@ pub struct ResendTicket {
     pub sends: u8,
 }
 
+impl ResendTicket {
+    fn of(e: &Entry) -> Self {
+        Self {
+            id: e.id,
+            code: e.code(),
+            channel: e.channel(),
+            destination: e.destination().to_owned(),
+            subject: e.subject().to_owned(),
+            expires_at_ms: e.expires_at_ms,
+            last_carrier: CarrierSlot(e.carrier),
+            sends: e.sends,
+        }
+    }
+}
+
 /// What STATUS reports about a challenge (live or a recent tombstone).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StatusInfo {
@@ -723,16 +738,7 @@ impl ChallengeTable {
             }
             e.sends = e.sends.saturating_add(1);
             e.delivery = DeliveryState::Queued as u8;
-            let ticket = ResendTicket {
-                id,
-                code: e.code(),
-                channel: e.channel(),
-                destination: e.destination().to_owned(),
-                subject: e.subject().to_owned(),
-                expires_at_ms: e.expires_at_ms,
-                last_carrier: CarrierSlot(e.carrier),
-                sends: e.sends,
-            };
+            let ticket = ResendTicket::of(e);
             (ticket, self.event(EventKind::Resent, e))
         };
         if let Some(ev) = ev {
@@ -751,16 +757,7 @@ impl ChallengeTable {
         if e.tenant != tenant.0 || e.state() != ChallengeState::Pending || e.expires_at_ms <= now {
             return None;
         }
-        Some(ResendTicket {
-            id,
-            code: e.code(),
-            channel: e.channel(),
-            destination: e.destination().to_owned(),
-            subject: e.subject().to_owned(),
-            expires_at_ms: e.expires_at_ms,
-            last_carrier: CarrierSlot(e.carrier),
-            sends: e.sends,
-        })
+        Some(ResendTicket::of(e))
     }
 
     /// Ends a pending challenge; `false` if there was none to end (unknown,

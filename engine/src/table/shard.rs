@@ -192,6 +192,17 @@ fn entry_in(chunks: &[Box<[Entry]>], slot: u32) -> &Entry {
     &chunks[slot as usize / CHUNK][slot as usize % CHUNK]
 }
 
+/// The id index's hash of a slot's entry (for rehashing).
+fn id_hash_in(chunks: &[Box<[Entry]>], hasher: &ahash::RandomState, slot: u32) -> u64 {
+    hasher.hash_one(entry_in(chunks, slot).id.0)
+}
+
+/// The subject index's hash of a slot's entry (for rehashing).
+fn subject_hash_in(chunks: &[Box<[Entry]>], hasher: &ahash::RandomState, slot: u32) -> u64 {
+    let e = entry_in(chunks, slot);
+    hasher.hash_one((e.tenant, e.subject_bytes()))
+}
+
 impl Shard {
     pub(super) fn new(
         epoch_ms: u64,
@@ -372,15 +383,11 @@ impl Shard {
                 }
             }
             None => {
-                by_subject.insert_unique(subject_hash, slot, |&s| {
-                    let e = entry_in(chunks, s);
-                    hasher.hash_one((e.tenant, e.subject_bytes()))
-                });
+                by_subject
+                    .insert_unique(subject_hash, slot, |&s| subject_hash_in(chunks, hasher, s));
             }
         }
-        by_id.insert_unique(id_hash, slot, |&s| {
-            hasher.hash_one(entry_in(chunks, s).id.0)
-        });
+        by_id.insert_unique(id_hash, slot, |&s| id_hash_in(chunks, hasher, s));
         self.live += 1;
         self.count_pending(1);
         self.wheel_push(slot, expires);
@@ -538,13 +545,10 @@ impl Shard {
             ..
         } = self;
         if by_id.capacity() > 4096 && by_id.len() * 4 < by_id.capacity() {
-            by_id.shrink_to_fit(|&s| hasher.hash_one(entry_in(chunks, s).id.0));
+            by_id.shrink_to_fit(|&s| id_hash_in(chunks, hasher, s));
         }
         if by_subject.capacity() > 4096 && by_subject.len() * 4 < by_subject.capacity() {
-            by_subject.shrink_to_fit(|&s| {
-                let e = entry_in(chunks, s);
-                hasher.hash_one((e.tenant, e.subject_bytes()))
-            });
+            by_subject.shrink_to_fit(|&s| subject_hash_in(chunks, hasher, s));
         }
         if self.live == 0 && !self.chunks.is_empty() {
             self.chunks = Vec::new();
