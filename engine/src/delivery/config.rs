@@ -92,6 +92,9 @@ pub struct CarrierConfig {
     pub throughput_per_s: u32,
     /// Messages waiting for this carrier before it counts as saturated.
     pub queue_capacity: usize,
+    /// With a throughput limit: a pacing backlog longer than this, ms, also
+    /// counts as saturated (new messages go elsewhere or are refused).
+    pub max_queue_delay_ms: u64,
     /// Sends awaiting the carrier's answer at once (like an SMPP window).
     pub max_in_flight: usize,
     /// A send without an answer after this long has failed.
@@ -120,6 +123,7 @@ impl Default for CarrierConfig {
             weight: 1,
             throughput_per_s: 0,
             queue_capacity: 50_000,
+            max_queue_delay_ms: 10_000,
             max_in_flight: 10_000,
             timeout_ms: 10_000,
             breaker: BreakerConfig::default(),

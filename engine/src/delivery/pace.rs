@@ -60,9 +60,38 @@ impl Pacer {
         }
     }
 
-    /// Waits until a slot is taken.
+    /// Takes the next free slot, whenever it is, and says how long until it
+    /// comes. Each caller gets its own slot, so waiters never stampede.
+    pub(crate) fn reserve(&self) -> Duration {
+        let now = self.now_ns();
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let base = tat.max(now);
+            match self.tat.compare_exchange_weak(
+                tat,
+                base + self.interval_ns,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Duration::from_nanos((base - now).saturating_sub(self.tolerance_ns));
+                }
+                Err(seen) => tat = seen,
+            }
+        }
+    }
+
+    /// How far ahead of now the slots are already taken.
+    pub(crate) fn backlog(&self) -> Duration {
+        let now = self.now_ns();
+        let tat = self.tat.load(Ordering::Acquire);
+        Duration::from_nanos(tat.saturating_sub(now).saturating_sub(self.tolerance_ns))
+    }
+
+    /// Waits for a reserved slot.
     pub(crate) async fn until_ready(&self) {
-        while let Err(wait) = self.try_acquire() {
+        let wait = self.reserve();
+        if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
     }
@@ -88,5 +117,13 @@ mod tests {
             took >= Duration::from_millis(990) && took <= Duration::from_millis(1010),
             "{took:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reservations_are_distinct_slots() {
+        let p = Pacer::new(10, 1).unwrap();
+        let ms: Vec<u128> = (0..5).map(|_| p.reserve().as_millis()).collect();
+        assert_eq!(ms, vec![0, 100, 200, 300, 400]);
+        assert_eq!(p.backlog(), Duration::from_millis(500));
     }
 }

@@ -137,21 +137,29 @@ impl SenderSet {
         }
     }
 
-    /// The next sender with room, skipping saturated ones; waits if all are.
+    /// The next sender with room, skipping saturated ones; if all are
+    /// saturated, reserves the earliest slot and waits for it.
     async fn take(&self) -> &str {
         let n = self.senders.len();
-        loop {
-            let start = self.next.fetch_add(1, Ordering::Relaxed);
-            let mut wait = Duration::MAX;
-            for i in 0..n {
-                let (name, pacer) = &self.senders[(start + i) % n];
-                match pacer.as_ref().map_or(Ok(()), Pacer::try_acquire) {
-                    Ok(()) => return name,
-                    Err(w) => wait = wait.min(w),
-                }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut best = (Duration::MAX, 0);
+        for i in 0..n {
+            let k = (start + i) % n;
+            let (name, pacer) = &self.senders[k];
+            match pacer.as_ref().map_or(Ok(()), Pacer::try_acquire) {
+                Ok(()) => return name,
+                Err(w) if w < best.0 => best = (w, k),
+                Err(_) => {}
             }
-            tokio::time::sleep(wait).await;
         }
+        let (name, pacer) = &self.senders[best.1];
+        if let Some(p) = pacer {
+            let wait = p.reserve();
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        name
     }
 }
 
@@ -168,6 +176,7 @@ struct CarrierRt {
     window: Semaphore,
     queued: AtomicUsize,
     queue_cap: usize,
+    max_queue_delay: Duration,
     timeout: Duration,
     breaker: Breaker,
     /// Throttled until this many ns after the router's epoch.
@@ -192,8 +201,15 @@ impl CarrierRt {
                 .any(|p| dest.address().starts_with(p.as_str()))
     }
 
-    fn saturated(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) >= self.queue_cap
+    /// How long until this carrier stops being saturated (its waiting queue is
+    /// full, or its pacing backlog is over `max_queue_delay`); `None` if it is not.
+    fn saturated_for(&self) -> Option<Duration> {
+        if self.queued.load(Ordering::Relaxed) >= self.queue_cap {
+            return Some(Duration::from_millis(100));
+        }
+        let backlog = self.pacer.as_ref()?.backlog();
+        (backlog > self.max_queue_delay)
+            .then(|| (backlog - self.max_queue_delay).max(Duration::from_millis(10)))
     }
 }
 
@@ -645,15 +661,17 @@ impl Router {
                 }
             }
         }
-        let mut serving = inner
-            .carriers
-            .iter()
-            .filter(|c| c.serves(channel, dest))
-            .peekable();
-        if serving.peek().is_some() && serving.all(CarrierRt::saturated) {
+        let mut soonest: Option<Duration> = None;
+        for c in inner.carriers.iter().filter(|c| c.serves(channel, dest)) {
+            match c.saturated_for() {
+                None => return Ok(()),
+                Some(t) => soonest = Some(soonest.map_or(t, |s| s.min(t))),
+            }
+        }
+        if let Some(t) = soonest {
             undo(&taken);
             return Err(RateLimited {
-                retry_after_ms: 1_000,
+                retry_after_ms: t.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
                 scope: "carrier",
             });
         }
@@ -771,6 +789,7 @@ fn carrier_rt(i: usize, c: &CarrierConfig, imp: Arc<dyn Carrier>) -> CarrierRt {
         window: Semaphore::new(c.max_in_flight),
         queued: AtomicUsize::new(0),
         queue_cap: c.queue_capacity,
+        max_queue_delay: Duration::from_millis(c.max_queue_delay_ms),
         timeout: Duration::from_millis(c.timeout_ms),
         breaker: Breaker::new(c.breaker.clone()),
         throttled_until: AtomicU64::new(0),
@@ -859,8 +878,8 @@ impl Inner {
                     wait = wait.min(t);
                     continue;
                 }
-                if c.saturated() {
-                    wait = wait.min(Duration::from_millis(10));
+                if let Some(t) = c.saturated_for() {
+                    wait = wait.min(t);
                     continue;
                 }
                 avail |= 1 << i;
