@@ -1,0 +1,349 @@
+//! The command line: flags, and what each command does with them. `main.rs`
+//! only parses and calls [`execute`].
+//!
+//! This module must never start or stop servers, and never print a code.
+
+use crate::capacity::{Probe, ProbeResult, find_capacity};
+use crate::compare::{CompareConfig, compare, table};
+use crate::mix::{Mix, Scenario};
+use crate::run::{Mode, RunConfig, run};
+use crate::slo::{Slo, parse_duration};
+use crate::target::{Backend, DestPlan, RedisBackend, TargetAddr};
+use crate::watchword::WatchwordBackend;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use watchword_gateway::client::ClientTls;
+
+fn dur(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// `watchword-loadgen`: open-loop load generator for Watchword and the Redis OTP baseline.
+#[derive(Parser, Debug)]
+#[command(
+    name = "watchword-loadgen",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// `compare`, or nothing for a single run.
+    #[command(subcommand)]
+    pub cmd: Option<Cmd>,
+    /// Flags of a single run.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Drive a running gateway and a running redis-server back to back and print a table.
+    Compare(CompareArgs),
+}
+
+/// Flags shared by runs and comparisons.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Watchword tenant.
+    #[arg(long, default_value = "demo")]
+    pub tenant: String,
+    /// Watchword tenant key.
+    #[arg(long, default_value = "demo-key")]
+    pub key: String,
+    /// Tenant with the simulator role, for the outbox (defaults to --tenant).
+    #[arg(long)]
+    pub sim_tenant: Option<String>,
+    /// Its key (defaults to --key).
+    #[arg(long)]
+    pub sim_key: Option<String>,
+    /// Connect to Watchword over TLS.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM file of the CA to trust with --tls.
+    #[arg(long, default_value = "ca.pem")]
+    pub tls_ca: PathBuf,
+    /// Server name to expect with --tls.
+    #[arg(long, default_value = "localhost")]
+    pub tls_server_name: String,
+    /// Connections.
+    #[arg(short = 'c', long, default_value_t = 50)]
+    pub connections: usize,
+    /// Measured duration (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = dur)]
+    pub duration: Duration,
+    /// Warm-up, excluded from the results.
+    #[arg(long, default_value = "1s", value_parser = dur)]
+    pub warmup: Duration,
+    /// Challenges issued before the run for wrong, resend and verify.
+    #[arg(long, default_value_t = 10_000)]
+    pub pool: usize,
+    /// How long a flow waits for its code before it counts as failed.
+    #[arg(long, default_value = "5s", value_parser = dur)]
+    pub flow_timeout: Duration,
+    /// How long one request may take before it counts as a timeout.
+    #[arg(long, default_value = "10s", value_parser = dur)]
+    pub timeout: Duration,
+    /// Sends this much later than intended count as late.
+    #[arg(long, default_value = "1ms", value_parser = dur)]
+    pub late_threshold: Duration,
+    /// Use e-mail destinations instead of phone numbers.
+    #[arg(long)]
+    pub email: bool,
+    /// Distinct destinations (0 = a fresh one per request; set it small to
+    /// measure the per-destination limit).
+    #[arg(long, default_value_t = 0)]
+    pub destinations: u64,
+    /// Most flows waiting for codes at once.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_pending_flows: usize,
+}
+
+/// Flags of a single run (and of --find-capacity).
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// watchword://HOST:PORT or redis://HOST:PORT.
+    #[arg(long, default_value = "watchword://127.0.0.1:7400")]
+    pub target: TargetAddr,
+    /// Offered rate, scenario starts per second (open loop).
+    #[arg(long, default_value_t = 1_000.0)]
+    pub rate: f64,
+    /// Closed loop: as fast as replies allow.
+    #[arg(long)]
+    pub closed: bool,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pub depth: usize,
+    /// Scenario mix (flow, wrong, resend, unknown) or a single op (issue, verify, ping).
+    #[arg(long, default_value = "flow=80,wrong=10,resend=5,unknown=5")]
+    pub mix: Mix,
+    /// Write the report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write HdrHistogram percentile distributions (.hgrm) into this directory.
+    #[arg(long)]
+    pub hgrm: Option<PathBuf>,
+    /// Write the percentile spectrum (or, with --find-capacity, the capacity chart) as SVG.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Find the sustainable throughput under --slo.
+    #[arg(long)]
+    pub find_capacity: bool,
+    /// Objectives for --find-capacity, e.g. p99=1ms,p999=5ms.
+    #[arg(long, default_value = "p99=1ms")]
+    pub slo: Slo,
+    /// Rates swept by --find-capacity (10 = 10%, 20%, ... 100%).
+    #[arg(long, default_value_t = 10)]
+    pub steps: u32,
+    /// No progress lines.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Flags of `compare`.
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// The running gateway, watchword://HOST:PORT.
+    #[arg(long, default_value = "watchword://127.0.0.1:7400")]
+    pub watchword: TargetAddr,
+    /// The running redis-server, redis://HOST:PORT.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis: TargetAddr,
+    /// Depths to measure, comma-separated.
+    #[arg(long, default_value = "1,16", value_delimiter = ',')]
+    pub depth: Vec<usize>,
+    /// Ops to compare, comma-separated (issue, verify, ping).
+    #[arg(long, default_value = "issue,verify", value_delimiter = ',')]
+    pub ops: Vec<Scenario>,
+    /// The equal offered rate for the p99 column (default: half the lower max).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Write the rows as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl Common {
+    fn run_config(&self, mode: Mode, depth: usize, mix: Mix, progress: bool) -> RunConfig {
+        RunConfig {
+            mode,
+            connections: self.connections,
+            depth,
+            duration: self.duration,
+            warmup: self.warmup,
+            mix,
+            pool_size: self.pool,
+            flow_timeout: self.flow_timeout,
+            request_timeout: self.timeout,
+            late_threshold: self.late_threshold,
+            max_pending_flows: self.max_pending_flows,
+            progress,
+            salt: None,
+        }
+    }
+
+    fn plan(&self) -> DestPlan {
+        DestPlan {
+            distinct: self.destinations,
+            email: self.email,
+        }
+    }
+
+    fn watchword(&self, addr: &str, depth: usize) -> WatchwordBackend {
+        WatchwordBackend {
+            addr: addr.to_string(),
+            tenant: self.tenant.clone(),
+            key: self.key.clone(),
+            sim_tenant: self
+                .sim_tenant
+                .clone()
+                .unwrap_or_else(|| self.tenant.clone()),
+            sim_key: self.sim_key.clone().unwrap_or_else(|| self.key.clone()),
+            tls: self.tls.then(|| ClientTls {
+                server_name: self.tls_server_name.clone(),
+                ca_cert_pem: self.tls_ca.clone(),
+            }),
+            dest: self.plan(),
+            max_in_flight: depth.max(1) * 2 + 16,
+        }
+    }
+
+    fn redis(addr: &str) -> RedisBackend {
+        RedisBackend {
+            addr: addr.to_string(),
+            ttl_s: 300,
+            attempts: 5,
+        }
+    }
+}
+
+struct RunProbe<B: Backend> {
+    backend: Arc<B>,
+    base: RunConfig,
+}
+
+impl<B: Backend> Probe for RunProbe<B> {
+    async fn closed_max(&mut self) -> anyhow::Result<f64> {
+        let cfg = RunConfig {
+            mode: Mode::Closed,
+            ..self.base.clone()
+        };
+        let r = run(self.backend.clone(), cfg).await?;
+        eprintln!(
+            "closed loop: {:.0}/s (errors {})",
+            r.achieved_rate, r.errors
+        );
+        Ok(r.achieved_rate)
+    }
+
+    async fn open(&mut self, rate: f64) -> anyhow::Result<ProbeResult> {
+        let cfg = RunConfig {
+            mode: Mode::Open { rate },
+            ..self.base.clone()
+        };
+        let r = run(self.backend.clone(), cfg).await?;
+        eprintln!(
+            "open {rate:>9.0}/s: achieved {:.0}/s p99 {} errors {}",
+            r.achieved_rate,
+            crate::hist::fmt_us(r.response.p99_us),
+            r.errors
+        );
+        Ok(ProbeResult {
+            offered: rate,
+            achieved: r.achieved_rate,
+            response: r.response,
+            requests: r.ops.iter().map(|o| o.count).sum(),
+            errors: r.errors,
+        })
+    }
+}
+
+async fn single<B: Backend>(backend: B, a: &RunArgs) -> anyhow::Result<()> {
+    let backend = Arc::new(backend);
+    let mode = if a.closed {
+        Mode::Closed
+    } else {
+        Mode::Open { rate: a.rate }
+    };
+    if a.find_capacity {
+        let base = a.common.run_config(mode, a.depth, a.mix.clone(), false);
+        let mut p = RunProbe { backend, base };
+        let rep = find_capacity(&mut p, &a.slo, a.steps).await?;
+        print!("{}", rep.to_text());
+        if let Some(f) = &a.json {
+            std::fs::write(f, serde_json::to_vec_pretty(&rep)?)?;
+        }
+        if let Some(f) = &a.svg {
+            let title = format!("{} {} latency vs offered rate", a.target, a.mix);
+            std::fs::write(f, crate::svg::capacity_svg(&title, &rep, &a.slo))?;
+        }
+        return Ok(());
+    }
+    let cfg = a.common.run_config(mode, a.depth, a.mix.clone(), !a.quiet);
+    let rep = run(backend, cfg).await?;
+    print!("{}", rep.to_text());
+    if let Some(f) = &a.json {
+        rep.write_json(f)?;
+    }
+    if let Some(d) = &a.hgrm {
+        rep.write_hgrm(d)?;
+    }
+    if let Some(f) = &a.svg {
+        let title = format!("{} {} ({})", rep.target, rep.scenario, rep.mode);
+        std::fs::write(
+            f,
+            crate::svg::spectrum_svg(
+                &title,
+                &[
+                    ("response time", &rep.response_hist),
+                    ("service time", &rep.service_hist),
+                ],
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs what the command line asked for.
+pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Some(Cmd::Compare(c)) => {
+            let (TargetAddr::Watchword(w), TargetAddr::Redis(r)) = (&c.watchword, &c.redis) else {
+                anyhow::bail!("compare needs --watchword watchword://.. and --redis redis://..");
+            };
+            let depth_max = c.depth.iter().copied().max().unwrap_or(1);
+            let cfg = CompareConfig {
+                base: c
+                    .common
+                    .run_config(Mode::Closed, 1, Mix::single(Scenario::Issue), false),
+                depths: c.depth.clone(),
+                ops: c.ops.clone(),
+                equal_rate: c.rate,
+            };
+            eprintln!(
+                "compare: {} connections, depths {:?}, {:?} measured + {:?} warm-up per run",
+                c.common.connections, c.depth, c.common.duration, c.common.warmup
+            );
+            let rows = compare(c.common.watchword(w, depth_max), Common::redis(r), &cfg).await?;
+            print!("{}", table(&rows));
+            if let Some(f) = &c.json {
+                std::fs::write(f, serde_json::to_vec_pretty(&rows)?)?;
+            }
+            Ok(())
+        }
+        None => {
+            let a = &cli.run;
+            match &a.target {
+                TargetAddr::Watchword(addr) => single(a.common.watchword(addr, a.depth), a).await,
+                TargetAddr::Redis(addr) => single(Common::redis(addr), a).await,
+            }
+        }
+    }
+}
