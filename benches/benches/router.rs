@@ -1,0 +1,197 @@
+//! Router benchmarks: messages per second routed through zero-latency simulated
+//! carriers on a 2-worker runtime (issue 3 target: >= 300k/s), the cost of
+//! admission (five keyed limits), and the cost of one phone number parse.
+//!
+//! Nothing here may make the router look faster than it is: every message goes
+//! the whole way (intake permit, task, carrier choice, sender rotation,
+//! template, carrier, receipt, ledger updates), and a measurement ends only
+//! when the last message of the batch is delivered.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use watchword_engine::delivery::{
+    CarrierConfig, CarrierSlot, ChallengeLedger, DeliveryJob, Limit, Router, RouterConfig,
+    SimulatedConfig, TenantDelivery, normalize,
+};
+use watchword_engine::{ChallengeId, Channel, Code, DeliveryState, SystemClock, TenantId};
+
+/// A ledger that allows everything and records nothing.
+struct NoLedger;
+
+impl ChallengeLedger for NoLedger {
+    fn deliverable(&self, _id: ChallengeId) -> bool {
+        true
+    }
+    fn delivery_update(
+        &self,
+        _id: ChallengeId,
+        _state: DeliveryState,
+        _carrier: CarrierSlot,
+        _carrier_name: &str,
+        _reason: Option<&str>,
+    ) {
+    }
+}
+
+fn zero_latency_config() -> RouterConfig {
+    let sim = SimulatedConfig {
+        latency_min_ms: 0,
+        latency_max_ms: 0,
+        receipt_delay_ms: 0,
+        ..SimulatedConfig::default()
+    };
+    let carrier = |name: &str| CarrierConfig {
+        name: name.into(),
+        simulated: sim.clone(),
+        max_in_flight: 1 << 20,
+        queue_capacity: 1 << 22,
+        ..CarrierConfig::default()
+    };
+    let mut cfg = RouterConfig {
+        carriers: vec![carrier("sim-a"), carrier("sim-b")],
+        queue_capacity: 1 << 22,
+        ..RouterConfig::default()
+    };
+    for p in &mut cfg.senders.pools {
+        p.rate_per_s = 0;
+    }
+    cfg
+}
+
+fn route(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let router = rt
+        .block_on(async {
+            Router::start(
+                zero_latency_config(),
+                Arc::new(NoLedger),
+                SystemClock::shared(),
+            )
+        })
+        .unwrap();
+    let t = TenantDelivery::default();
+    let dest = normalize(Channel::Sms, "+1 425 555 1234", &t).unwrap();
+    let mut g = c.benchmark_group("router");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("route_zero_latency_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let router = router.clone();
+            let dest = dest.clone();
+            rt.block_on(async move {
+                let target = router.stats().delivered + iters;
+                let start = Instant::now();
+                let producers: Vec<_> = (0..2u64)
+                    .map(|p| {
+                        let router = router.clone();
+                        let dest = dest.clone();
+                        let n = iters / 2 + if p == 0 { iters % 2 } else { 0 };
+                        tokio::spawn(async move {
+                            for i in 0..n {
+                                let mut id = [0u8; 16];
+                                id[..8].copy_from_slice(&i.to_le_bytes());
+                                id[8] = p as u8;
+                                let permit =
+                                    router.try_reserve().expect("queue sized for the batch");
+                                permit.send(DeliveryJob {
+                                    tenant: TenantId(0),
+                                    id: ChallengeId(id),
+                                    channel: Channel::Sms,
+                                    destination: dest.clone(),
+                                    code: Code::from_parts(123456, 6).unwrap(),
+                                    expires_at_ms: u64::MAX,
+                                    locale: String::new(),
+                                    service_name: "Acme".into(),
+                                    avoid_carrier: CarrierSlot::NONE,
+                                    operator_assistance: false,
+                                });
+                                if i % 256 == 255 {
+                                    tokio::task::yield_now().await;
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for p in producers {
+                    p.await.unwrap();
+                }
+                while router.stats().delivered < target {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
+
+fn admit(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut cfg = zero_latency_config();
+    cfg.limits.destination = Limit::new(5, 300_000);
+    cfg.limits.country = Limit::new(1_000_000_000, 1_000);
+    cfg.limits.tenant = Limit::new(1_000_000_000, 1_000);
+    let router = rt
+        .block_on(async { Router::start(cfg, Arc::new(NoLedger), SystemClock::shared()) })
+        .unwrap();
+    let t = TenantDelivery::default();
+    let dests: Vec<_> = (0..100_000u32)
+        .map(|i| {
+            normalize(
+                Channel::Sms,
+                &format!("+1 425 {:03} {:04}", 200 + i / 10_000, i % 10_000),
+                &t,
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut i = 0usize;
+    let mut g = c.benchmark_group("router");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("admit_five_keyed_limits", |b| {
+        b.iter(|| {
+            i = (i + 1) % dests.len();
+            let _ = black_box(router.admit(TenantId(0), "demo", "alice", Channel::Sms, &dests[i]));
+        })
+    });
+    g.finish();
+}
+
+fn parse(c: &mut Criterion) {
+    let us = TenantDelivery::default();
+    let mut g = c.benchmark_group("phone_parse");
+    g.throughput(Throughput::Elements(1));
+    for (name, raw) in [
+        ("e164", "+14255551234"),
+        ("us_national", "(425) 555-1234"),
+        ("fr_00_prefix", "0033 4 25 55 51 23"),
+        ("with_operator_extension", "+1 425-555-1234 x@5678"),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| normalize(Channel::Sms, black_box(raw), &us).unwrap())
+        });
+    }
+    g.bench_function("email", |b| {
+        b.iter(|| normalize(Channel::Email, black_box("jane.doe@example.com"), &us).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
+    targets = route, admit, parse
+}
+criterion_main!(benches);
