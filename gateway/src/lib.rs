@@ -8,9 +8,13 @@
 //! only parses flags and calls into it. Nothing in this crate may log, count
 //! or return a code, a key or a full destination.
 
+pub mod app;
+pub mod audit;
 pub mod backend;
 pub mod client;
+pub mod config;
 pub mod connection;
+pub mod dispatch;
 pub mod frame;
 pub mod metrics;
 pub mod protocol;

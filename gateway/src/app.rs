@@ -1,0 +1,162 @@
+//! Wires a whole gateway from a [`Config`]: the audit log, the engine, the
+//! protocol listener (optionally TLS), the metrics listener, and the shutdown
+//! sequence.
+//!
+//! Shutdown order: stop accepting and answer SHUTTING_DOWN to new ISSUEs;
+//! keep serving open connections while the engine drains queued deliveries
+//! (up to `shutdown_deadline_s`); then let every connection answer what it has
+//! read, flush and close; then flush and fsync the audit log. This module must
+//! never exit before the audit log is flushed, and never log a key.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use watchword_engine::{Engine, EngineConfig, EventSink, NullSink, SystemClock, TenantPolicy};
+
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::server::{Shutdown, accept_loop};
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Running {
+    /// The protocol listener's address.
+    pub addr: SocketAddr,
+    /// The metrics listener's address.
+    pub metrics_addr: SocketAddr,
+    /// The engine (for tools and tests).
+    pub engine: Engine,
+    signals: Shutdown,
+    done: JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts the graceful shutdown (as SIGTERM does).
+    pub fn shutdown(&self) {
+        self.signals.shutdown.cancel();
+    }
+
+    /// Waits until the shutdown sequence has finished.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// The engine configuration a gateway configuration describes.
+pub fn engine_config(cfg: &Config) -> EngineConfig {
+    EngineConfig {
+        table: cfg.table.clone(),
+        router: cfg.router.clone(),
+        tenants: cfg
+            .tenants
+            .iter()
+            .map(|t| TenantPolicy {
+                name: t.name.clone(),
+                code_len: t.code_len,
+                ttl_s: t.ttl_s,
+                max_attempts: t.max_attempts,
+                default_country: t.default_country.clone(),
+                operator_assistance: t.operator_assistance,
+                locale: t.locale.clone(),
+                service_name: t.service_name.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Validates `cfg`, binds both listeners, starts everything, and returns. Must
+/// be called inside a tokio runtime. The error says what failed.
+pub async fn start(cfg: Config) -> Result<Running, String> {
+    let errors = cfg.validate();
+    if !errors.is_empty() {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return Err(list.join("; "));
+    }
+    let listener = TcpListener::bind(&cfg.server.listen)
+        .await
+        .map_err(|e| format!("server.listen {}: {e}", cfg.server.listen))?;
+    let metrics_listener = TcpListener::bind(&cfg.server.metrics_listen)
+        .await
+        .map_err(|e| format!("server.metrics_listen {}: {e}", cfg.server.metrics_listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let metrics_addr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
+    let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        (Some(c), Some(k)) => Some(crate::tls::server_acceptor(c, k)?),
+        _ => None,
+    };
+    let audit = if cfg.audit.enabled {
+        let names = cfg.tenants.iter().map(|t| t.name.clone()).collect();
+        Some(
+            AuditLog::open(&cfg.audit, &cfg.server.name, &addr.ip().to_string(), names)
+                .map_err(|e| format!("audit.path {}: {e}", cfg.audit.path.display()))?,
+        )
+    } else {
+        None
+    };
+    let sink: Arc<dyn EventSink> = match &audit {
+        Some(a) => a.clone(),
+        None => Arc::new(NullSink),
+    };
+    let engine = Engine::start(engine_config(&cfg), SystemClock::shared(), sink)?;
+    let handle = crate::metrics::install();
+    let ready = Arc::new(AtomicBool::new(true));
+    let metrics_stop = CancellationToken::new();
+    let pending_engine = engine.clone();
+    tokio::spawn(crate::metrics::serve(
+        metrics_listener,
+        handle,
+        ready.clone(),
+        Arc::new(move || Some(pending_engine.table().pending())),
+        metrics_stop.clone(),
+    ));
+    let signals = Shutdown::default();
+    let tracker = TaskTracker::new();
+    tokio::spawn(accept_loop(
+        listener,
+        cfg.server_settings(),
+        tls,
+        engine.clone(),
+        signals.clone(),
+        tracker.clone(),
+    ));
+    tracing::info!(%addr, %metrics_addr, tls = cfg.server.tls_cert.is_some(), "watchword gateway listening");
+    let deadline = Duration::from_secs(cfg.server.shutdown_deadline_s);
+    let done = {
+        let engine = engine.clone();
+        let signals = signals.clone();
+        tokio::spawn(async move {
+            signals.shutdown.cancelled().await;
+            tracing::info!("shutting down: no new connections, ISSUE answers SHUTTING_DOWN");
+            ready.store(false, Ordering::Relaxed);
+            engine.begin_shutdown();
+            engine.drain(deadline).await;
+            tracing::info!("deliveries drained; closing connections");
+            signals.close.cancel();
+            tracker.close();
+            if tokio::time::timeout(deadline, tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some connections did not close in time");
+            }
+            if let Some(a) = audit {
+                let _ = tokio::task::spawn_blocking(move || a.close()).await;
+            }
+            metrics_stop.cancel();
+            tracing::info!("shutdown complete");
+        })
+    };
+    Ok(Running {
+        addr,
+        metrics_addr,
+        engine,
+        signals,
+        done,
+    })
+}

@@ -1,0 +1,369 @@
+//! The audit trail (DOMAIN.md §3): an [`EventSink`] that appends one JSON
+//! object per challenge event to a JSON Lines file.
+//!
+//! Each line: time, server name and IP, tenant, subject (the user id), the
+//! challenge id, the method (channel), the masked destination, the event, its
+//! result (`ok`, `success`, `failure`, `ended`), the denial or failure reason,
+//! attempts left, the carrier, and the client IP when the gateway knew it.
+//!
+//! Buffering: `record` never blocks and never does I/O: it formats the line and
+//! puts it on a bounded queue (`buffer_events`). When the queue is full the
+//! event is **dropped**, counted in `watchword_audit_dropped_total`, and once
+//! room returns an `audit_gap` line records how many were lost. A writer thread
+//! appends lines, flushes and fsyncs every `flush_interval_ms` and at
+//! [`AuditLog::close`], and rotates the file by size (`path.1`, `path.2`, ...).
+//!
+//! This module must never write a code, a key or a full destination: events
+//! carry only masked destinations and never a code.
+
+use std::cell::RefCell;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use watchword_engine::{Event, EventKind, EventSink};
+
+use crate::config::AuditConfig;
+
+thread_local! {
+    /// The client IP of the request this thread is handling (set by the
+    /// dispatch layer around an engine call, read by `record`).
+    static CLIENT_IP: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Runs `f` with `ip` as the client IP that audit events recorded on this
+/// thread during `f` carry. The engine records events synchronously inside its
+/// calls, so an ISSUE's `issued` event gets the request's `client_ip`.
+pub fn with_client_ip<R>(ip: &str, f: impl FnOnce() -> R) -> R {
+    CLIENT_IP.with(|c| {
+        let mut c = c.borrow_mut();
+        c.clear();
+        c.push_str(ip);
+    });
+    let r = f();
+    CLIENT_IP.with(|c| c.borrow_mut().clear());
+    r
+}
+
+enum Msg {
+    Line(String),
+    Flush(SyncSender<()>),
+}
+
+/// The audit log. Cheap to share (`Arc`); implements [`EventSink`].
+pub struct AuditLog {
+    tx: SyncSender<Msg>,
+    dropped: Arc<AtomicU64>,
+    unreported: AtomicU64,
+    server: String,
+    server_ip: String,
+    tenants: Vec<String>,
+    writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    ts_ms: u64,
+    server: &'a str,
+    server_ip: &'a str,
+    tenant: &'a str,
+    event: &'a str,
+    result: &'a str,
+    subject: &'a str,
+    challenge: String,
+    method: &'a str,
+    destination: &'a str,
+    attempts_left: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    carrier: Option<&'a str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    client_ip: &'a str,
+}
+
+fn result_of(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Issued | EventKind::Resent | EventKind::Sent | EventKind::Delivered => "ok",
+        EventKind::Approved => "success",
+        EventKind::Rejected
+        | EventKind::Expired
+        | EventKind::Locked
+        | EventKind::DeliveryFailed => "failure",
+        EventKind::Cancelled | EventKind::Superseded => "ended",
+    }
+}
+
+impl AuditLog {
+    /// Opens (appends to) the file and starts the writer thread. `tenants`
+    /// are the tenant names in `TenantId` order.
+    pub fn open(
+        cfg: &AuditConfig,
+        server: &str,
+        server_ip: &str,
+        tenants: Vec<String>,
+    ) -> std::io::Result<Arc<AuditLog>> {
+        if let Some(dir) = cfg.path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = open_append(&cfg.path)?;
+        let size = file.metadata()?.len();
+        let (tx, rx) = sync_channel(cfg.buffer_events.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let w = Writer {
+            path: cfg.path.clone(),
+            out: BufWriter::with_capacity(256 * 1024, file),
+            size,
+            max_bytes: cfg.max_file_bytes.max(4096),
+            max_files: cfg.max_files,
+            interval: Duration::from_millis(cfg.flush_interval_ms.max(1)),
+        };
+        let handle = std::thread::Builder::new()
+            .name("watchword-audit".into())
+            .spawn(move || w.run(rx))?;
+        Ok(Arc::new(AuditLog {
+            tx,
+            dropped,
+            unreported: AtomicU64::new(0),
+            server: server.to_owned(),
+            server_ip: server_ip.to_owned(),
+            tenants,
+            writer: parking_lot::Mutex::new(Some(handle)),
+        }))
+    }
+
+    /// Events dropped because the buffer was full, since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every line queued so far is written, flushed and fsynced.
+    /// Blocking: call from a blocking context (e.g. `spawn_blocking`).
+    pub fn flush(&self) {
+        let (ack, done) = sync_channel(1);
+        if self.tx.send(Msg::Flush(ack)).is_ok() {
+            let _ = done.recv();
+        }
+    }
+
+    /// Flushes, fsyncs and stops the writer thread. Later events are dropped.
+    /// Blocking.
+    pub fn close(&self) {
+        self.flush();
+        // The writer ends when every sender is gone; ours lives as long as the
+        // log, so it is detached here after the final flush.
+        drop(self.writer.lock().take());
+    }
+
+    fn push(&self, line: String) {
+        match self.tx.try_send(Msg::Line(line)) {
+            Ok(()) => {
+                let lost = self.unreported.swap(0, Ordering::Relaxed);
+                if lost > 0 {
+                    let gap = format!("{{\"event\":\"audit_gap\",\"dropped\":{lost}}}");
+                    if self.tx.try_send(Msg::Line(gap)).is_err() {
+                        self.unreported.fetch_add(lost, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.unreported.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("watchword_audit_dropped_total").increment(1);
+            }
+        }
+    }
+}
+
+impl EventSink for AuditLog {
+    fn record(&self, e: &Event<'_>) {
+        let tenant = self
+            .tenants
+            .get(usize::from(e.tenant.0))
+            .map_or("?", String::as_str);
+        let line = CLIENT_IP.with(|ip| {
+            let ip = ip.borrow();
+            let l = Line {
+                ts_ms: e.at_ms,
+                server: &self.server,
+                server_ip: &self.server_ip,
+                tenant,
+                event: e.kind.name(),
+                result: result_of(e.kind),
+                subject: e.subject,
+                challenge: e.id.to_string(),
+                method: e.channel.name(),
+                destination: e.destination.as_str(),
+                attempts_left: e.attempts_left,
+                reason: e.reason,
+                carrier: e.carrier,
+                client_ip: if e.kind == EventKind::Issued || e.kind == EventKind::Resent {
+                    ip.as_str()
+                } else {
+                    ""
+                },
+            };
+            serde_json::to_string(&l)
+        });
+        if let Ok(line) = line {
+            self.push(line);
+        }
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+struct Writer {
+    path: PathBuf,
+    out: BufWriter<File>,
+    size: u64,
+    max_bytes: u64,
+    max_files: u32,
+    interval: Duration,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut last_sync = Instant::now();
+        let mut dirty = false;
+        loop {
+            let wait = self.interval.saturating_sub(last_sync.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Line(l)) => {
+                    if let Err(e) = self.write(&l) {
+                        tracing::error!(error = %e, "audit log write failed");
+                    }
+                    dirty = true;
+                }
+                Ok(Msg::Flush(ack)) => {
+                    self.sync();
+                    dirty = false;
+                    last_sync = Instant::now();
+                    let _ = ack.send(());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.sync();
+                    return;
+                }
+            }
+            if last_sync.elapsed() >= self.interval {
+                if dirty {
+                    self.sync();
+                    dirty = false;
+                }
+                last_sync = Instant::now();
+            }
+        }
+    }
+
+    fn write(&mut self, line: &str) -> std::io::Result<()> {
+        let n = line.len() as u64 + 1;
+        if self.size > 0 && self.size + n > self.max_bytes {
+            self.rotate()?;
+        }
+        self.out.write_all(line.as_bytes())?;
+        self.out.write_all(b"\n")?;
+        self.size += n;
+        Ok(())
+    }
+
+    fn sync(&mut self) {
+        let r = self
+            .out
+            .flush()
+            .and_then(|()| self.out.get_ref().sync_data());
+        if let Err(e) = r {
+            tracing::error!(error = %e, "audit log flush failed");
+        }
+    }
+
+    fn rotated(&self, i: u32) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{i}"));
+        PathBuf::from(p)
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.sync();
+        if self.max_files == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            let _ = std::fs::remove_file(self.rotated(self.max_files));
+            for i in (1..self.max_files).rev() {
+                let _ = std::fs::rename(self.rotated(i), self.rotated(i + 1));
+            }
+            std::fs::rename(&self.path, self.rotated(1))?;
+        }
+        self.out = BufWriter::with_capacity(256 * 1024, open_append(&self.path)?);
+        self.size = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use watchword_engine::{ChallengeId, Channel, TenantId, mask_destination};
+
+    fn event(kind: EventKind) -> Event<'static> {
+        Event {
+            kind,
+            at_ms: 1,
+            tenant: TenantId(0),
+            id: ChallengeId([0xab; 16]),
+            subject: "user-1",
+            channel: Channel::Sms,
+            destination: mask_destination("+14255551234"),
+            attempts_left: 5,
+            carrier: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn writes_rotates_and_never_holds_the_full_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = AuditConfig {
+            path: dir.path().join("a.jsonl"),
+            max_file_bytes: 4096,
+            max_files: 5,
+            ..AuditConfig::default()
+        };
+        let log = AuditLog::open(&cfg, "gw", "127.0.0.1", vec!["demo".into()]).unwrap();
+        with_client_ip("203.0.113.9", || log.record(&event(EventKind::Issued)));
+        for _ in 0..20 {
+            log.record(&event(EventKind::Rejected));
+        }
+        log.close();
+        let first = std::fs::read_to_string(cfg.path.with_extension("jsonl.1")).unwrap();
+        let line: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+        assert_eq!(line["event"], "issued");
+        assert_eq!(line["client_ip"], "203.0.113.9");
+        assert_eq!(line["destination"], "+14*******34");
+        assert_eq!(line["tenant"], "demo");
+        assert!(!cfg.path.with_extension("jsonl.2").exists());
+        let rest = std::fs::read_to_string(&cfg.path).unwrap();
+        assert_eq!(first.lines().count() + rest.lines().count(), 21);
+        let all = first + &rest;
+        assert!(!all.contains("4255551234"));
+        assert!(all.lines().all(|l| l.len() < 4096));
+    }
+}

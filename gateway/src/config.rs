@@ -1,0 +1,635 @@
+//! The gateway's TOML configuration: `[server]`, `[[tenants]]` (keys, role and
+//! the tenant's defaults), `[table]`, `[router]` (carriers, sender pools, rate
+//! limits) and `[audit]`; the embedded development profile; the commented
+//! default printed by `watchword print-config`; and validation that lists
+//! every mistake with its field and reason (`watchword check-config`).
+//!
+//! This module must never print or log a tenant key, and never let the
+//! development profile listen on a non-loopback address.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use watchword_engine::delivery::{CarrierKind, RouterConfig};
+use watchword_engine::table::TableConfig;
+
+use crate::server::{Role, ServerSettings, TenantAuth};
+
+/// Which safety rules apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Local development: loopback addresses only.
+    Development,
+    /// A real deployment.
+    Production,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `development` (loopback only) or `production`.
+    pub profile: Profile,
+    /// Name sent in the HELLO answer and written in the audit log.
+    pub name: String,
+    /// Protocol address, `ip:port`.
+    pub listen: String,
+    /// Metrics and health address, `ip:port`.
+    pub metrics_listen: String,
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Largest frame body accepted, bytes (6..=16777216).
+    pub max_frame: u32,
+    /// Most requests in flight per connection before reading pauses.
+    pub max_in_flight: usize,
+    /// Seconds without traffic before a connection is closed.
+    pub idle_timeout_s: u64,
+    /// PEM certificate chain; with `tls_key`, the protocol runs over TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// Seconds allowed for queued deliveries to drain at shutdown.
+    pub shutdown_deadline_s: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            profile: Profile::Development,
+            name: "watchword".into(),
+            listen: "127.0.0.1:7400".into(),
+            metrics_listen: "127.0.0.1:9400".into(),
+            max_connections: 10_000,
+            max_frame: 65_536,
+            max_in_flight: 1024,
+            idle_timeout_s: 300,
+            tls_cert: None,
+            tls_key: None,
+            shutdown_deadline_s: 10,
+        }
+    }
+}
+
+/// One `[[tenants]]` entry: credentials, role and defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Name sent in HELLO.
+    pub name: String,
+    /// Accepted keys (at least one, each at least 8 bytes).
+    pub keys: Vec<String>,
+    /// `client`, or `simulator` (may also subscribe to the outbox).
+    pub role: Role,
+    /// Digits in a code when the request says 0 (4..=12).
+    pub code_len: u8,
+    /// Validity in seconds when the request says 0 (30..=3600).
+    pub ttl_s: u16,
+    /// Wrong codes allowed before a challenge locks.
+    pub max_attempts: u8,
+    /// ISO 3166 alpha-2 country for national-format phone numbers.
+    pub default_country: String,
+    /// Voice extensions go through an operator instead of tones.
+    pub operator_assistance: bool,
+    /// Message language when the request gives none (BCP 47).
+    pub locale: String,
+    /// The service name written in messages.
+    pub service_name: String,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        Self {
+            name: "demo".into(),
+            keys: vec!["demo-key".into()],
+            role: Role::Simulator,
+            code_len: 6,
+            ttl_s: 300,
+            max_attempts: 5,
+            default_country: "US".into(),
+            operator_assistance: false,
+            locale: "en".into(),
+            service_name: "Watchword".into(),
+        }
+    }
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Write the audit log at all.
+    pub enabled: bool,
+    /// The JSON Lines file; rotated files get `.1`, `.2`, ... appended.
+    pub path: PathBuf,
+    /// Rotate when the file would grow beyond this many bytes.
+    pub max_file_bytes: u64,
+    /// Rotated files kept.
+    pub max_files: u32,
+    /// Events buffered in memory; when full, new events are dropped and counted.
+    pub buffer_events: usize,
+    /// Flush and fsync at least this often, milliseconds.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: PathBuf::from("watchword-audit.jsonl"),
+            max_file_bytes: 64 * 1024 * 1024,
+            max_files: 10,
+            buffer_events: 65_536,
+            flush_interval_ms: 200,
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[[tenants]]`.
+    pub tenants: Vec<TenantConfig>,
+    /// `[table]`: the challenge table's capacity and shards.
+    pub table: TableConfig,
+    /// `[router]`: carriers, sender pools, rate limits.
+    pub router: RouterConfig,
+    /// `[audit]`.
+    pub audit: AuditConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::development()
+    }
+}
+
+/// One mistake in a configuration: where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The field, e.g. `server.listen` or `tenants[1].keys`.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// The embedded development profile: protocol on 127.0.0.1:7400, metrics
+    /// on 127.0.0.1:9400, simulated carriers, tenant `demo` with key
+    /// `demo-key` and role `simulator`.
+    pub fn development() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            tenants: vec![TenantConfig::default()],
+            table: TableConfig {
+                capacity: 1_000_000,
+                ..TableConfig::default()
+            },
+            router: RouterConfig::default(),
+            audit: AuditConfig::default(),
+        }
+    }
+
+    /// Parses TOML text and validates it; every mistake found is returned.
+    pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            vec![err("(syntax)", e.to_string().trim_end().replace('\n', " "))]
+        })?;
+        let mut errors = Vec::new();
+        let mut cfg = Config {
+            tenants: Vec::new(),
+            ..Config::development()
+        };
+        for (key, value) in table {
+            match key.as_str() {
+                "server" => {
+                    section(value, &key, &mut errors, &mut cfg.server);
+                }
+                "table" => {
+                    section(value, &key, &mut errors, &mut cfg.table);
+                }
+                "router" => {
+                    section(value, &key, &mut errors, &mut cfg.router);
+                }
+                "audit" => {
+                    section(value, &key, &mut errors, &mut cfg.audit);
+                }
+                "tenants" => match value {
+                    toml::Value::Array(items) => {
+                        for (i, item) in items.into_iter().enumerate() {
+                            let mut t = TenantConfig::default();
+                            if section(item, &format!("tenants[{i}]"), &mut errors, &mut t) {
+                                cfg.tenants.push(t);
+                            } else {
+                                // Keep indexes aligned for later messages.
+                                cfg.tenants.push(TenantConfig {
+                                    name: format!("\u{0}invalid{i}"),
+                                    ..TenantConfig::default()
+                                });
+                            }
+                        }
+                    }
+                    _ => errors.push(err("tenants", "must be an array of tables ([[tenants]])")),
+                },
+                other => errors.push(err(
+                    other,
+                    "unknown section (expected server, tenants, table, router, audit)",
+                )),
+            }
+        }
+        errors.extend(cfg.validate().into_iter().filter(|e| {
+            // A tenant that failed to parse was already reported.
+            !e.reason.contains('\u{0}')
+        }));
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![err("(file)", format!("cannot read: {e}"))])?;
+        Self::parse(&text)
+    }
+
+    /// Every semantic mistake in the configuration.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let s = &self.server;
+        let mut addr = |field: &str, v: &str| match v.parse::<SocketAddr>() {
+            Ok(a) => {
+                if s.profile == Profile::Development && !a.ip().is_loopback() {
+                    errors.push(err(
+                        field,
+                        format!(
+                            "{v} is not a loopback address; the development profile only \
+                             listens on loopback (set server.profile = \"production\")"
+                        ),
+                    ));
+                }
+            }
+            Err(e) => errors.push(err(field, format!("{v:?} is not an ip:port address: {e}"))),
+        };
+        addr("server.listen", &s.listen);
+        addr("server.metrics_listen", &s.metrics_listen);
+        if s.name.is_empty() || s.name.len() > 255 {
+            errors.push(err("server.name", "must be 1..=255 bytes"));
+        }
+        if s.max_connections == 0 {
+            errors.push(err("server.max_connections", "must be at least 1"));
+        }
+        if !(64..=16 * 1024 * 1024).contains(&s.max_frame) {
+            errors.push(err(
+                "server.max_frame",
+                format!("must be 64..=16777216, got {}", s.max_frame),
+            ));
+        }
+        if !(1..=65_536).contains(&s.max_in_flight) {
+            errors.push(err("server.max_in_flight", "must be 1..=65536"));
+        }
+        if s.idle_timeout_s == 0 {
+            errors.push(err("server.idle_timeout_s", "must be at least 1"));
+        }
+        match (&s.tls_cert, &s.tls_key) {
+            (None, None) => {}
+            (Some(c), Some(k)) => {
+                for (field, p) in [("server.tls_cert", c), ("server.tls_key", k)] {
+                    if !p.is_file() {
+                        errors.push(err(
+                            field,
+                            format!("{} is not a readable file", p.display()),
+                        ));
+                    }
+                }
+            }
+            _ => errors.push(err(
+                "server.tls_cert",
+                "tls_cert and tls_key must be given together",
+            )),
+        }
+        if self.tenants.is_empty() {
+            errors.push(err("tenants", "at least one [[tenants]] entry is required"));
+        }
+        for (i, t) in self.tenants.iter().enumerate() {
+            if t.name.contains('\u{0}') {
+                continue;
+            }
+            let at = |f: &str| format!("tenants[{i}].{f}");
+            if t.name.is_empty() || t.name.len() > 1024 {
+                errors.push(err(at("name"), "must be 1..=1024 bytes"));
+            }
+            if self.tenants[..i].iter().any(|o| o.name == t.name) {
+                errors.push(err(
+                    at("name"),
+                    format!("{:?} is used by another tenant", t.name),
+                ));
+            }
+            if t.keys.is_empty() {
+                errors.push(err(at("keys"), "at least one key is required"));
+            }
+            for (j, k) in t.keys.iter().enumerate() {
+                if k.len() < 8 || k.len() > 1024 {
+                    errors.push(err(
+                        format!("tenants[{i}].keys[{j}]"),
+                        "a key must be 8..=1024 bytes (its value is not shown)",
+                    ));
+                }
+            }
+            if !(4..=12).contains(&t.code_len) {
+                errors.push(err(
+                    at("code_len"),
+                    format!("must be 4..=12, got {}", t.code_len),
+                ));
+            }
+            if !(30..=3600).contains(&t.ttl_s) {
+                errors.push(err(
+                    at("ttl_s"),
+                    format!("must be 30..=3600, got {}", t.ttl_s),
+                ));
+            }
+            if t.max_attempts == 0 {
+                errors.push(err(at("max_attempts"), "must be at least 1"));
+            }
+            if t.default_country.len() != 2
+                || !t.default_country.bytes().all(|b| b.is_ascii_uppercase())
+            {
+                errors.push(err(
+                    at("default_country"),
+                    format!(
+                        "must be an ISO 3166 alpha-2 code such as \"US\", got {:?}",
+                        t.default_country
+                    ),
+                ));
+            }
+        }
+        if let Err(e) = self.table.validate() {
+            errors.push(err("table", e.to_string()));
+        }
+        if let Err(e) = self.router.validate() {
+            errors.push(err("router", e.0));
+        }
+        let a = &self.audit;
+        if a.enabled {
+            if a.path.as_os_str().is_empty() {
+                errors.push(err("audit.path", "must not be empty when audit.enabled"));
+            }
+            if a.max_file_bytes < 4096 {
+                errors.push(err("audit.max_file_bytes", "must be at least 4096"));
+            }
+            if a.buffer_events == 0 {
+                errors.push(err("audit.buffer_events", "must be at least 1"));
+            }
+            if a.flush_interval_ms == 0 || a.flush_interval_ms > 60_000 {
+                errors.push(err("audit.flush_interval_ms", "must be 1..=60000"));
+            }
+        }
+        errors
+    }
+
+    /// Whether any carrier is simulated (OUTBOX_SUBSCRIBE can work).
+    pub fn has_simulated_carriers(&self) -> bool {
+        self.router
+            .carriers
+            .iter()
+            .any(|c| c.kind == CarrierKind::Simulated)
+    }
+
+    /// The protocol server's runtime settings.
+    pub fn server_settings(&self) -> ServerSettings {
+        ServerSettings {
+            server_name: self.server.name.clone(),
+            max_connections: self.server.max_connections,
+            max_frame: self.server.max_frame,
+            max_in_flight: self.server.max_in_flight,
+            idle_timeout: Duration::from_secs(self.server.idle_timeout_s),
+            tenants: self
+                .tenants
+                .iter()
+                .map(|t| TenantAuth {
+                    name: t.name.clone(),
+                    keys: t.keys.clone(),
+                    role: t.role,
+                })
+                .collect(),
+        }
+    }
+
+    /// The full default configuration as commented TOML.
+    pub fn commented_default() -> String {
+        let d = Config::development();
+        let mut out = String::from(
+            "# Watchword gateway configuration (TOML). This is the embedded development\n\
+             # profile that `watchword serve` runs with no --config; every key is shown\n\
+             # with its default. Validate a file with `watchword check-config FILE`.\n\n",
+        );
+        let body = toml::to_string_pretty(&d).unwrap_or_default();
+        let mut header = String::new();
+        for line in body.lines() {
+            let t = line.trim();
+            let c = if t.starts_with('[') {
+                header = t.to_owned();
+                section_comment(t)
+            } else if !line.starts_with(' ') && t.contains(" = ") {
+                key_comment(&header, t.split(" = ").next().unwrap_or(""))
+            } else {
+                None
+            };
+            if let Some(c) = c {
+                for l in c.lines() {
+                    out.push_str("# ");
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Deserialises one section into `into`; records the error and returns false
+/// when it does not fit.
+fn section<T: serde::de::DeserializeOwned>(
+    value: toml::Value,
+    name: &str,
+    errors: &mut Vec<ConfigError>,
+    into: &mut T,
+) -> bool {
+    match value.try_into::<T>() {
+        Ok(v) => {
+            *into = v;
+            true
+        }
+        Err(e) => {
+            errors.push(err(name, e.to_string().trim_end().replace('\n', " ")));
+            false
+        }
+    }
+}
+
+fn section_comment(header: &str) -> Option<&'static str> {
+    Some(match header {
+        "[server]" => "The protocol and metrics listeners and connection limits.",
+        "[[tenants]]" => {
+            "One entry per tenant: credentials, role (client | simulator) and defaults.\n\
+             Replace demo-key in any real deployment; a simulator tenant may read the outbox."
+        }
+        "[table]" => "The in-memory challenge table.",
+        "[router]" => "Delivery: queue, outbox, retries, receipts.",
+        "[[router.carriers]]" => {
+            "A carrier: kind = \"simulated\" or \"http\"; lower priority is preferred."
+        }
+        "[router.carriers.simulated]" => {
+            "Behaviour of a simulated carrier (latencies, failure rates)."
+        }
+        "[router.carriers.http]" => "Settings of an HTTP carrier (JSON over HTTP/1.1).",
+        "[router.carriers.breaker]" => "The carrier's circuit breaker.",
+        "[[router.senders.pools]]" => "An SMS sender pool (short codes) for one country.",
+        "[router.limits.destination]" => {
+            "Sends per destination, all tenants: protocol v1 says 5 in any 5 minutes."
+        }
+        "[router.limits.subject]" => "Sends per tenant and subject (max 0 = off).",
+        "[router.limits.tenant]" => "Sends per tenant (max 0 = off).",
+        "[router.limits.country]" => "Sends per destination country (max 0 = off).",
+        "[router.retry]" => "Tries per message and their time budget.",
+        "[audit]" => "The append-only JSON Lines audit log (never a code, key or full number).",
+        _ => return None,
+    })
+}
+
+fn key_comment(header: &str, key: &str) -> Option<&'static str> {
+    Some(match (header, key) {
+        ("[server]", "profile") => "development (loopback addresses only) or production.",
+        ("[server]", "name") => "Sent in the HELLO answer and written in the audit log.",
+        ("[server]", "listen") => "Protocol v1 listener, ip:port.",
+        ("[server]", "metrics_listen") => "Prometheus /metrics, /healthz and /readyz, ip:port.",
+        ("[server]", "max_connections") => "Most connections served at once.",
+        ("[server]", "max_frame") => "Largest frame body accepted, bytes.",
+        ("[server]", "max_in_flight") => "Requests in flight per connection before reading pauses.",
+        ("[server]", "idle_timeout_s") => {
+            "Close a connection after this many seconds without traffic."
+        }
+        ("[server]", "shutdown_deadline_s") => {
+            "At SIGTERM/SIGINT, seconds allowed for queued deliveries to drain.\n\
+             Set tls_cert and tls_key (PEM paths) to serve the protocol over TLS."
+        }
+        ("[[tenants]]", "name") => "The tenant name sent in HELLO.",
+        ("[[tenants]]", "keys") => "Accepted keys (8..=1024 bytes each).",
+        ("[[tenants]]", "role") => "client, or simulator (may also OUTBOX_SUBSCRIBE).",
+        ("[[tenants]]", "code_len") => "Code digits when a request says 0 (4..=12).",
+        ("[[tenants]]", "ttl_s") => "Code validity in seconds when a request says 0 (30..=3600).",
+        ("[[tenants]]", "max_attempts") => "Wrong codes before a challenge locks.",
+        ("[[tenants]]", "default_country") => {
+            "Country for national-format phone numbers (ISO 3166 alpha-2)."
+        }
+        ("[[tenants]]", "operator_assistance") => {
+            "Voice extensions via an operator instead of tones."
+        }
+        ("[[tenants]]", "locale") => "Message language when a request gives none (BCP 47).",
+        ("[[tenants]]", "service_name") => "The service name written in messages.",
+        ("[table]", "shards") => "Lock shards; 0 picks (cores x 4) rounded up to a power of two.",
+        ("[table]", "capacity") => "Most pending challenges; beyond it ISSUE answers CAPACITY.",
+        ("[table]", "tombstone_grace_s") => "Seconds a finished challenge stays visible to STATUS.",
+        ("[table]", "sweep_slice") => "Expired entries handled per shard lock by the sweeper.",
+        ("[table]", "sweep_interval_ms") => "How often the sweeper wakes.",
+        ("[router]", "queue_capacity") => "Messages queued before ISSUE answers CAPACITY.",
+        ("[router]", "outbox_capacity") => {
+            "Messages kept for slow outbox subscribers before they lag."
+        }
+        ("[router]", "receipt_timeout_ms") => {
+            "A message without a receipt after this long has failed."
+        }
+        ("[router]", "janitor_interval_ms") => "How often idle limiter keys are reclaimed.",
+        ("[[router.carriers]]", "name") => "Unique; shown in STATUS, metrics and the audit log.",
+        ("[[router.carriers]]", "channels") => "Channels served: sms, voice, email.",
+        ("[[router.carriers]]", "countries") => "ISO countries served; with prefixes empty, all.",
+        ("[[router.carriers]]", "prefixes") => "E.164 prefixes served, e.g. \"+1\".",
+        ("[[router.carriers]]", "weight") => "Traffic share among carriers of equal priority.",
+        ("[[router.carriers]]", "throughput_per_s") => "Sends per second (0 = unlimited).",
+        ("[[router.carriers]]", "max_in_flight") => "Sends awaiting the carrier's answer at once.",
+        ("[[router.carriers]]", "senders") => "Sender ids / caller ids / from addresses.",
+        ("[audit]", "enabled") => "Write the audit log.",
+        ("[audit]", "path") => "Audit file; rotated files get .1, .2, ...",
+        ("[audit]", "max_file_bytes") => "Rotate beyond this size.",
+        ("[audit]", "max_files") => "Rotated files kept.",
+        ("[audit]", "buffer_events") => {
+            "Events buffered in memory; when full, new events are dropped and counted\n\
+             (metric watchword_audit_dropped_total, and an audit_gap line when room returns)."
+        }
+        ("[audit]", "flush_interval_ms") => "Flush and fsync at least this often.",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_default_parses_back_to_the_default() {
+        let text = Config::commented_default();
+        let parsed = Config::parse(&text).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+        assert_eq!(parsed, Config::development());
+    }
+
+    #[test]
+    fn every_mistake_is_listed() {
+        let text = r#"
+            bogus = 1
+            [server]
+            listen = "0.0.0.0:7400"
+            max_frame = 3
+            [[tenants]]
+            name = "a"
+            keys = ["short"]
+            code_len = 2
+            [[tenants]]
+            name = "b"
+            colour = "red"
+            [audit]
+            flush_interval_ms = 0
+        "#;
+        let errs = Config::parse(text).unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        for want in [
+            "bogus",
+            "server.listen",
+            "server.max_frame",
+            "tenants[0].keys[0]",
+            "tenants[0].code_len",
+            "tenants[1]",
+            "audit.flush_interval_ms",
+        ] {
+            assert!(fields.contains(&want), "{want} missing in {errs:?}");
+        }
+        assert!(!format!("{errs:?}").contains("short\""), "a key leaked");
+    }
+
+    #[test]
+    fn production_may_listen_anywhere() {
+        let text = "[server]\nprofile = \"production\"\nlisten = \"0.0.0.0:7400\"\n[[tenants]]\nname = \"x\"\nkeys = [\"0123456789\"]\n";
+        Config::parse(text).unwrap();
+    }
+}
