@@ -326,3 +326,55 @@ async fn hello_must_arrive_within_five_seconds() {
         .unwrap();
     assert!(closed(&mut s).await);
 }
+
+/// A hand-written server that answers each batch of pings in reverse order:
+/// the client must match answers to callers by req_id.
+#[tokio::test]
+async fn the_client_matches_out_of_order_answers_by_req_id() {
+    use watchword_gateway::protocol::Response;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let (_, _, id, _) = read_frame(&mut s).await.unwrap();
+        let mut out = bytes::BytesMut::new();
+        Response::Hello {
+            version: 1,
+            server_name: "rev".into(),
+            max_frame: 65536,
+        }
+        .encode(0x01, id, &mut out);
+        s.write_all(&out).await.unwrap();
+        loop {
+            let mut batch = Vec::new();
+            for _ in 0..10 {
+                match read_frame(&mut s).await {
+                    Some((op, _, id, payload)) => batch.push((op, id, payload)),
+                    None => return,
+                }
+            }
+            let mut out = bytes::BytesMut::new();
+            for (op, id, payload) in batch.into_iter().rev() {
+                // VERIFY answers carry the code's length as attempts_left, so
+                // each caller can check it got its own answer.
+                let n = u16::from_be_bytes([payload[16], payload[17]]) as u8;
+                Response::Verified(VerifyOutcome::Rejected { attempts_left: n })
+                    .encode(op, id, &mut out);
+            }
+            s.write_all(&out).await.unwrap();
+        }
+    });
+    let c = Client::connect(cfg(&addr, "x", "y")).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 1..=10u8 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let code = "7".repeat(usize::from(i));
+            let r = c.verify(ChallengeId([i; 16]), &code).await.unwrap();
+            assert_eq!(r.outcome, VerifyOutcome::Rejected { attempts_left: i });
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

@@ -75,6 +75,7 @@ fn serve(file: Option<PathBuf>, listen: Option<String>, metrics: Option<String>)
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let mut cfg = match &file {
         None => Config::development(),
