@@ -145,6 +145,9 @@ impl Mix {
 
 impl fmt::Display for Mix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let [(s, 1)] = self.entries[..] {
+            return f.write_str(s.name());
+        }
         for (i, (s, w)) in self.entries.iter().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
