@@ -103,8 +103,10 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         Some(a) => a.clone(),
         None => Arc::new(NullSink),
     };
-    let engine = Engine::start(engine_config(&cfg), SystemClock::shared(), sink)?;
+    // The recorder first: the engine registers its metric handles when it
+    // starts, and handles taken before the recorder exists count nowhere.
     let handle = crate::metrics::install();
+    let engine = Engine::start(engine_config(&cfg), SystemClock::shared(), sink)?;
     let ready = Arc::new(AtomicBool::new(true));
     let metrics_stop = CancellationToken::new();
     let pending_engine = engine.clone();
