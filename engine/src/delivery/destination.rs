@@ -260,6 +260,77 @@ fn normalize_phone(raw: &str, default_country: &str) -> Result<Destination, Inva
     if digits > 17 {
         return Err(InvalidDestination::TooManyDigits);
     }
+    let (e164, region) = cached_parse(main, default_country)?;
+    let mut text = String::with_capacity(e164.len() + ext.map_or(0, |(d, _)| d.len() + 2));
+    text.push_str(&e164);
+    let main_len = text.len();
+    let ext_kind = ext.map(|(digits, kind)| {
+        text.push('x');
+        if kind == ExtensionKind::Operator {
+            text.push('@');
+        }
+        text.push_str(digits);
+        kind
+    });
+    Ok(Destination {
+        text,
+        main_len,
+        ext: ext_kind,
+        region,
+        email: false,
+    })
+}
+
+/// A parse result: the E.164 number and its region, or why it is invalid.
+type Parsed = Result<(Box<str>, Option<country::Id>), InvalidDestination>;
+
+const CACHE_SHARDS: usize = 16;
+/// Entries per shard; a full shard is cleared (65 536 entries at most in all).
+const CACHE_SHARD_CAP: usize = 4_096;
+
+/// Recent parses, keyed by (default country, number as written). The phone
+/// metadata library costs tens of microseconds per parse; a resend, a retry
+/// or a returning user hits this instead. Bounded; a lock is held for one map
+/// operation only.
+struct ParseCache {
+    hash: ahash::RandomState,
+    #[allow(clippy::type_complexity)]
+    shards: Vec<
+        parking_lot::Mutex<
+            std::collections::HashMap<
+                u64,
+                (Box<str>, Box<str>, Parsed),
+                std::hash::BuildHasherDefault<super::limits::IdentityHasher>,
+            >,
+        >,
+    >,
+}
+
+static CACHE: std::sync::OnceLock<ParseCache> = std::sync::OnceLock::new();
+
+fn cached_parse(main: &str, default_country: &str) -> Parsed {
+    let cache = CACHE.get_or_init(|| ParseCache {
+        hash: ahash::RandomState::new(),
+        shards: (0..CACHE_SHARDS).map(|_| Default::default()).collect(),
+    });
+    let h = cache.hash.hash_one((default_country, main));
+    let shard = &cache.shards[(h >> 60) as usize % CACHE_SHARDS];
+    if let Some((cc, m, parsed)) = shard.lock().get(&h) {
+        if **cc == *default_country && **m == *main {
+            return parsed.clone();
+        }
+    }
+    let parsed = parse_uncached(main, default_country);
+    let mut map = shard.lock();
+    if map.len() >= CACHE_SHARD_CAP {
+        map.clear();
+    }
+    map.insert(h, (default_country.into(), main.into(), parsed.clone()));
+    parsed
+}
+
+/// The phone metadata library's parse and validity check (the slow part).
+fn parse_uncached(main: &str, default_country: &str) -> Parsed {
     // "00" is the international prefix in most of the world; accept it whatever
     // the tenant's country (the library only knows the default country's own).
     let mut buf = String::with_capacity(main.len() + 1);
@@ -293,29 +364,14 @@ fn normalize_phone(raw: &str, default_country: &str) -> Result<Destination, Inva
         return Err(InvalidDestination::NotValidForCountry(name));
     }
     let national = number.national();
-    let mut text = String::with_capacity(24);
+    let mut text = String::with_capacity(20);
     use std::fmt::Write as _;
     let _ = write!(text, "+{cc}");
     for _ in 0..national.zeros() {
         text.push('0');
     }
     let _ = write!(text, "{}", national.value());
-    let main_len = text.len();
-    let ext_kind = ext.map(|(digits, kind)| {
-        text.push('x');
-        if kind == ExtensionKind::Operator {
-            text.push('@');
-        }
-        text.push_str(digits);
-        kind
-    });
-    Ok(Destination {
-        text,
-        main_len,
-        ext: ext_kind,
-        region,
-        email: false,
-    })
+    Ok((text.into_boxed_str(), region))
 }
 
 #[cfg(test)]

@@ -34,17 +34,40 @@ const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆ�
 /// GSM 03.38 extension table: two septets each.
 const GSM7_EXT: &str = "^{}\\[~]|€\u{c}";
 
+/// Septets `c` takes in GSM-7 (1 or 2), or `None` if GSM-7 cannot carry it.
+fn gsm7_septets(c: char) -> Option<usize> {
+    if c.is_ascii() {
+        // ASCII fast path: no scan of the tables.
+        return match c as u8 {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => Some(1),
+            b' ' | b'!' | b'"' | b'#' | b'%' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' => {
+                Some(1)
+            }
+            b'-' | b'.' | b'/' | b':' | b';' | b'<' | b'=' | b'>' | b'?' | b'@' | b'$' | b'_' => {
+                Some(1)
+            }
+            b'\n' | b'\r' => Some(1),
+            b'^' | b'{' | b'}' | b'\\' | b'[' | b'~' | b']' | b'|' | b'\x0c' => Some(2),
+            _ => None,
+        };
+    }
+    if GSM7_BASIC.contains(c) {
+        Some(1)
+    } else if GSM7_EXT.contains(c) {
+        Some(2)
+    } else {
+        None
+    }
+}
+
 /// The number of characters `text` takes in one SMS, and the segment's size:
 /// `(septets, 160)` for GSM-7, `(UTF-16 units, 70)` otherwise.
 pub(crate) fn sms_cost(text: &str) -> (usize, usize) {
     let mut septets = 0;
     for c in text.chars() {
-        if GSM7_BASIC.contains(c) {
-            septets += 1;
-        } else if GSM7_EXT.contains(c) {
-            septets += 2;
-        } else {
-            return (text.encode_utf16().count(), 70);
+        match gsm7_septets(c) {
+            Some(n) => septets += n,
+            None => return (text.encode_utf16().count(), 70),
         }
     }
     (septets, 160)
@@ -167,6 +190,23 @@ mod tests {
         assert!(fits_one_segment(&t), "{t}");
         assert_eq!(sms_cost(&t).1, 70);
         assert!(t.contains("123456"));
+    }
+
+    #[test]
+    fn the_ascii_fast_path_agrees_with_the_tables() {
+        for b in 0u8..128 {
+            let c = char::from(b);
+            let slow = if GSM7_BASIC.contains(c) {
+                Some(1)
+            } else if GSM7_EXT.contains(c) {
+                Some(2)
+            } else {
+                None
+            };
+            assert_eq!(gsm7_septets(c), slow, "{b:#x}");
+        }
+        assert_eq!(sms_cost("a{b"), (4, 160));
+        assert_eq!(sms_cost("a`b"), (3, 70));
     }
 
     #[test]
