@@ -161,12 +161,13 @@ impl AuditLog {
         }
     }
 
-    /// Flushes, fsyncs and stops the writer thread. Later events are dropped.
-    /// Blocking.
+    /// The final flush at shutdown: everything queued so far is written and
+    /// fsynced before this returns. Events recorded afterwards are still
+    /// queued and written, but only fsynced by a later flush or interval (the
+    /// writer thread ends when the log is dropped). Blocking.
     pub fn close(&self) {
         self.flush();
-        // The writer ends when every sender is gone; ours lives as long as the
-        // log, so it is detached here after the final flush.
+        // Detach the writer; it ends by itself once the log is dropped.
         drop(self.writer.lock().take());
     }
 

@@ -124,6 +124,11 @@ pub struct ResendReply {
     pub expires_at_ms: u64,
 }
 
+/// Largest frame accepted from a server (its HELLO says its own `max_frame`
+/// for requests; answers and pushes are small). Beyond it the client drops the
+/// connection instead of buffering.
+const MAX_SERVER_FRAME: u32 = 16 * 1024 * 1024;
+
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
@@ -193,7 +198,13 @@ struct Inner {
 }
 
 /// A protocol v1 client over one connection. Cheap to clone; clones share the
-/// connection. Many tasks may call concurrently (requests are pipelined).
+/// connection. Many tasks may call concurrently (requests are pipelined, at
+/// most `max_in_flight` outstanding; further callers wait for a slot).
+///
+/// When the connection breaks, calls waiting on it fail with
+/// [`ClientError::Closed`] and the next call reconnects (and renews an outbox
+/// subscription). There is no per-request timeout: wrap a call in
+/// `tokio::time::timeout` if you need one.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -471,7 +482,7 @@ async fn read_loop(
     let mut buf = BytesMut::with_capacity(16 * 1024);
     'outer: loop {
         loop {
-            match frame::take(&mut buf, u32::MAX) {
+            match frame::take(&mut buf, MAX_SERVER_FRAME) {
                 Ok(f) => {
                     if f.op >= crate::protocol::PUSH_MIN {
                         if f.op == PUSH_DELIVERED

@@ -287,35 +287,50 @@ async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             },
-            item = recv_feed(&mut feed) => match item {
-                FeedItem::Message(t, d) => {
-                    if session.is_some_and(|s| s.tenant == t) {
-                        d.encode(conn.out());
-                        m::push();
-                        // Batch whatever else is ready, bounded.
-                        if let Some(f) = feed.as_mut() {
-                            for _ in 0..budget {
-                                match now_or_never(f.recv()) {
-                                    Some(FeedItem::Message(t, d)) if t == session.map(|s| s.tenant).unwrap_or(TenantId(u16::MAX)) => { d.encode(conn.out()); m::push(); }
-                                    Some(FeedItem::Message(..)) => {}
-                                    Some(FeedItem::Lagged(n)) => m::push_lagged(n),
-                                    Some(FeedItem::Closed) => { feed = None; break; }
-                                    None => break,
-                                }
-                            }
-                        }
-                        deadline = tokio::time::Instant::now() + settings.idle_timeout;
+            item = recv_feed(&mut feed) => {
+                let mine = session.map(|s| s.tenant);
+                if push_item(item, mine, &mut feed, conn.out()) {
+                    // Batch whatever else is ready, bounded.
+                    for _ in 0..budget {
+                        let Some(next) = feed.as_mut().and_then(|f| now_or_never(f.recv())) else {
+                            break;
+                        };
+                        push_item(next, mine, &mut feed, conn.out());
                     }
+                    deadline = tokio::time::Instant::now() + settings.idle_timeout;
                 }
-                FeedItem::Lagged(n) => m::push_lagged(n),
-                FeedItem::Closed => feed = None,
-            },
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::debug!(authenticated = session.is_some(), "closing idle connection");
                 conn.close().await;
                 return;
             }
             _ = shared.close.cancelled() => {}
+        }
+    }
+}
+
+/// Encodes one feed item if it is for `mine`; returns whether it was pushed.
+fn push_item<F>(
+    item: FeedItem,
+    mine: Option<TenantId>,
+    feed: &mut Option<F>,
+    out: &mut bytes::BytesMut,
+) -> bool {
+    match item {
+        FeedItem::Message(t, d) if Some(t) == mine => {
+            d.encode(out);
+            m::push();
+            true
+        }
+        FeedItem::Message(..) => false,
+        FeedItem::Lagged(n) => {
+            m::push_lagged(n);
+            false
+        }
+        FeedItem::Closed => {
+            *feed = None;
+            false
         }
     }
 }
