@@ -1074,11 +1074,15 @@ async fn run_job(inner: Arc<Inner>, job: DeliveryJob, permit: OwnedSemaphorePerm
     let mut tries = 0u32;
     let mut last_slot = CarrierSlot::NONE;
     let mut last_reason = String::from("no try was made");
+    let mut waited = false;
     loop {
-        if !inner.deliverable(&job) {
+        // try_send asks again right before each send; this check only spares
+        // a wait or a pick for a challenge that ended while we slept.
+        if waited && !inner.deliverable(&job) {
             inner.fail(&job, last_slot, NOT_PENDING);
             break;
         }
+        waited = true;
         let (idx, probe) = match inner.pick(job.channel, &job.destination, tried) {
             Ok(p) => p,
             Err(None) => {

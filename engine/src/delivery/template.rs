@@ -75,6 +75,10 @@ pub(crate) fn sms_cost(text: &str) -> (usize, usize) {
 
 /// Whether `text` fits in one SMS segment.
 pub(crate) fn fits_one_segment(text: &str) -> bool {
+    // At most 70 bytes is at most 70 UTF-16 units: fits whatever the encoding.
+    if text.len() <= 70 {
+        return true;
+    }
     let (n, max) = sms_cost(text);
     n <= max
 }
