@@ -100,6 +100,8 @@ pub struct RunReport {
     pub flow: Option<FlowReport>,
     /// Codes the outbox delivered that the router had to drop (map full).
     pub outbox_dropped: u64,
+    /// Codes the outbox delivered (all of them, pool and resends included).
+    pub outbox_received: u64,
     /// All ops' response times together.
     pub response: Percentiles,
     /// All ops' service times together.
@@ -196,6 +198,9 @@ impl RunReport {
             if f.delivery.count > 0 {
                 spectrum_row(&mut o, "delivery", &f.delivery);
             }
+        }
+        if self.flow.is_some() {
+            let _ = writeln!(o, "  outbox codes received: {}", self.outbox_received);
         }
         if self.outbox_dropped > 0 {
             let _ = writeln!(

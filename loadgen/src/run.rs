@@ -755,6 +755,10 @@ fn build_report<B: Backend>(ctx: &Ctx<B>, backend: &B, end: Instant) -> RunRepor
             .router
             .as_ref()
             .map_or(0, |r| r.dropped.load(Ordering::Relaxed)),
+        outbox_received: ctx
+            .router
+            .as_ref()
+            .map_or(0, |r| r.received.load(Ordering::Relaxed)),
         response: all_resp.summary(),
         service: all_serv.summary(),
         response_hist: all_resp,

@@ -41,10 +41,13 @@ pub enum SloError {
     Empty,
 }
 
-/// Parses `500us`, `1ms`, `1.5ms`, `2s` (also `µs`).
+/// Parses `500us`, `1ms`, `1.5ms`, `2s` (also `µs`), and `0`.
 pub fn parse_duration(s: &str) -> Result<Duration, SloError> {
     let s = s.trim();
     let err = || SloError::Duration(s.to_string());
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
     let (num, mult) = if let Some(n) = s.strip_suffix("us").or_else(|| s.strip_suffix("µs")) {
         (n, 1e-6)
     } else if let Some(n) = s.strip_suffix("ms") {
@@ -55,7 +58,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, SloError> {
         return Err(err());
     };
     let v: f64 = num.trim().parse().map_err(|_| err())?;
-    if !v.is_finite() || v <= 0.0 {
+    if !v.is_finite() || v < 0.0 {
         return Err(err());
     }
     Ok(Duration::from_secs_f64(v * mult))
