@@ -24,9 +24,9 @@ pub struct CompareRow {
     pub connections: usize,
     /// Depth per connection.
     pub depth: usize,
-    /// Watchword closed-loop throughput, per second.
+    /// Watchword closed-loop throughput (answered without error), per second.
     pub watchword_max: f64,
-    /// Redis closed-loop throughput, per second.
+    /// Redis closed-loop throughput (answered without error), per second.
     pub redis_max: f64,
     /// Watchword / Redis.
     pub ratio: f64,
@@ -71,15 +71,26 @@ async fn one<B: Backend>(
         ..base.clone()
     };
     let r = run(b.clone(), cfg).await?;
+    let errs: Vec<String> = r
+        .errors_by_label()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     eprintln!(
-        "  {:<32} {:<6} depth {:>2} {:<7} achieved {:>9.0}/s  p99 {:>9}  errors {}",
+        "  {:<28} {:<6} depth {:>2} {:<6} answered {:>7.0}/s  ok {:>7.0}/s  p99 {:>9}  service p99 {:>9}  errors {}",
         r.target,
         op.name(),
         depth,
         r.mode,
-        r.achieved_rate,
+        r.requests_rate,
+        r.ok_rate,
         fmt_us(r.response.p99_us),
-        r.errors
+        fmt_us(r.service.p99_us),
+        if errs.is_empty() {
+            "0".to_string()
+        } else {
+            errs.join(" ")
+        }
     );
     Ok(r)
 }
@@ -98,17 +109,17 @@ pub async fn compare(
             let r = one(&redis, &cfg.base, op, depth, Mode::Closed).await?;
             let rate = cfg
                 .equal_rate
-                .unwrap_or_else(|| (w.achieved_rate.min(r.achieved_rate) / 2.0).max(1.0));
+                .unwrap_or_else(|| (w.ok_rate.min(r.ok_rate) / 2.0).max(1.0));
             let wo = one(&ww, &cfg.base, op, depth, Mode::Open { rate }).await?;
             let ro = one(&redis, &cfg.base, op, depth, Mode::Open { rate }).await?;
             rows.push(CompareRow {
                 op: op.name().into(),
                 connections: cfg.base.connections,
                 depth,
-                watchword_max: w.achieved_rate,
-                redis_max: r.achieved_rate,
-                ratio: if r.achieved_rate > 0.0 {
-                    w.achieved_rate / r.achieved_rate
+                watchword_max: w.ok_rate,
+                redis_max: r.ok_rate,
+                ratio: if r.ok_rate > 0.0 {
+                    w.ok_rate / r.ok_rate
                 } else {
                     f64::INFINITY
                 },
@@ -128,7 +139,7 @@ pub fn table(rows: &[CompareRow]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "| op | conns | depth | Watchword max/s | Redis max/s | ratio | equal rate/s | Watchword p99 | Redis p99 | errors (W/R) |"
+        "| op | conns | depth | Watchword ok/s (closed) | Redis ok/s (closed) | ratio | equal offered rate/s | Watchword p99 | Redis p99 | errors (W/R) |"
     );
     let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {

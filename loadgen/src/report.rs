@@ -84,6 +84,9 @@ pub struct RunReport {
     pub achieved_rate: f64,
     /// Completed requests (all ops) per second over the measured window.
     pub requests_rate: f64,
+    /// Requests (all ops) answered without error per second: the throughput
+    /// that counts (fast failures do not).
+    pub ok_rate: f64,
     /// Scenario starts in the measured window.
     pub started: u64,
     /// Scenario starts that completed.
@@ -148,14 +151,15 @@ impl RunReport {
         );
         let _ = writeln!(
             o,
-            "duration {:.1}s (warm-up {:.1}s excluded)  target rate {}  achieved {:.0}/s  requests {:.0}/s",
+            "duration {:.1}s (warm-up {:.1}s excluded)  target rate {}  achieved {:.0}/s  requests {:.0}/s (ok {:.0}/s)",
             self.duration_s,
             self.warmup_s,
             self.target_rate
                 .map(|r| format!("{r:.0}/s"))
                 .unwrap_or_else(|| "max (closed loop)".into()),
             self.achieved_rate,
-            self.requests_rate
+            self.requests_rate,
+            self.ok_rate
         );
         let _ = writeln!(
             o,
@@ -234,6 +238,17 @@ impl RunReport {
             w("flow.e2e.hgrm", &f.end_to_end_hist)?;
         }
         Ok(())
+    }
+
+    /// Errors of every op together, by label.
+    pub fn errors_by_label(&self) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for op in &self.ops {
+            for (k, v) in &op.errors {
+                *m.entry(k.clone()).or_default() += v;
+            }
+        }
+        m
     }
 
     /// The op with this name, if it ran.

@@ -685,6 +685,7 @@ fn build_report<B: Backend>(ctx: &Ctx<B>, backend: &B, end: Instant) -> RunRepor
     let mut all_serv = Hist::new();
     let mut errors = 0;
     let mut total_reqs = 0;
+    let mut total_ok = 0;
     let op_reports = ops
         .into_iter()
         .map(|(name, r)| {
@@ -692,6 +693,7 @@ fn build_report<B: Backend>(ctx: &Ctx<B>, backend: &B, end: Instant) -> RunRepor
             all_serv.merge(&r.service);
             errors += r.count - r.ok;
             total_reqs += r.count;
+            total_ok += r.ok;
             let share = r.scenario.map_or(0, |sc| {
                 cfg.mix
                     .entries()
@@ -744,6 +746,7 @@ fn build_report<B: Backend>(ctx: &Ctx<B>, backend: &B, end: Instant) -> RunRepor
         target_rate: target,
         achieved_rate: completed as f64 / window,
         requests_rate: total_reqs as f64 / window,
+        ok_rate: total_ok as f64 / window,
         started,
         completed,
         late_sends: late,
