@@ -21,7 +21,7 @@ use watchword_engine::{Engine, EngineConfig, EventSink, NullSink, SystemClock, T
 
 use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::server::{Shutdown, accept_loop};
+use crate::server::{Shutdown, accept_loop, graceful_shutdown};
 
 /// A running gateway.
 #[derive(Debug)]
@@ -136,17 +136,8 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
             signals.shutdown.cancelled().await;
             tracing::info!("shutting down: no new connections, ISSUE answers SHUTTING_DOWN");
             ready.store(false, Ordering::Relaxed);
-            engine.begin_shutdown();
-            engine.drain(deadline).await;
-            tracing::info!("deliveries drained; closing connections");
-            signals.close.cancel();
-            tracker.close();
-            if tokio::time::timeout(deadline, tracker.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!("some connections did not close in time");
-            }
+            graceful_shutdown(&engine, &signals, &tracker, deadline).await;
+            tracing::info!("connections closed; flushing the audit log");
             if let Some(a) = audit {
                 let _ = tokio::task::spawn_blocking(move || a.close()).await;
             }

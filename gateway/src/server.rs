@@ -120,6 +120,31 @@ struct Shared<B> {
     close: CancellationToken,
 }
 
+/// The graceful shutdown sequence of a server started with [`accept_loop`]:
+/// stop accepting (fires `signals.shutdown`), make the backend answer
+/// SHUTTING_DOWN to new ISSUEs, keep serving open connections while the
+/// backend drains (up to `deadline`), then fire `signals.close` so every
+/// connection answers what it has read, flushes and closes, and wait (up to
+/// `deadline` again) for every connection task to end.
+pub async fn graceful_shutdown<B: Backend>(
+    backend: &B,
+    signals: &Shutdown,
+    tracker: &TaskTracker,
+    deadline: Duration,
+) {
+    signals.shutdown.cancel();
+    backend.begin_shutdown();
+    backend.drain(deadline).await;
+    signals.close.cancel();
+    tracker.close();
+    if tokio::time::timeout(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close in time");
+    }
+}
+
 /// Serves connections from `listener` until `signals.shutdown` fires, then
 /// returns (handlers keep running on `tracker` until `signals.close`).
 pub async fn accept_loop<B: Backend>(

@@ -378,3 +378,75 @@ async fn the_client_matches_out_of_order_answers_by_req_id() {
         t.await.unwrap();
     }
 }
+
+/// Shutdown with a drain the test controls: while draining, ISSUE answers
+/// SHUTTING_DOWN, other requests (pipelined too) are still answered and new
+/// connections are refused; once the drain ends, connections close and the
+/// sequence finishes.
+#[tokio::test]
+async fn shutdown_answers_shutting_down_while_draining_then_closes() {
+    use watchword_gateway::server::graceful_shutdown;
+    let srv = fake_server(ServerSettings::default()).await;
+    let c = Client::connect(cfg(&srv.addr, "alpha", "alpha-key"))
+        .await
+        .unwrap();
+    let mut raw_conn = authed_raw(&srv.addr, "alpha", "alpha-key").await;
+    let issue = watchword_gateway::IssueRequest {
+        subject: "s".into(),
+        channel: watchword_engine::Channel::Sms,
+        destination: "+14255550100".into(),
+        code_len: 0,
+        ttl_s: 0,
+        locale: String::new(),
+        client_ip: String::new(),
+    };
+    c.issue(&issue).await.unwrap();
+    let seq = {
+        let fake = srv.fake.clone();
+        let signals = srv.signals.clone();
+        let tracker = srv.tracker.clone();
+        tokio::spawn(async move {
+            graceful_shutdown(&fake, &signals, &tracker, Duration::from_secs(30)).await;
+        })
+    };
+    // begin_shutdown runs before the drain, which waits for the gate.
+    let status = loop {
+        match c.issue(&issue).await {
+            Ok(_) => tokio::task::yield_now().await,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(
+            status,
+            ClientError::Status {
+                status: Status::ShuttingDown,
+                retry_after_ms: 1000,
+                ..
+            }
+        ),
+        "{status:?}"
+    );
+    // Still served while draining: a pipelined burst is answered in full.
+    let mut burst = Vec::new();
+    for i in 0..50u32 {
+        burst.extend(raw(0x02, 500 + i, &[]));
+    }
+    raw_conn.write_all(&burst).await.unwrap();
+    for _ in 0..50 {
+        assert_eq!(read_frame(&mut raw_conn).await.unwrap().1, 0);
+    }
+    assert_eq!(
+        c.verify(ChallengeId([0; 16]), "000000")
+            .await
+            .unwrap()
+            .outcome,
+        VerifyOutcome::Approved
+    );
+    // The drain ends: every connection is closed and the sequence returns.
+    srv.fake.drain_gate.notify_one();
+    seq.await.unwrap();
+    assert!(closed(&mut raw_conn).await);
+    assert!(c.ping().await.is_err());
+    assert!(tokio::net::TcpStream::connect(&srv.addr).await.is_err());
+}

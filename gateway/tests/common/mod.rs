@@ -3,6 +3,8 @@
 //! Must never sleep to wait for a condition that can be awaited instead.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -21,6 +23,10 @@ use watchword_gateway::server::{Role, ServerSettings, Shutdown, TenantAuth, acce
 #[derive(Clone)]
 pub struct Fake {
     pub outbox: broadcast::Sender<(TenantId, Delivered)>,
+    /// Set by `begin_shutdown`: ISSUE then answers SHUTTING_DOWN.
+    pub shutting_down: Arc<AtomicBool>,
+    /// `drain` waits until this is notified.
+    pub drain_gate: Arc<tokio::sync::Notify>,
 }
 
 pub struct FakeFeed(broadcast::Receiver<(TenantId, Delivered)>);
@@ -46,6 +52,9 @@ impl Backend for Fake {
     }
     fn handle(&self, _tenant: TenantId, req: Request) -> Response {
         match req {
+            Request::Issue(_) if self.shutting_down.load(Ordering::SeqCst) => {
+                Response::error(Status::ShuttingDown, 1000, "draining")
+            }
             Request::Issue(_) => Response::Issued {
                 id: ChallengeId([9; 16]),
                 expires_at_ms: 1,
@@ -63,8 +72,12 @@ impl Backend for Fake {
     fn outbox_subscribe(&self) -> Option<FakeFeed> {
         Some(FakeFeed(self.outbox.subscribe()))
     }
-    fn begin_shutdown(&self) {}
-    async fn drain(&self, _deadline: Duration) {}
+    fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+    async fn drain(&self, _deadline: Duration) {
+        self.drain_gate.notified().await;
+    }
 }
 
 pub fn tenants() -> Vec<TenantAuth> {
@@ -94,6 +107,8 @@ pub async fn fake_server(settings: ServerSettings) -> FakeServer {
     let addr = listener.local_addr().unwrap().to_string();
     let fake = Fake {
         outbox: broadcast::channel(1024).0,
+        shutting_down: Arc::new(AtomicBool::new(false)),
+        drain_gate: Arc::new(tokio::sync::Notify::new()),
     };
     let signals = Shutdown::default();
     let tracker = TaskTracker::new();
