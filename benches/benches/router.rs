@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use watchword_engine::delivery::{
-    CarrierConfig, CarrierSlot, ChallengeLedger, DeliveryJob, Limit, Router, RouterConfig,
-    SimulatedConfig, TenantDelivery, normalize,
+    CarrierConfig, CarrierSlot, ChallengeLedger, DeliveryJob, Destination, Limit, Router,
+    RouterConfig, SimulatedConfig, TenantDelivery, normalize,
 };
 use watchword_engine::{ChallengeId, Channel, Code, DeliveryState, SystemClock, TenantId};
 
@@ -61,6 +61,61 @@ fn zero_latency_config() -> RouterConfig {
     cfg
 }
 
+/// Process CPU time (user + system) from /proc/self/stat, in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of the full line are 12 and 13 after the command name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Routes `iters` messages from two producer tasks, keeping at most ~16k in
+/// the router (steady state, as from a gateway), and returns the wall time
+/// until the last one is delivered.
+async fn batch(router: Router, dest: Destination, iters: u64) -> Duration {
+    let target = router.stats().delivered + iters;
+    let start = Instant::now();
+    let producers: Vec<_> = (0..2u64)
+        .map(|p| {
+            let router = router.clone();
+            let dest = dest.clone();
+            let n = iters / 2 + if p == 0 { iters % 2 } else { 0 };
+            tokio::spawn(async move {
+                for i in 0..n {
+                    let mut id = [0u8; 16];
+                    id[..8].copy_from_slice(&i.to_le_bytes());
+                    id[8] = p as u8;
+                    let permit = router.try_reserve().expect("queue sized for the batch");
+                    permit.send(DeliveryJob {
+                        tenant: TenantId(0),
+                        id: ChallengeId(id),
+                        channel: Channel::Sms,
+                        destination: dest.clone(),
+                        code: Code::from_parts(123456, 6).unwrap(),
+                        expires_at_ms: u64::MAX,
+                        locale: String::new(),
+                        service_name: "Acme".into(),
+                        avoid_carrier: CarrierSlot::NONE,
+                        operator_assistance: false,
+                    });
+                    while router.queue_depth() > 16_384 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.await.unwrap();
+    }
+    while router.stats().delivered < target {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    start.elapsed()
+}
+
 fn route(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -80,55 +135,24 @@ fn route(c: &mut Criterion) {
     let dest = normalize(Channel::Sms, "+1 425 555 1234", &t).unwrap();
     let mut g = c.benchmark_group("router");
     g.throughput(Throughput::Elements(1));
+    // Figures independent of other load on the machine: messages per second
+    // of process CPU time (user + system), besides the wall-clock rate.
+    {
+        let n = 1_000_000;
+        let cpu0 = cpu_seconds();
+        let wall = rt.block_on(batch(router.clone(), dest.clone(), n));
+        let cpu = cpu_seconds() - cpu0;
+        println!(
+            "router/route_zero_latency_2_threads: {n} messages in {:.3} s wall = {:.0} msg/s; \
+             {cpu:.2} s CPU = {:.0} msg per CPU-second (x2 cores = {:.0} msg/s if unshared)",
+            wall.as_secs_f64(),
+            n as f64 / wall.as_secs_f64(),
+            n as f64 / cpu,
+            2.0 * n as f64 / cpu
+        );
+    }
     g.bench_function("route_zero_latency_2_threads", |b| {
-        b.iter_custom(|iters| {
-            let router = router.clone();
-            let dest = dest.clone();
-            rt.block_on(async move {
-                let target = router.stats().delivered + iters;
-                let start = Instant::now();
-                let producers: Vec<_> = (0..2u64)
-                    .map(|p| {
-                        let router = router.clone();
-                        let dest = dest.clone();
-                        let n = iters / 2 + if p == 0 { iters % 2 } else { 0 };
-                        tokio::spawn(async move {
-                            for i in 0..n {
-                                let mut id = [0u8; 16];
-                                id[..8].copy_from_slice(&i.to_le_bytes());
-                                id[8] = p as u8;
-                                let permit =
-                                    router.try_reserve().expect("queue sized for the batch");
-                                permit.send(DeliveryJob {
-                                    tenant: TenantId(0),
-                                    id: ChallengeId(id),
-                                    channel: Channel::Sms,
-                                    destination: dest.clone(),
-                                    code: Code::from_parts(123456, 6).unwrap(),
-                                    expires_at_ms: u64::MAX,
-                                    locale: String::new(),
-                                    service_name: "Acme".into(),
-                                    avoid_carrier: CarrierSlot::NONE,
-                                    operator_assistance: false,
-                                });
-                                // Steady state, as from a gateway: at most
-                                // ~16k messages in the router at once.
-                                while router.queue_depth() > 16_384 {
-                                    tokio::task::yield_now().await;
-                                }
-                            }
-                        })
-                    })
-                    .collect();
-                for p in producers {
-                    p.await.unwrap();
-                }
-                while router.stats().delivered < target {
-                    tokio::time::sleep(Duration::from_micros(200)).await;
-                }
-                start.elapsed()
-            })
-        })
+        b.iter_custom(|iters| rt.block_on(batch(router.clone(), dest.clone(), iters)))
     });
     g.finish();
 }
