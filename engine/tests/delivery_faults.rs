@@ -472,3 +472,39 @@ fn rig_weights() -> Rig {
         c.carriers[1].weight = 1;
     })
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_scheduled_outage_moves_traffic_and_it_comes_back_after() {
+    let scheduled = SimulatedConfig {
+        outages: vec![watchword_engine::delivery::OutageConfig {
+            start_ms: 0,
+            duration_ms: 10_000,
+            mode: OutageMode::Fail,
+        }],
+        ..sim(5)
+    };
+    let mut rig = rig(scheduled, sim(5), |c| {
+        for k in &mut c.carriers {
+            k.breaker.cooldown_ms = 2_000;
+            k.breaker.max_cooldown_ms = 2_000;
+        }
+    });
+    for _ in 0..40 {
+        rig.send(Duration::from_secs(300));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rig.settle().await;
+    assert_eq!(rig.sims[0].counters().accepted.load(Ordering::Relaxed), 0);
+    // The outage is over; a probe closes the breaker, then the primary carries all.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    rig.send(Duration::from_secs(300));
+    rig.settle().await;
+    let before = rig.count(0);
+    for _ in 0..20 {
+        rig.send(Duration::from_secs(300));
+    }
+    rig.settle().await;
+    rig.check();
+    assert_eq!(rig.count(0) - before, 20);
+    assert_eq!(rig.ledger.tally(), (61, 0, 0));
+}

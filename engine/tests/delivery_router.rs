@@ -333,3 +333,41 @@ async fn senders_rotate_and_respect_their_own_rate() {
     assert!(took >= Duration::from_millis(4_400), "{took:?}");
     let _ = Arc::clone(&ledger);
 }
+
+#[test]
+fn the_configuration_round_trips_and_refuses_unknown_fields() {
+    let cfg = RouterConfig::default();
+    cfg.validate().unwrap();
+    let json = serde_json::to_string(&cfg).unwrap();
+    let back: RouterConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, cfg);
+    // Every field has a default: a partial file is a whole configuration.
+    let partial: RouterConfig =
+        serde_json::from_str(r#"{"queue_capacity": 10, "carriers": [{"name": "x", "kind": "http", "http": {"url": "http://127.0.0.1:9/send"}}]}"#)
+            .unwrap();
+    assert_eq!(partial.queue_capacity, 10);
+    assert_eq!(
+        partial.carriers[0].max_in_flight,
+        CarrierConfig::default().max_in_flight
+    );
+    partial.validate().unwrap();
+    assert!(serde_json::from_str::<RouterConfig>(r#"{"queue_capacty": 10}"#).is_err());
+    let mut bad = RouterConfig::default();
+    bad.carriers[1].name = bad.carriers[0].name.clone();
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate")
+    );
+    let mut bad = RouterConfig::default();
+    bad.retry.max_tries = 6;
+    assert!(bad.validate().is_err());
+    // The source documents' sender pools are the defaults.
+    assert_eq!(
+        cfg.senders.pools[0].senders,
+        ["97671", "69829", "51789", "99399"]
+    );
+    assert_eq!(cfg.senders.pools[1].senders, ["759731", "673801"]);
+    assert_eq!(cfg.limits.destination, Limit::new(5, 300_000));
+}
