@@ -250,6 +250,8 @@ struct ReceiptBook {
 }
 
 const BOOK_SHARDS: usize = 16;
+/// Awaited receipts per shard (about a million in all, ~100 MB at most).
+const BOOK_SHARD_CAP: usize = 65_536;
 
 impl ReceiptBook {
     fn shard(&self, token: u64) -> &Mutex<BookShard> {
@@ -302,7 +304,30 @@ impl ReceiptBook {
             Some((e, delivered)) => self.finish(&e, delivered),
             None => {
                 self.awaiting.fetch_add(1, Ordering::Relaxed);
+                self.evict_over_cap(token);
             }
+        }
+    }
+
+    /// Keeps a shard within `BOOK_SHARD_CAP` awaited receipts: the oldest end
+    /// as failed (their receipt is the most overdue), never silently.
+    fn evict_over_cap(&self, token: u64) {
+        let mut evicted = Vec::new();
+        {
+            let mut s = self.shard(token).lock();
+            while s.map.len() > BOOK_SHARD_CAP {
+                let Some((_, old)) = s.deadlines.pop_front() else {
+                    break;
+                };
+                if let Some(mut e) = s.map.remove(&old) {
+                    e.reason = Some("no delivery receipt (too many receipts awaited)".into());
+                    evicted.push(e);
+                }
+            }
+        }
+        for e in &evicted {
+            self.awaiting.fetch_sub(1, Ordering::Relaxed);
+            self.finish(e, false);
         }
     }
 
