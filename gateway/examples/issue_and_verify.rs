@@ -1,7 +1,7 @@
 //! Issue a code and verify it against a running gateway, playing the user's
 //! phone through OUTBOX_SUBSCRIBE. Start the gateway first with
 //! `cargo run -p watchword-gateway --bin watchword -- serve`, then
-//! `cargo run -p watchword-gateway --example issue_and_verify`.
+//! `cargo run -p watchword-gateway --example issue_and_verify [ADDR]`.
 //! It prints the delivered text (which holds the code) because that is what a
 //! handset would show; real upstream systems never see codes.
 
@@ -13,7 +13,9 @@ use watchword_gateway::{Client, ClientConfig, IssueRequest};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::connect(ClientConfig {
-        addr: "127.0.0.1:7400".into(),
+        addr: std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "127.0.0.1:7400".into()),
         tenant: "demo".into(),
         key: "demo-key".into(),
         ..ClientConfig::default()

@@ -17,7 +17,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use watchword_engine::{Engine, EngineConfig, EventSink, NullSink, SystemClock, TenantPolicy};
+use watchword_engine::delivery::{TenantDelivery, normalize};
+use watchword_engine::{
+    Channel, Engine, EngineConfig, EventSink, NullSink, SystemClock, TenantPolicy,
+};
 
 use crate::audit::AuditLog;
 use crate::config::Config;
@@ -107,6 +110,12 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
     // starts, and handles taken before the recorder exists count nowhere.
     let handle = crate::metrics::install();
     let engine = Engine::start(engine_config(&cfg), SystemClock::shared(), sink)?;
+    // Load the phone-number metadata now (process-wide, once), so the first
+    // ISSUE does not pay for it (about a second in debug builds).
+    let _ = tokio::task::spawn_blocking(|| {
+        let _ = normalize(Channel::Sms, "+14255550100", &TenantDelivery::default());
+    })
+    .await;
     let ready = Arc::new(AtomicBool::new(true));
     let metrics_stop = CancellationToken::new();
     let pending_engine = engine.clone();
