@@ -40,8 +40,8 @@ pub struct ClientTls {
     pub ca_cert_pem: PathBuf,
 }
 
-/// Where and how to connect.
-#[derive(Debug, Clone)]
+/// Where and how to connect. Its `Debug` output redacts the key.
+#[derive(Clone)]
 pub struct ClientConfig {
     /// `host:port`, e.g. `127.0.0.1:7400`.
     pub addr: String,
@@ -55,6 +55,19 @@ pub struct ClientConfig {
     pub max_in_flight: usize,
     /// Limit for TCP connect, TLS handshake and HELLO together.
     pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("addr", &self.addr)
+            .field("tenant", &self.tenant)
+            .field("key", &"<redacted>")
+            .field("tls", &self.tls)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 impl Default for ClientConfig {

@@ -73,8 +73,9 @@ impl Default for ServerConfig {
     }
 }
 
-/// One `[[tenants]]` entry: credentials, role and defaults.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One `[[tenants]]` entry: credentials, role and defaults. Its `Debug`
+/// output redacts the keys.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TenantConfig {
     /// Name sent in HELLO.
@@ -97,6 +98,23 @@ pub struct TenantConfig {
     pub locale: String,
     /// The service name written in messages.
     pub service_name: String,
+}
+
+impl std::fmt::Debug for TenantConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantConfig")
+            .field("name", &self.name)
+            .field("keys", &format_args!("<{} redacted>", self.keys.len()))
+            .field("role", &self.role)
+            .field("code_len", &self.code_len)
+            .field("ttl_s", &self.ttl_s)
+            .field("max_attempts", &self.max_attempts)
+            .field("default_country", &self.default_country)
+            .field("operator_assistance", &self.operator_assistance)
+            .field("locale", &self.locale)
+            .field("service_name", &self.service_name)
+            .finish()
+    }
 }
 
 impl Default for TenantConfig {

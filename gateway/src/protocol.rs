@@ -186,8 +186,8 @@ pub struct IssueRequest {
     pub client_ip: String,
 }
 
-/// A decoded request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A decoded request. Its `Debug` output redacts keys and codes.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Request {
     /// HELLO.
     Hello {
@@ -233,6 +233,37 @@ pub enum Request {
     },
     /// OUTBOX_SUBSCRIBE.
     OutboxSubscribe,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Hello {
+                version, tenant, ..
+            } => f
+                .debug_struct("Hello")
+                .field("version", version)
+                .field("tenant", tenant)
+                .field("key", &"<redacted>")
+                .finish(),
+            Request::Issue(i) => f.debug_tuple("Issue").field(i).finish(),
+            Request::Verify { id, .. } => f
+                .debug_struct("Verify")
+                .field("id", id)
+                .field("code", &"<redacted>")
+                .finish(),
+            Request::VerifySubject { subject, .. } => f
+                .debug_struct("VerifySubject")
+                .field("subject", subject)
+                .field("code", &"<redacted>")
+                .finish(),
+            Request::Resend { id } => f.debug_struct("Resend").field("id", id).finish(),
+            Request::Cancel { id } => f.debug_struct("Cancel").field("id", id).finish(),
+            Request::Status { id } => f.debug_struct("Status").field("id", id).finish(),
+            Request::Ping => f.write_str("Ping"),
+            Request::OutboxSubscribe => f.write_str("OutboxSubscribe"),
+        }
+    }
 }
 
 impl Request {
@@ -764,6 +795,20 @@ mod tests {
             id: ChallengeId([3; 16]),
         });
         roundtrip(Request::OutboxSubscribe);
+    }
+
+    #[test]
+    fn debug_redacts_keys_and_codes() {
+        let h = Request::Hello {
+            version: 1,
+            tenant: "t".into(),
+            key: "sekrit-key".into(),
+        };
+        let v = Request::Verify {
+            id: ChallengeId([0; 16]),
+            code: "918273".into(),
+        };
+        assert!(!format!("{h:?}{v:?}").contains("sekrit") && !format!("{v:?}").contains("918273"));
     }
 
     #[test]
