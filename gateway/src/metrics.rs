@@ -3,7 +3,8 @@
 //! `/readyz` (accepting work; 503 while starting or draining).
 //!
 //! Metric names (all prefixed `watchword_`): `requests_total{op,status}`,
-//! `request_duration_seconds{op}` (histogram), `connections` (gauge),
+//! `request_duration_seconds{op}` (histogram of the time to decode, execute
+//! and encode one request; not the time it waited in buffers), `connections` (gauge),
 //! `connections_total`, `pushes_total`, `pushes_lagged_total`,
 //! `pending_challenges` (gauge), `audit_dropped_total`, plus whatever the
 //! engine records (carrier figures). Labels are fixed small sets: never a
@@ -46,14 +47,53 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Counts one answered request, and its latency when measured.
-pub(crate) fn request(op: Option<Op>, status: Status, elapsed: Option<Duration>) {
-    let op = op.map_or("unknown", Op::name);
-    metrics::counter!("watchword_requests_total", "op" => op, "status" => status.name())
-        .increment(1);
-    if let Some(e) = elapsed {
-        metrics::histogram!("watchword_request_duration_seconds", "op" => op)
-            .record(e.as_secs_f64());
+/// Handles for the per-request series, registered once per server so the hot
+/// path does no registry lookup. Built after the recorder is installed.
+pub(crate) struct RequestMetrics {
+    /// `requests_total`, indexed by op slot x 12 + status.
+    counters: Vec<metrics::Counter>,
+    /// `request_duration_seconds`, indexed by op slot.
+    latency: Vec<metrics::Histogram>,
+}
+
+fn op_slot(op: Option<Op>) -> usize {
+    op.and_then(|o| Op::ALL.iter().position(|x| *x == o))
+        .unwrap_or(Op::ALL.len())
+}
+
+impl RequestMetrics {
+    /// Registers every (op, status) series.
+    pub(crate) fn new() -> Self {
+        let names: Vec<&'static str> = Op::ALL
+            .iter()
+            .map(|o| o.name())
+            .chain(std::iter::once("unknown"))
+            .collect();
+        let mut counters = Vec::with_capacity(names.len() * Status::ALL.len());
+        for op in &names {
+            for st in Status::ALL {
+                counters.push(metrics::counter!(
+                    "watchword_requests_total", "op" => *op, "status" => st.name()
+                ));
+            }
+        }
+        let latency = names
+            .iter()
+            .map(|op| metrics::histogram!("watchword_request_duration_seconds", "op" => *op))
+            .collect();
+        Self { counters, latency }
+    }
+
+    /// Counts one answered request, and its processing time when measured.
+    pub(crate) fn request(&self, op: Option<Op>, status: Status, elapsed: Option<Duration>) {
+        let slot = op_slot(op);
+        let i = slot * Status::ALL.len() + usize::from(status.code());
+        if let Some(c) = self.counters.get(i) {
+            c.increment(1);
+        }
+        if let (Some(e), Some(h)) = (elapsed, self.latency.get(slot)) {
+            h.record(e.as_secs_f64());
+        }
     }
 }
 

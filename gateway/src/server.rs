@@ -118,6 +118,7 @@ struct Shared<B> {
     by_name: HashMap<String, (usize, Option<TenantId>)>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     close: CancellationToken,
+    metrics: m::RequestMetrics,
 }
 
 /// The graceful shutdown sequence of a server started with [`accept_loop`]:
@@ -168,6 +169,7 @@ pub async fn accept_loop<B: Backend>(
         by_name,
         tls,
         close: signals.close.clone(),
+        metrics: m::RequestMetrics::new(),
     });
     let mut backoff = Duration::from_millis(1);
     loop {
@@ -276,7 +278,7 @@ async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Ok(None) => break,
                 Err(FrameError::BadLength(len)) => {
-                    m::request(None, Status::BadFrame, None);
+                    shared.metrics.request(None, Status::BadFrame, None);
                     let msg = format!(
                         "frame length {len} is outside 6..={} bytes; closing",
                         settings.max_frame
@@ -398,7 +400,9 @@ fn answer<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
         tracing::error!(op = op_byte, %message, "internal error");
     }
     resp.encode(op_byte, req_id, conn.out());
-    m::request(known, status, Some(started.elapsed()));
+    shared
+        .metrics
+        .request(known, status, Some(started.elapsed()));
     next
 }
 
