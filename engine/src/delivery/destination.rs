@@ -329,6 +329,50 @@ fn cached_parse(main: &str, default_country: &str) -> Parsed {
     parsed
 }
 
+/// Whether `national` is a number of some type in `meta` (the library's
+/// `number_type(..) != Unknown`).
+fn is_valid_type(meta: &phonenumber::Metadata, national: &str) -> bool {
+    let d = meta.descriptors();
+    d.general().is_match(national)
+        && [
+            d.premium_rate(),
+            d.toll_free(),
+            d.shared_cost(),
+            d.voip(),
+            d.personal_number(),
+            d.pager(),
+            d.uan(),
+            d.voicemail(),
+            d.fixed_line(),
+            d.mobile(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|t| t.is_match(national))
+}
+
+/// The metadata that applies to a number (the library's `source_for`, once,
+/// with the national number's leading zeros kept).
+fn metadata_for(cc: u16, national: &str) -> Option<&'static phonenumber::Metadata> {
+    let db: &'static phonenumber::metadata::Database = &phonenumber::metadata::DATABASE;
+    let regions = db.region(&cc)?;
+    if let [only] = regions.as_slice() {
+        return if *only == "001" {
+            db.by_code(&cc).and_then(|m| m.into_iter().next())
+        } else {
+            db.by_id(*only)
+        };
+    }
+    regions.into_iter().find_map(|r| {
+        let meta = db.by_id(r)?;
+        let hit = match meta.leading_digits() {
+            Some(p) => p.find(national).is_some_and(|m| m.start() == 0),
+            None => is_valid_type(meta, national),
+        };
+        hit.then_some(meta)
+    })
+}
+
 /// The phone metadata library's parse and validity check (the slow part).
 fn parse_uncached(main: &str, default_country: &str) -> Parsed {
     // "00" is the international prefix in most of the world; accept it whatever
@@ -358,19 +402,19 @@ fn parse_uncached(main: &str, default_country: &str) -> Parsed {
         }
     })?;
     let cc = number.code().value();
-    let region = number.country().id();
-    if !phonenumber::is_valid(&number) {
+    // One region lookup serves both the region and the validity check (the
+    // library's `is_valid` and `country().id()` would each redo it).
+    let national = number.national().to_string();
+    let meta = metadata_for(cc, &national);
+    let region = meta.and_then(|m| country::Id::from_str(m.id()).ok());
+    let valid = meta.is_some_and(|m| is_valid_type(m, &national));
+    if !valid {
         let name = region.map_or_else(|| format!("+{cc}"), |r| r.as_ref().to_owned());
         return Err(InvalidDestination::NotValidForCountry(name));
     }
-    let national = number.national();
     let mut text = String::with_capacity(20);
     use std::fmt::Write as _;
-    let _ = write!(text, "+{cc}");
-    for _ in 0..national.zeros() {
-        text.push('0');
-    }
-    let _ = write!(text, "{}", national.value());
+    let _ = write!(text, "+{cc}{national}");
     Ok((text.into_boxed_str(), region))
 }
 
@@ -440,6 +484,48 @@ mod tests {
             normalize(Channel::Sms, "+1 123 456 7890", &t("US")).unwrap_err(),
             InvalidDestination::NotValidForCountry("+1".into())
         );
+    }
+
+    #[test]
+    fn validity_agrees_with_the_library() {
+        let t = t("US");
+        for raw in [
+            "+14255551234",
+            "+1 123 456 7890",
+            "+1 800 555 0199",
+            "+1 268 464 1234",
+            "+39 06 1234 5678",
+            "+33 6 12 34 56 78",
+            "+33 1 23",
+            "+44 7911 123456",
+            "+44 7700 900123",
+            "+49 30 123456",
+            "+81 3 1234 5678",
+            "+7 495 123 45 67",
+            "+86 10 1234 5678",
+            "+61 2 1234 5678",
+            "+882 1234 5678",
+        ] {
+            let lib = phonenumber::parse(None, raw).map(|n| phonenumber::is_valid(&n));
+            let ours = normalize(Channel::Sms, raw, &t);
+            if let Ok(lib) = lib {
+                assert_eq!(ours.is_ok(), lib, "{raw}: {ours:?}");
+            }
+            if let (Ok(d), Ok(n)) = (&ours, phonenumber::parse(None, raw)) {
+                // The library loses the region of numbers with a leading zero
+                // (Italy); where it knows it, we agree.
+                if let Some(want) = n.country().id() {
+                    assert_eq!(d.country(), Some(want.as_ref()), "{raw}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn italian_numbers_keep_their_leading_zero_and_region() {
+        let d = normalize(Channel::Voice, "+39 06 1234 5678", &t("US")).unwrap();
+        assert_eq!(d.as_str(), "+390612345678");
+        assert_eq!(d.country(), Some("IT"));
     }
 
     #[test]
