@@ -76,8 +76,10 @@ pub struct Common {
     /// Warm-up, excluded from the results.
     #[arg(long, default_value = "1s", value_parser = dur)]
     pub warmup: Duration,
-    /// Challenges issued before the run for wrong, resend and verify.
-    #[arg(long, default_value_t = 10_000)]
+    /// Challenges issued before the run for wrong, resend and verify. Their
+    /// codes are delivered too: a large pool delays the flows' codes on a
+    /// gateway whose simulated carriers are slower than the issue rate.
+    #[arg(long, default_value_t = 1_000)]
     pub pool: usize,
     /// How long a flow waits for its code before it counts as failed.
     #[arg(long, default_value = "5s", value_parser = dur)]

@@ -301,6 +301,11 @@ async fn exec<B: Backend>(ctx: &Arc<Ctx<B>>, conn: &B::Conn, shard: usize, t: Ti
                     ctx.flow_end(shard, &t, None, None, Some(format!("issue:{e}")));
                     ctx.ticket_done(shard, &t, done);
                 }
+                Ok(issued) if ctx.cfg.mode == Mode::Closed => {
+                    // Closed loop: the lane owns the whole flow, so the loop
+                    // measures complete flows, not issues racing ahead of delivery.
+                    flow_rest(ctx, conn, shard, t, issued.id, issued.code, done).await;
+                }
                 Ok(issued) => {
                     // Bounded: a lane waits here when too many flows wait for codes.
                     let permit = ctx.flow_sem.clone().acquire_owned().await.ok();
