@@ -280,8 +280,10 @@ async fn shutdown_refuses_new_issues_then_drains_and_closes() {
     // Until the drain finishes, the connection stays open and ISSUE answers
     // SHUTTING_DOWN; once it has finished the connection is closed.
     let mut saw_shutting_down = false;
-    for _ in 0..10_000 {
-        match c.issue(&sms("late", "+14255550155")).await {
+    // (A new subject and destination each time, so no rate limit interferes.)
+    for i in 0..5_000 {
+        let (subject, dest) = (format!("late-{i}"), format!("+1425556{i:04}"));
+        match c.issue(&sms(&subject, &dest)).await {
             Ok(_) => continue, // shutdown not yet begun
             Err(ClientError::Status { status, .. }) => {
                 assert_eq!(status, Status::ShuttingDown);
