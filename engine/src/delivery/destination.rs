@@ -308,10 +308,30 @@ struct ParseCache {
 
 static CACHE: std::sync::OnceLock<ParseCache> = std::sync::OnceLock::new();
 
+/// Compiled patterns the phone metadata library may keep. Its default (100)
+/// is smaller than the patterns of the North American numbering plan alone
+/// (about 25 regions share +1), so it recompiled regexes on nearly every
+/// first-seen number (~70 us a parse); the whole metadata set fits in this.
+const PATTERN_CACHE: usize = 8192;
+
+/// Lets the library keep every compiled pattern instead of recompiling.
+fn enlarge_pattern_cache() {
+    let cache = phonenumber::metadata::DATABASE.cache();
+    let mut guard = cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if guard.capacity() < PATTERN_CACHE {
+        guard.set_capacity(PATTERN_CACHE);
+    }
+}
+
 fn cached_parse(main: &str, default_country: &str) -> Parsed {
-    let cache = CACHE.get_or_init(|| ParseCache {
-        hash: ahash::RandomState::new(),
-        shards: (0..CACHE_SHARDS).map(|_| Default::default()).collect(),
+    let cache = CACHE.get_or_init(|| {
+        enlarge_pattern_cache();
+        ParseCache {
+            hash: ahash::RandomState::new(),
+            shards: (0..CACHE_SHARDS).map(|_| Default::default()).collect(),
+        }
     });
     let h = cache.hash.hash_one((default_country, main));
     let shard = &cache.shards[(h >> 60) as usize % CACHE_SHARDS];
