@@ -567,7 +567,7 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
         }
         ("[[tenants]]", "locale") => "Message language when a request gives none (BCP 47).",
         ("[[tenants]]", "service_name") => "The service name written in messages.",
-        ("[table]", "shards") => "Lock shards; 0 picks (cores x 4) rounded up to a power of two.",
+        ("[table]", "shards") => "Lock shards; 0 picks (cores x 16) rounded up to a power of two.",
         ("[table]", "capacity") => "Most pending challenges; beyond it ISSUE answers CAPACITY.",
         ("[table]", "tombstone_grace_s") => "Seconds a finished challenge stays visible to STATUS.",
         ("[table]", "sweep_slice") => "Expired entries handled per shard lock by the sweeper.",
