@@ -570,7 +570,9 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
         ("[table]", "shards") => "Lock shards; 0 picks (cores x 16) rounded up to a power of two.",
         ("[table]", "capacity") => "Most pending challenges; beyond it ISSUE answers CAPACITY.",
         ("[table]", "tombstone_grace_s") => "Seconds a finished challenge stays visible to STATUS.",
-        ("[table]", "sweep_slice") => "Expired entries handled per shard lock by the sweeper (small: a verify waits for at most one slice).",
+        ("[table]", "sweep_slice") => {
+            "Expired entries handled per shard lock by the sweeper (small: a verify waits for at most one slice)."
+        }
         ("[table]", "sweep_interval_ms") => "How often the sweeper wakes.",
         ("[router]", "queue_capacity") => "Messages queued before ISSUE answers CAPACITY.",
         ("[router]", "outbox_capacity") => {
