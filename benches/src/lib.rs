@@ -69,6 +69,7 @@ pub fn spec<'a>(subject: &'a str, destination: &'a str, ttl_s: u16) -> IssueSpec
         code_len: 6,
         ttl_s,
         max_attempts: 5,
+        client_ip: "",
     }
 }
 

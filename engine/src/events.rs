@@ -77,6 +77,9 @@ pub struct Event<'a> {
     pub carrier: Option<&'a str>,
     /// Why, for denials and failures (never containing a code or destination).
     pub reason: Option<&'a str>,
+    /// The end user's address as the upstream system saw it, on `Issued`
+    /// events when the request gave one.
+    pub client_ip: Option<&'a str>,
 }
 
 /// Receives every event. Called outside every table lock; must not block for
@@ -127,6 +130,8 @@ pub struct OwnedEvent {
     pub carrier: Option<String>,
     /// Why.
     pub reason: Option<String>,
+    /// The end user's address, on `Issued` events.
+    pub client_ip: Option<String>,
 }
 
 impl From<&Event<'_>> for OwnedEvent {
@@ -142,6 +147,7 @@ impl From<&Event<'_>> for OwnedEvent {
             attempts_left: e.attempts_left,
             carrier: e.carrier.map(str::to_owned),
             reason: e.reason.map(str::to_owned),
+            client_ip: e.client_ip.map(str::to_owned),
         }
     }
 }

@@ -396,6 +396,7 @@ impl Engine {
             code_len,
             ttl_s,
             max_attempts: t.policy.max_attempts,
+            client_ip: req.client_ip,
         };
         ChallengeTable::validate(&spec)?;
         let permit = self.admit_send(tenant, t, req.subject, req.channel, &destination)?;

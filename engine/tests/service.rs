@@ -88,6 +88,16 @@ async fn issue_deliver_verify() {
         assert!(!format!("{e:?}").contains(&code));
     }
     assert_eq!(sink.count(EventKind::Approved), 1);
+    // The request's client IP reaches the audit trail on the issued event only.
+    let events = sink.events();
+    let issued_ev = events.iter().find(|e| e.kind == EventKind::Issued).unwrap();
+    assert_eq!(issued_ev.client_ip.as_deref(), Some("203.0.113.9"));
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.kind != EventKind::Issued)
+            .all(|e| e.client_ip.is_none())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

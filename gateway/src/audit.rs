@@ -16,7 +16,6 @@
 //! This module must never write a code, a key or a full destination: events
 //! carry only masked destinations and never a code.
 
-use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -29,26 +28,6 @@ use serde::Serialize;
 use watchword_engine::{Event, EventKind, EventSink};
 
 use crate::config::AuditConfig;
-
-thread_local! {
-    /// The client IP of the request this thread is handling (set by the
-    /// dispatch layer around an engine call, read by `record`).
-    static CLIENT_IP: RefCell<String> = const { RefCell::new(String::new()) };
-}
-
-/// Runs `f` with `ip` as the client IP that audit events recorded on this
-/// thread during `f` carry. The engine records events synchronously inside its
-/// calls, so an ISSUE's `issued` event gets the request's `client_ip`.
-pub fn with_client_ip<R>(ip: &str, f: impl FnOnce() -> R) -> R {
-    CLIENT_IP.with(|c| {
-        let mut c = c.borrow_mut();
-        c.clear();
-        c.push_str(ip);
-    });
-    let r = f();
-    CLIENT_IP.with(|c| c.borrow_mut().clear());
-    r
-}
 
 enum Msg {
     Line(String),
@@ -197,30 +176,23 @@ impl EventSink for AuditLog {
             .tenants
             .get(usize::from(e.tenant.0))
             .map_or("?", String::as_str);
-        let line = CLIENT_IP.with(|ip| {
-            let ip = ip.borrow();
-            let l = Line {
-                ts_ms: e.at_ms,
-                server: &self.server,
-                server_ip: &self.server_ip,
-                tenant,
-                event: e.kind.name(),
-                result: result_of(e.kind),
-                subject: e.subject,
-                challenge: e.id.to_string(),
-                method: e.channel.name(),
-                destination: e.destination.as_str(),
-                attempts_left: e.attempts_left,
-                reason: e.reason,
-                carrier: e.carrier,
-                client_ip: if e.kind == EventKind::Issued || e.kind == EventKind::Resent {
-                    ip.as_str()
-                } else {
-                    ""
-                },
-            };
-            serde_json::to_string(&l)
-        });
+        let l = Line {
+            ts_ms: e.at_ms,
+            server: &self.server,
+            server_ip: &self.server_ip,
+            tenant,
+            event: e.kind.name(),
+            result: result_of(e.kind),
+            subject: e.subject,
+            challenge: e.id.to_string(),
+            method: e.channel.name(),
+            destination: e.destination.as_str(),
+            attempts_left: e.attempts_left,
+            reason: e.reason,
+            carrier: e.carrier,
+            client_ip: e.client_ip.unwrap_or(""),
+        };
+        let line = serde_json::to_string(&l);
         if let Ok(line) = line {
             self.push(line);
         }
@@ -336,6 +308,7 @@ mod tests {
             attempts_left: 5,
             carrier: None,
             reason: None,
+            client_ip: None,
         }
     }
 
@@ -349,7 +322,10 @@ mod tests {
             ..AuditConfig::default()
         };
         let log = AuditLog::open(&cfg, "gw", "127.0.0.1", vec!["demo".into()]).unwrap();
-        with_client_ip("203.0.113.9", || log.record(&event(EventKind::Issued)));
+        log.record(&Event {
+            client_ip: Some("203.0.113.9"),
+            ..event(EventKind::Issued)
+        });
         for _ in 0..20 {
             log.record(&event(EventKind::Rejected));
         }

@@ -13,7 +13,6 @@ use tokio::sync::broadcast;
 use watchword_engine::delivery::OutboxMessage;
 use watchword_engine::{Engine, EngineError, IssueParams, TenantId};
 
-use crate::audit::with_client_ip;
 use crate::backend::{Backend, FeedItem, OutboxFeed};
 use crate::protocol::{Delivered, Request, Response, Status, StatusReply};
 
@@ -86,7 +85,7 @@ impl Backend for Engine {
                     locale: &i.locale,
                     client_ip: &i.client_ip,
                 };
-                match with_client_ip(&i.client_ip, || self.issue(tenant, &params)) {
+                match self.issue(tenant, &params) {
                     Ok(x) => Response::Issued {
                         id: x.id,
                         expires_at_ms: x.expires_at_ms,

@@ -148,6 +148,9 @@ pub struct IssueSpec<'a> {
     pub ttl_s: u16,
     /// Wrong codes allowed before the challenge locks, at least 1.
     pub max_attempts: u8,
+    /// The end user's address as seen upstream (may be empty); written on
+    /// the `Issued` event only, never stored.
+    pub client_ip: &'a str,
 }
 
 /// What [`ChallengeTable::issue`] hands back: the code goes to the router only.
@@ -308,6 +311,17 @@ impl PendingEvent {
     }
 
     fn emit(&self, sink: &dyn EventSink, at_ms: u64, carrier: Option<&str>, reason: Option<&str>) {
+        self.emit_from(sink, at_ms, carrier, reason, None);
+    }
+
+    fn emit_from(
+        &self,
+        sink: &dyn EventSink,
+        at_ms: u64,
+        carrier: Option<&str>,
+        reason: Option<&str>,
+        client_ip: Option<&str>,
+    ) {
         let subject_len = usize::from(self.subject_len);
         let subject = std::str::from_utf8(&self.text[..subject_len]).unwrap_or("");
         let destination =
@@ -323,6 +337,7 @@ impl PendingEvent {
             attempts_left: self.attempts_left,
             carrier,
             reason,
+            client_ip,
         });
     }
 }
@@ -347,7 +362,7 @@ impl std::fmt::Debug for ChallengeTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChallengeTable")
             .field("shards", &self.shards.len())
-            .field("pending", &self.pending())
+            .field("pending_approx", &self.pending_approx())
             .finish_non_exhaustive()
     }
 }
@@ -594,7 +609,8 @@ impl ChallengeTable {
             }
         }
         if let Some(ev) = issued {
-            ev.emit(&*self.sink, now, None, None);
+            let client_ip = (!spec.client_ip.is_empty()).then_some(spec.client_ip);
+            ev.emit_from(&*self.sink, now, None, None, client_ip);
         }
         Ok(IssuedChallenge {
             id,

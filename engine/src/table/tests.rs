@@ -37,6 +37,7 @@ fn spec<'a>(subject: &'a str, destination: &'a str) -> IssueSpec<'a> {
         code_len: 6,
         ttl_s: 300,
         max_attempts: 5,
+        client_ip: "",
     }
 }
 
