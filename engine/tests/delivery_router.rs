@@ -363,6 +363,14 @@ fn the_configuration_round_trips_and_refuses_unknown_fields() {
     let mut bad = RouterConfig::default();
     bad.retry.max_tries = 6;
     assert!(bad.validate().is_err());
+    let mut bad = RouterConfig::default();
+    bad.limits.subject = Limit::new(10, 8 * 24 * 3_600 * 1_000);
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("limits.subject.window_ms: at most")
+    );
     // The source documents' sender pools are the defaults.
     assert_eq!(
         cfg.senders.pools[0].senders,

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::limits::{MAX_JANITOR_INTERVAL_MS, MAX_WINDOW_MS};
 use crate::types::Channel;
 
 /// Everything the router needs.
@@ -443,6 +444,11 @@ impl RouterConfig {
         if self.receipt_timeout_ms == 0 || self.janitor_interval_ms == 0 {
             return err("receipt_timeout_ms and janitor_interval_ms must be positive".into());
         }
+        if self.janitor_interval_ms > MAX_JANITOR_INTERVAL_MS {
+            return err(format!(
+                "janitor_interval_ms: at most {MAX_JANITOR_INTERVAL_MS} (one day)"
+            ));
+        }
         for (i, c) in self.carriers.iter().enumerate() {
             let at = format!("carriers[{i}] ({})", c.name);
             if c.name.is_empty() {
@@ -500,14 +506,22 @@ impl RouterConfig {
                 return err(format!("limits.prefixes[{i}].prefix: not '+' then digits"));
             }
         }
-        for (n, l) in [
-            ("destination", self.limits.destination),
-            ("subject", self.limits.subject),
-            ("tenant", self.limits.tenant),
-            ("country", self.limits.country),
-        ] {
+        let named = [
+            ("destination".to_owned(), self.limits.destination),
+            ("subject".to_owned(), self.limits.subject),
+            ("tenant".to_owned(), self.limits.tenant),
+            ("country".to_owned(), self.limits.country),
+        ];
+        let prefixed = (self.limits.prefixes.iter().enumerate())
+            .map(|(i, p)| (format!("prefixes[{i}].limit"), p.limit));
+        for (n, l) in named.into_iter().chain(prefixed) {
             if l.max > 0 && l.window_ms == 0 {
                 return err(format!("limits.{n}.window_ms: must be positive"));
+            }
+            if l.window_ms > MAX_WINDOW_MS {
+                return err(format!(
+                    "limits.{n}.window_ms: at most {MAX_WINDOW_MS} (7 days)"
+                ));
             }
         }
         Ok(())

@@ -37,31 +37,109 @@ impl Hasher for IdentityHasher {
 
 type Map<V> = HashMap<u64, V, BuildHasherDefault<IdentityHasher>>;
 
-/// The last sends of one key, oldest first, within the window.
-#[derive(Clone, Copy, Default)]
-struct Log {
-    stamps: [u64; EXACT_MAX as usize],
+/// Log sizes: a limit keeps the smallest that fits its `max` (entries of 32,
+/// 56 and 80 bytes with the key; protocol v1's 5-in-5-minutes takes the first).
+const LOG_SIZES: [u32; 3] = [5, 11, EXACT_MAX];
+/// Longest window a limit may have. Exact logs keep 32-bit millisecond stamps
+/// compared with wrapping arithmetic, which is exact while no stamp is older
+/// than 24 days; the janitor forgets stamps one window after they were taken.
+pub(crate) const MAX_WINDOW_MS: u64 = 7 * 24 * 3_600 * 1_000;
+/// Longest janitor interval, for the same reason.
+pub(crate) const MAX_JANITOR_INTERVAL_MS: u64 = 24 * 3_600 * 1_000;
+
+/// The last sends of one key, oldest first, within the window: the low 32
+/// bits of their millisecond times. Sized to the limit: at a million keys a
+/// 16-slot log of u64 stamps cost 300 MB per limit once the map had doubled.
+#[derive(Clone, Copy)]
+struct Log<const N: usize> {
+    stamps: [u32; N],
     len: u8,
 }
 
-impl Log {
-    fn prune(&mut self, now: u64, window: u64) {
-        let keep_from = self
-            .stamps
-            .iter()
-            .take(usize::from(self.len))
-            .position(|&t| t + window > now)
-            .unwrap_or(usize::from(self.len));
-        if keep_from > 0 {
-            self.stamps.copy_within(keep_from..usize::from(self.len), 0);
-            self.len -= keep_from as u8;
+impl<const N: usize> Default for Log<N> {
+    fn default() -> Self {
+        Self {
+            stamps: [0; N],
+            len: 0,
         }
     }
 }
 
+/// What the limiter asks of an exact log, whatever its size.
+trait SendLog: Default {
+    fn prune(&mut self, now: u32, window: u32);
+    fn is_empty(&self) -> bool;
+    fn count(&self) -> u32;
+    /// Age in ms of the oldest stamp kept.
+    fn oldest_age(&self, now: u32) -> u32;
+    fn push(&mut self, now: u32);
+    fn remove(&mut self, at: u32);
+}
+
+impl<const N: usize> SendLog for Log<N> {
+    fn prune(&mut self, now: u32, window: u32) {
+        let n = usize::from(self.len);
+        let keep_from = self.stamps[..n]
+            .iter()
+            .position(|&t| now.wrapping_sub(t) < window)
+            .unwrap_or(n);
+        if keep_from > 0 {
+            self.stamps.copy_within(keep_from..n, 0);
+            self.len -= keep_from as u8;
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    fn count(&self) -> u32 {
+        u32::from(self.len)
+    }
+    fn oldest_age(&self, now: u32) -> u32 {
+        now.wrapping_sub(self.stamps[0])
+    }
+    fn push(&mut self, now: u32) {
+        self.stamps[usize::from(self.len)] = now;
+        self.len += 1;
+    }
+    fn remove(&mut self, at: u32) {
+        let n = usize::from(self.len);
+        if let Some(i) = self.stamps[..n].iter().rposition(|&t| t == at) {
+            self.stamps.copy_within(i + 1..n, i);
+            self.len -= 1;
+        }
+    }
+}
+
+// The entry sizes the memory figures count on (key and log).
+const _: () = assert!(std::mem::size_of::<(u64, Log<5>)>() == 32);
+const _: () = assert!(std::mem::size_of::<(u64, Log<11>)>() == 56);
+const _: () = assert!(std::mem::size_of::<(u64, Log<16>)>() == 80);
+
+type Shards<V> = Box<[Mutex<Map<V>>]>;
+
+/// Runs `$body` with `$s` bound to the shards of whichever exact log the
+/// store holds, or `$gcra` for a GCRA store.
+macro_rules! on_store {
+    ($store:expr, $s:ident => $body:expr, $g:ident => $gcra:expr) => {
+        match $store {
+            Store::Log5($s) => $body,
+            Store::Log11($s) => $body,
+            Store::Log16($s) => $body,
+            Store::Gcra($g) => $gcra,
+        }
+    };
+}
+
 enum Store {
-    Exact(Box<[Mutex<Map<Log>>]>),
-    Gcra(Box<[Mutex<Map<u64>>]>),
+    Log5(Shards<Log<5>>),
+    Log11(Shards<Log<11>>),
+    Log16(Shards<Log<{ EXACT_MAX as usize }>>),
+    /// Theoretical arrival time per key, in microseconds.
+    Gcra(Shards<u64>),
+}
+
+fn shards<V>() -> Shards<V> {
+    (0..SHARDS).map(|_| Mutex::new(Map::default())).collect()
 }
 
 /// One keyed limit.
@@ -70,6 +148,8 @@ pub(crate) struct KeyedLimiter {
     pub(crate) scope: &'static str,
     limit: Limit,
     store: Store,
+    /// `watchword_rate_limited_total{scope}`: sends this limit refused.
+    pub(crate) refused: metrics::Counter,
 }
 
 /// What a successful acquire did, to undo it if a later limit refuses.
@@ -79,21 +159,64 @@ pub(crate) struct Taken {
     at: u64,
 }
 
+/// The exact-log operations, on whichever log size the limit uses.
+fn log_acquire<L: SendLog>(map: &mut Map<L>, key: u64, now: u32, limit: Limit) -> Result<(), u64> {
+    let window = limit.window_ms as u32;
+    let log = map.entry(key).or_default();
+    log.prune(now, window);
+    if log.count() >= limit.max {
+        return Err(u64::from(window.saturating_sub(log.oldest_age(now))).max(1));
+    }
+    log.push(now);
+    Ok(())
+}
+
+fn log_remaining<L: SendLog>(map: &mut Map<L>, key: u64, now: u32, limit: Limit) -> u32 {
+    match map.get_mut(&key) {
+        Some(log) => {
+            log.prune(now, limit.window_ms as u32);
+            limit.max.saturating_sub(log.count())
+        }
+        None => limit.max,
+    }
+}
+
+fn log_retain<L: SendLog>(shards: &[Mutex<Map<L>>], now: u32, window: u32) -> usize {
+    let mut total = 0;
+    for s in shards {
+        let mut map = s.lock();
+        map.retain(|_, log| {
+            log.prune(now, window);
+            !log.is_empty()
+        });
+        shrink_if_mostly_empty(&mut map);
+        total += map.len();
+    }
+    total
+}
+
 impl KeyedLimiter {
-    /// A limiter; `None` when the limit is off.
+    /// A limiter; `None` when the limit is off. Windows beyond
+    /// [`MAX_WINDOW_MS`] are refused by the configuration's validation.
     pub(crate) fn new(scope: &'static str, limit: Limit) -> Option<Self> {
         if limit.max == 0 {
             return None;
         }
-        let store = if limit.max <= EXACT_MAX {
-            Store::Exact((0..SHARDS).map(|_| Mutex::new(Map::default())).collect())
+        let limit = Limit::new(limit.max, limit.window_ms.min(MAX_WINDOW_MS));
+        let store = if limit.max <= LOG_SIZES[0] {
+            Store::Log5(shards())
+        } else if limit.max <= LOG_SIZES[1] {
+            Store::Log11(shards())
+        } else if limit.max <= LOG_SIZES[2] {
+            Store::Log16(shards())
         } else {
-            Store::Gcra((0..SHARDS).map(|_| Mutex::new(Map::default())).collect())
+            Store::Gcra(shards())
         };
         Some(Self {
             scope,
             limit,
             store,
+            refused: metrics::counter!("watchword_rate_limited_total", "scope" => scope),
         })
     }
 
@@ -102,57 +225,47 @@ impl KeyedLimiter {
         (key >> 60) as usize % SHARDS
     }
 
-    fn interval(&self) -> u64 {
-        (self.limit.window_ms / u64::from(self.limit.max)).max(1)
+    /// The GCRA emission interval in microseconds: a whole-millisecond
+    /// interval would round 200,000 per second down to 1,000 per second.
+    fn interval_us(&self) -> u64 {
+        (self.limit.window_ms.saturating_mul(1_000) / u64::from(self.limit.max)).max(1)
     }
 
     /// Counts one send for `key` at `now` (ms), or answers the ms to wait.
     pub(crate) fn acquire(&self, key: u64, now: u64) -> Result<Taken, u64> {
-        let window = self.limit.window_ms;
-        match &self.store {
-            Store::Exact(shards) => {
-                let mut map = shards[Self::shard(key)].lock();
-                let log = map.entry(key).or_default();
-                log.prune(now, window);
-                if u32::from(log.len) >= self.limit.max {
-                    return Err((log.stamps[0] + window).saturating_sub(now).max(1));
-                }
-                log.stamps[usize::from(log.len)] = now;
-                log.len += 1;
-                Ok(Taken { key, at: now })
-            }
-            Store::Gcra(shards) => {
-                let interval = self.interval();
+        let stamp = now as u32;
+        let shard = Self::shard(key);
+        on_store! { &self.store,
+            s => log_acquire(&mut s[shard].lock(), key, stamp, self.limit)?,
+            shards => {
+                let interval = self.interval_us();
                 let tolerance = interval * u64::from(self.limit.max - 1);
-                let mut map = shards[Self::shard(key)].lock();
+                let now_us = now.saturating_mul(1_000);
+                let mut map = shards[shard].lock();
                 let tat = map.entry(key).or_insert(0);
-                let base = (*tat).max(now);
-                if base - now > tolerance {
-                    return Err(base - now - tolerance);
+                let base = (*tat).max(now_us);
+                if base - now_us > tolerance {
+                    return Err((base - now_us - tolerance).div_ceil(1_000).max(1));
                 }
                 *tat = base + interval;
-                Ok(Taken { key, at: now })
             }
         }
+        Ok(Taken { key, at: now })
     }
 
     /// Undoes one [`KeyedLimiter::acquire`].
     pub(crate) fn undo(&self, taken: Taken) {
-        match &self.store {
-            Store::Exact(shards) => {
-                let mut map = shards[Self::shard(taken.key)].lock();
-                if let Some(log) = map.get_mut(&taken.key) {
-                    let n = usize::from(log.len);
-                    if let Some(i) = log.stamps[..n].iter().rposition(|&t| t == taken.at) {
-                        log.stamps.copy_within(i + 1..n, i);
-                        log.len -= 1;
-                    }
+        let shard = Self::shard(taken.key);
+        let stamp = taken.at as u32;
+        on_store! { &self.store,
+            s => {
+                if let Some(log) = s[shard].lock().get_mut(&taken.key) {
+                    log.remove(stamp);
                 }
-            }
-            Store::Gcra(shards) => {
-                let interval = self.interval();
-                let mut map = shards[Self::shard(taken.key)].lock();
-                if let Some(tat) = map.get_mut(&taken.key) {
+            },
+            shards => {
+                let interval = self.interval_us();
+                if let Some(tat) = shards[shard].lock().get_mut(&taken.key) {
                     *tat = tat.saturating_sub(interval);
                 }
             }
@@ -161,23 +274,16 @@ impl KeyedLimiter {
 
     /// Sends still allowed for `key` now.
     pub(crate) fn remaining(&self, key: u64, now: u64) -> u32 {
-        match &self.store {
-            Store::Exact(shards) => {
-                let mut map = shards[Self::shard(key)].lock();
-                match map.get_mut(&key) {
-                    Some(log) => {
-                        log.prune(now, self.limit.window_ms);
-                        self.limit.max.saturating_sub(u32::from(log.len))
-                    }
-                    None => self.limit.max,
-                }
-            }
-            Store::Gcra(shards) => {
-                let interval = self.interval();
-                let map = shards[Self::shard(key)].lock();
+        let shard = Self::shard(key);
+        on_store! { &self.store,
+            s => log_remaining(&mut s[shard].lock(), key, now as u32, self.limit),
+            shards => {
+                let interval = self.interval_us();
+                let now_us = now.saturating_mul(1_000);
+                let map = shards[shard].lock();
                 let used = map
                     .get(&key)
-                    .map_or(0, |&tat| tat.saturating_sub(now).div_ceil(interval));
+                    .map_or(0, |&tat| tat.saturating_sub(now_us).div_ceil(interval));
                 self.limit.max.saturating_sub(used as u32)
             }
         }
@@ -185,38 +291,37 @@ impl KeyedLimiter {
 
     /// Drops keys with nothing left to remember, shrinks the maps, returns the key count.
     pub(crate) fn retain_recent(&self, now: u64) -> usize {
-        let window = self.limit.window_ms;
-        let mut total = 0;
-        match &self.store {
-            Store::Exact(shards) => {
+        let window = self.limit.window_ms as u32;
+        on_store! { &self.store,
+            s => log_retain(s, now as u32, window),
+            shards => {
+                let now_us = now.saturating_mul(1_000);
+                let mut total = 0;
                 for s in shards.iter() {
                     let mut map = s.lock();
-                    map.retain(|_, log| {
-                        log.prune(now, window);
-                        log.len > 0
-                    });
-                    map.shrink_to_fit();
+                    map.retain(|_, tat| *tat > now_us);
+                    shrink_if_mostly_empty(&mut map);
                     total += map.len();
                 }
-            }
-            Store::Gcra(shards) => {
-                for s in shards.iter() {
-                    let mut map = s.lock();
-                    map.retain(|_, tat| *tat > now);
-                    map.shrink_to_fit();
-                    total += map.len();
-                }
+                total
             }
         }
-        total
     }
 
     /// Keys held now.
     pub(crate) fn len(&self) -> usize {
-        match &self.store {
-            Store::Exact(shards) => shards.iter().map(|s| s.lock().len()).sum(),
-            Store::Gcra(shards) => shards.iter().map(|s| s.lock().len()).sum(),
+        on_store! { &self.store,
+            s => s.iter().map(|s| s.lock().len()).sum(),
+            g => g.iter().map(|s| s.lock().len()).sum()
         }
+    }
+}
+
+/// Gives memory back once a map is mostly empty, but not on every janitor
+/// pass: shrinking a map that is about to grow again only churns pages.
+fn shrink_if_mostly_empty<V>(map: &mut Map<V>) {
+    if map.capacity() > 1_024 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
     }
 }
 
@@ -268,5 +373,44 @@ mod tests {
         let _ = g.acquire(1, 0);
         assert_eq!(g.retain_recent(5), 1);
         assert_eq!(g.retain_recent(10), 0);
+    }
+
+    #[test]
+    fn gcra_sustains_rates_finer_than_one_per_millisecond() {
+        // 200,000 per second: after the burst, 200 per millisecond, not 1.
+        let l = KeyedLimiter::new("tenant", Limit::new(200_000, 1_000)).unwrap();
+        let mut admitted = 0u64;
+        for ms in 0..3_000u64 {
+            while l.acquire(9, ms).is_ok() {
+                admitted += 1;
+            }
+        }
+        // The burst (200,000) plus 3 s at 200 per ms, within one interval.
+        assert!(
+            (799_000..=800_200).contains(&admitted),
+            "admitted {admitted}"
+        );
+        assert_eq!(l.acquire(9, 2_999).unwrap_err(), 1);
+    }
+
+    #[test]
+    fn exact_logs_of_both_sizes_hold_across_the_32_bit_wrap() {
+        // Stamps keep the low 32 bits of the time: the window still holds
+        // when the clock passes a multiple of 2^32 ms.
+        let start = (1u64 << 33) - 2_000;
+        for max in [5u32, 10, 16] {
+            let l = KeyedLimiter::new("destination", Limit::new(max, 300_000)).unwrap();
+            for i in 0..u64::from(max) {
+                assert!(l.acquire(3, start + i * 500).is_ok(), "max {max}, send {i}");
+            }
+            let after_wrap = start + 4_000;
+            assert_eq!(l.remaining(3, after_wrap), 0, "max {max}");
+            assert_eq!(l.acquire(3, after_wrap).unwrap_err(), 300_000 - 4_000);
+            assert!(l.acquire(3, start + 300_000).is_ok(), "max {max}");
+            let t = l.acquire(4, after_wrap).unwrap();
+            l.undo(t);
+            assert_eq!(l.remaining(4, after_wrap), max, "undo gives the send back");
+            assert_eq!(l.retain_recent(start + 400_000), 1, "max {max}");
+        }
     }
 }

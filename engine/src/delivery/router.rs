@@ -457,6 +457,8 @@ struct Inner {
     failed: AtomicU64,
     tries: AtomicU64,
     intake_gauge: Gauge,
+    /// `watchword_rate_limited_total{scope="carrier"}`: refused because every carrier was saturated.
+    carrier_saturated_refusals: metrics::Counter,
 }
 
 /// The delivery router; cheap to clone.
@@ -621,6 +623,7 @@ impl Router {
             failed: AtomicU64::new(0),
             tries: AtomicU64::new(0),
             intake_gauge: metrics::gauge!("watchword_router_queue_depth"),
+            carrier_saturated_refusals: metrics::counter!("watchword_rate_limited_total", "scope" => "carrier"),
         });
         rt.spawn(janitor(
             Arc::downgrade(&inner),
@@ -678,6 +681,7 @@ impl Router {
                 Ok(t) => taken[i] = Some((lim, t)),
                 Err(ms) => {
                     undo(&taken);
+                    lim.refused.increment(1);
                     tracing::debug!(tenant = tenant_name, scope = lim.scope, "rate limited");
                     return Err(RateLimited {
                         retry_after_ms: ms.min(u64::from(u32::MAX)) as u32,
@@ -695,6 +699,7 @@ impl Router {
         }
         if let Some(t) = soonest {
             undo(&taken);
+            inner.carrier_saturated_refusals.increment(1);
             return Err(RateLimited {
                 retry_after_ms: t.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
                 scope: "carrier",
