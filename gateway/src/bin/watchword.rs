@@ -8,6 +8,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use watchword_gateway::config::Config;
 
+/// mimalloc: per-thread heaps that take frees from other threads without a
+/// lock. glibc malloc serialised the gateway on its arena locks, because
+/// audit lines and delivery messages are built on one thread and freed on
+/// another.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Watchword: a one-time passcode engine behind protocol v1.
 #[derive(Parser)]
 #[command(version, about)]
