@@ -108,6 +108,8 @@ impl AuditLog {
             max_bytes: cfg.max_file_bytes.max(4096),
             max_files: cfg.max_files,
             interval: Duration::from_millis(cfg.flush_interval_ms.max(1)),
+            last_error_log: None,
+            errors_unlogged: 0,
         };
         let handle = std::thread::Builder::new()
             .name("watchword-audit".into())
@@ -272,9 +274,27 @@ struct Writer {
     max_bytes: u64,
     max_files: u32,
     interval: Duration,
+    /// When an I/O error was last logged, and how many were not logged since:
+    /// a failing disk gets one error line per second, not one per event.
+    last_error_log: Option<Instant>,
+    errors_unlogged: u64,
 }
 
 impl Writer {
+    fn report_error(&mut self, what: &str, e: &std::io::Error) {
+        metrics::counter!("watchword_audit_write_errors_total").increment(1);
+        if self
+            .last_error_log
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            self.errors_unlogged += 1;
+            return;
+        }
+        tracing::error!(error = %e, more_since_last_report = self.errors_unlogged, "audit log {what} failed");
+        self.last_error_log = Some(Instant::now());
+        self.errors_unlogged = 0;
+    }
+
     fn run(mut self, shared: &Shared) {
         let mut last_sync = Instant::now();
         let mut dirty = false;
@@ -285,7 +305,7 @@ impl Writer {
             let flushes = std::mem::take(&mut *shared.flushes.lock());
             while let Some(line) = shared.lines.pop() {
                 if let Err(e) = self.write(&line) {
-                    tracing::error!(error = %e, "audit log write failed");
+                    self.report_error("write", &e);
                 }
                 dirty = true;
             }
@@ -324,7 +344,7 @@ impl Writer {
             .flush()
             .and_then(|()| self.out.get_ref().sync_data());
         if let Err(e) = r {
-            tracing::error!(error = %e, "audit log flush failed");
+            self.report_error("flush", &e);
         }
     }
 
@@ -337,13 +357,20 @@ impl Writer {
     fn rotate(&mut self) -> std::io::Result<()> {
         self.sync();
         if self.max_files == 0 {
-            std::fs::remove_file(&self.path)?;
+            match std::fs::remove_file(&self.path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r?,
+            }
         } else {
             let _ = std::fs::remove_file(self.rotated(self.max_files));
             for i in (1..self.max_files).rev() {
                 let _ = std::fs::rename(self.rotated(i), self.rotated(i + 1));
             }
-            std::fs::rename(&self.path, self.rotated(1))?;
+            match std::fs::rename(&self.path, self.rotated(1)) {
+                // Removed from under us (by hand, or another rotator): start anew.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r?,
+            }
         }
         self.out = BufWriter::with_capacity(256 * 1024, open_append(&self.path)?);
         self.size = 0;
@@ -522,5 +549,29 @@ mod tests {
         assert_eq!(events + dropped, 5_001, "every event is written or counted");
         assert_eq!(reported, dropped, "every drop is reported by a gap line");
         assert_eq!(lines.last().unwrap()["event"], "approved");
+    }
+
+    #[test]
+    fn a_log_file_removed_from_under_the_writer_is_started_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = AuditConfig {
+            path: dir.path().join("a.jsonl"),
+            max_file_bytes: 4096,
+            max_files: 3,
+            ..AuditConfig::default()
+        };
+        let log = AuditLog::open(&cfg, "gw", "127.0.0.1", vec!["demo".into()]).unwrap();
+        log.record(&event(EventKind::Issued));
+        log.flush();
+        std::fs::remove_file(&cfg.path).unwrap();
+        for _ in 0..40 {
+            log.record(&event(EventKind::Rejected));
+        }
+        log.close();
+        // Rotation found no file to rename and opened a new one; lines
+        // written after that are on disk.
+        let rest = std::fs::read_to_string(&cfg.path).unwrap();
+        assert!(rest.lines().count() > 0);
+        assert!(rest.lines().all(|l| l.contains("\"rejected\"")));
     }
 }
