@@ -468,10 +468,20 @@ async fn write_loop(
         };
         let Some(first) = first else { break };
         buf.extend_from_slice(&first);
-        // Batch whatever else is already queued into the same write.
+        // Batch whatever else is already queued into the same write. When
+        // nothing is but other requests are in flight, yield once first:
+        // callers woken by the same batch of responses are usually about to
+        // queue their next request, and one write for all of them saves a
+        // system call (and a server read) each. With a single request in
+        // flight there is nothing to wait for.
+        let mut yielded = false;
         while buf.len() < 64 * 1024 {
             match rx.try_recv() {
                 Ok(m) => buf.extend_from_slice(&m),
+                Err(_) if !yielded && pending.lock().len() > 1 => {
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                }
                 Err(_) => break,
             }
         }
