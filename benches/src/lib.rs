@@ -41,9 +41,15 @@ impl Clock for BenchClock {
 /// A table with the default shard count and capacity, a null event sink, and
 /// the given tombstone grace.
 pub fn bench_table(clock: Arc<BenchClock>, tombstone_grace_s: u32) -> Arc<ChallengeTable> {
+    // WATCHWORD_BENCH_SHARDS overrides the shard count (0 or unset: the default).
+    let shards = std::env::var("WATCHWORD_BENCH_SHARDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let config = TableConfig {
         tombstone_grace_s,
         capacity: 50_000_000,
+        shards,
         ..TableConfig::default()
     };
     Arc::new(ChallengeTable::new(config, clock, Arc::new(NullSink)).expect("valid bench config"))

@@ -342,6 +342,9 @@ impl PendingEvent {
     }
 }
 
+/// How long a request spins on a busy shard lock before it parks.
+const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(20);
+
 /// The lock-sharded table of challenges. Share it as `Arc<ChallengeTable>`.
 pub struct ChallengeTable {
     shards: Box<[CachePadded<Mutex<Shard>>]>,
@@ -563,7 +566,7 @@ impl ChallengeTable {
         let id_hash = self.id_hash(id);
 
         let (issued, superseded) = {
-            let mut shard = self.shards[shard_ix].lock();
+            let mut shard = self.lock_shard(shard_ix);
             let mut head = shard.newest_for_subject(hash, spec.tenant.0, spec.subject.as_bytes());
             let old = shard.find_same_target(head, spec, now);
             // A new pending challenge must fit under the cap; superseding one
@@ -633,7 +636,7 @@ impl ChallengeTable {
         let now = self.clock.now_ms();
         let grace = self.grace_ms();
         let (outcome, event) = {
-            let mut shard = self.shards[self.shard_of_id(id)].lock();
+            let mut shard = self.lock_shard(self.shard_of_id(id));
             match shard.find_id(self.id_hash(id), id) {
                 Some(slot) if shard.entry(slot).tenant == tenant.0 => {
                     let t = shard.verify_slot(slot, code, now, grace);
@@ -660,7 +663,7 @@ impl ChallengeTable {
         let hash = self.subject_hash(tenant, subject);
         let mut expired_events = Vec::new();
         let (outcome, event) = {
-            let mut shard = self.shards[self.shard_of_hash(hash)].lock();
+            let mut shard = self.lock_shard(self.shard_of_hash(hash));
             let mut found = None;
             let mut saw_expired = false;
             while let Some(slot) = shard.newest_for_subject(hash, tenant.0, subject.as_bytes()) {
@@ -743,7 +746,7 @@ impl ChallengeTable {
     pub fn resend(&self, tenant: TenantId, id: ChallengeId) -> Option<ResendTicket> {
         let now = self.clock.now_ms();
         let (ticket, ev) = {
-            let mut shard = self.shards[self.shard_of_id(id)].lock();
+            let mut shard = self.lock_shard(self.shard_of_id(id));
             let slot = shard.find_id(self.id_hash(id), id)?;
             let e = shard.entry_mut(slot);
             if e.tenant != tenant.0
@@ -767,7 +770,7 @@ impl ChallengeTable {
     /// router may still refuse). Same `None` cases as [`Self::resend`].
     pub fn peek_pending(&self, tenant: TenantId, id: ChallengeId) -> Option<ResendTicket> {
         let now = self.clock.now_ms();
-        let shard = self.shards[self.shard_of_id(id)].lock();
+        let shard = self.lock_shard(self.shard_of_id(id));
         let slot = shard.find_id(self.id_hash(id), id)?;
         let e = shard.entry(slot);
         if e.tenant != tenant.0 || e.state() != ChallengeState::Pending || e.expires_at_ms <= now {
@@ -782,7 +785,7 @@ impl ChallengeTable {
         let now = self.clock.now_ms();
         let grace = self.grace_ms();
         let ev = {
-            let mut shard = self.shards[self.shard_of_id(id)].lock();
+            let mut shard = self.lock_shard(self.shard_of_id(id));
             let Some(slot) = shard.find_id(self.id_hash(id), id) else {
                 return false;
             };
@@ -820,7 +823,7 @@ impl ChallengeTable {
     /// reports `Expired`. Locking: one shard lock.
     pub fn status(&self, tenant: TenantId, id: ChallengeId) -> Option<StatusInfo> {
         let now = self.clock.now_ms();
-        let shard = self.shards[self.shard_of_id(id)].lock();
+        let shard = self.lock_shard(self.shard_of_id(id));
         let slot = shard.find_id(self.id_hash(id), id)?;
         let e = shard.entry(slot);
         if e.tenant != tenant.0 {
@@ -840,6 +843,29 @@ impl ChallengeTable {
             expires_at_ms: e.expires_at_ms,
             sends: e.sends,
         })
+    }
+
+    /// Takes shard `ix`'s lock for a request. A request that meets the
+    /// sweeper spins for up to [`SPIN_BEFORE_PARK`] before it parks: a slice
+    /// takes a microsecond or two, while waking a parked thread took tens of
+    /// microseconds here and set the verify p99.9 during an expiry storm.
+    fn lock_shard(&self, ix: usize) -> parking_lot::MutexGuard<'_, Shard> {
+        let mutex = &self.shards[ix];
+        if let Some(g) = mutex.try_lock() {
+            return g;
+        }
+        let start = std::time::Instant::now();
+        loop {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+                if let Some(g) = mutex.try_lock() {
+                    return g;
+                }
+            }
+            if start.elapsed() >= SPIN_BEFORE_PARK {
+                return mutex.lock();
+            }
+        }
     }
 
     /// Frees what is due: pending challenges past their deadline become
@@ -905,7 +931,7 @@ impl ChallengeTable {
 impl ChallengeLedger for ChallengeTable {
     fn deliverable(&self, id: ChallengeId) -> bool {
         let now = self.clock.now_ms();
-        let shard = self.shards[self.shard_of_id(id)].lock();
+        let shard = self.lock_shard(self.shard_of_id(id));
         shard.find_id(self.id_hash(id), id).is_some_and(|slot| {
             let e = shard.entry(slot);
             e.state() == ChallengeState::Pending && e.expires_at_ms > now
@@ -922,7 +948,7 @@ impl ChallengeLedger for ChallengeTable {
     ) {
         let now = self.clock.now_ms();
         let ev = {
-            let mut shard = self.shards[self.shard_of_id(id)].lock();
+            let mut shard = self.lock_shard(self.shard_of_id(id));
             let Some(slot) = shard.find_id(self.id_hash(id), id) else {
                 return;
             };
