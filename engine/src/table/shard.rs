@@ -22,6 +22,54 @@ use crate::types::{ChallengeId, ChallengeState, Channel, DeliveryState};
 
 /// Slots per slab chunk: growth costs at most one chunk, never a doubling.
 const CHUNK: usize = 1024;
+/// Slots per wheel-bucket chunk once a bucket has outgrown its first chunk.
+const BUCKET_CHUNK: usize = 1024;
+
+/// A wheel bucket: slot references in chunks of [`BUCKET_CHUNK`]. Growing it
+/// never copies more than one chunk: a plain `Vec` doubling under the shard
+/// lock copied up to hundreds of kilobytes when an expiry storm moved a
+/// shard's tens of thousands of tombstones into one bucket, and set the
+/// verify p99.9. Popping gives chunks back as they empty.
+#[derive(Default)]
+struct Bucket {
+    chunks: Vec<Vec<u32>>,
+}
+
+impl Bucket {
+    fn push(&mut self, slot: u32) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < BUCKET_CHUNK => c.push(slot),
+            // The first chunk grows like a Vec (small buckets stay small);
+            // later ones are allocated whole.
+            Some(_) => {
+                let mut c = Vec::with_capacity(BUCKET_CHUNK);
+                c.push(slot);
+                self.chunks.push(c);
+            }
+            None => self.chunks.push(vec![slot]),
+        }
+    }
+
+    /// The most recently pushed reference.
+    fn pop(&mut self) -> Option<u32> {
+        loop {
+            let last = self.chunks.last_mut()?;
+            if let Some(slot) = last.pop() {
+                if last.is_empty() {
+                    self.chunks.pop();
+                }
+                return Some(slot);
+            }
+            self.chunks.pop();
+        }
+    }
+
+    /// References the bucket has room for without allocating.
+    fn capacity(&self) -> usize {
+        self.chunks.iter().map(Vec::capacity).sum()
+    }
+}
+
 /// One-second buckets in the wheel (68 minutes: one lap covers the longest TTL).
 const WHEEL: u64 = 4096;
 /// "No slot" in chains and the free list.
@@ -180,11 +228,11 @@ pub(super) struct Shard {
     /// Head (newest pending entry) of each subject chain.
     by_subject: HashTable<u32>,
     hasher: ahash::RandomState,
-    wheel: Vec<Vec<u32>>,
+    wheel: Vec<Bucket>,
     /// The next wheel second to process.
     cursor_s: u64,
     /// References taken from the bucket being swept that belong to a later lap.
-    carry: Vec<u32>,
+    carry: Bucket,
     epoch_ms: u64,
 }
 
@@ -223,9 +271,9 @@ impl Shard {
             by_id: HashTable::new(),
             by_subject: HashTable::new(),
             hasher,
-            wheel: (0..WHEEL).map(|_| Vec::new()).collect(),
+            wheel: (0..WHEEL).map(|_| Bucket::default()).collect(),
             cursor_s: 0,
-            carry: Vec::new(),
+            carry: Bucket::default(),
             epoch_ms,
         }
     }
@@ -520,13 +568,9 @@ impl Shard {
                     return out;
                 }
             }
-            let carried = std::mem::take(&mut self.carry);
-            let emptied = std::mem::replace(&mut self.wheel[bucket], carried);
-            self.carry = emptied;
-            self.carry.clear();
-            if self.wheel[bucket].is_empty() && self.wheel[bucket].capacity() > 64 {
-                self.wheel[bucket].shrink_to_fit();
-            }
+            // The bucket is empty now (its chunks went as it was popped);
+            // what belongs to a later lap goes back in.
+            self.wheel[bucket] = std::mem::take(&mut self.carry);
             self.cursor_s += 1;
         }
         self.give_back_memory();
@@ -555,8 +599,31 @@ impl Shard {
             self.fresh = 0;
             self.free_head = NIL;
             for b in &mut self.wheel {
-                *b = Vec::new();
+                *b = Bucket::default();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod bucket_tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_pops_newest_first_across_chunks_and_gives_chunks_back() {
+        let mut b = Bucket::default();
+        let n = 3 * BUCKET_CHUNK as u32 + 5;
+        for s in 0..n {
+            b.push(s);
+        }
+        assert_eq!(b.chunks.len(), 4);
+        assert!(b.chunks[1..].iter().all(|c| c.capacity() == BUCKET_CHUNK));
+        for s in (0..n).rev() {
+            assert_eq!(b.pop(), Some(s));
+        }
+        assert_eq!(b.pop(), None);
+        assert!(b.chunks.is_empty(), "every chunk was given back");
+        b.push(7);
+        assert_eq!(b.pop(), Some(7));
     }
 }
