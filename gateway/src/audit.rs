@@ -484,16 +484,27 @@ mod tests {
         }
     }
 
+    /// A log in `dir` with `cfg`'s settings (its path is set here).
+    fn log_in(dir: &tempfile::TempDir, cfg: AuditConfig) -> (AuditConfig, Arc<AuditLog>) {
+        let cfg = AuditConfig {
+            path: dir.path().join("a.jsonl"),
+            ..cfg
+        };
+        let log = AuditLog::open(&cfg, "gw", "127.0.0.1", vec!["demo".into()]).unwrap();
+        (cfg, log)
+    }
+
     #[test]
     fn writes_rotates_and_never_holds_the_full_number() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = AuditConfig {
-            path: dir.path().join("a.jsonl"),
-            max_file_bytes: 4096,
-            max_files: 5,
-            ..AuditConfig::default()
-        };
-        let log = AuditLog::open(&cfg, "gw", "127.0.0.1", vec!["demo".into()]).unwrap();
+        let (cfg, log) = log_in(
+            &dir,
+            AuditConfig {
+                max_file_bytes: 4096,
+                max_files: 5,
+                ..AuditConfig::default()
+            },
+        );
         log.record(&Event {
             client_ip: Some("203.0.113.9"),
             ..event(EventKind::Issued)
@@ -519,12 +530,13 @@ mod tests {
     #[test]
     fn a_full_buffer_drops_counts_and_reports_the_gap() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = AuditConfig {
-            path: dir.path().join("a.jsonl"),
-            buffer_events: 8,
-            ..AuditConfig::default()
-        };
-        let log = AuditLog::open(&cfg, "gw", "127.0.0.1", vec!["demo".into()]).unwrap();
+        let (cfg, log) = log_in(
+            &dir,
+            AuditConfig {
+                buffer_events: 8,
+                ..AuditConfig::default()
+            },
+        );
         // A burst far larger than the buffer, faster than the writer wakes.
         for _ in 0..5_000 {
             log.record(&event(EventKind::Rejected));
@@ -554,13 +566,14 @@ mod tests {
     #[test]
     fn a_log_file_removed_from_under_the_writer_is_started_anew() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = AuditConfig {
-            path: dir.path().join("a.jsonl"),
-            max_file_bytes: 4096,
-            max_files: 3,
-            ..AuditConfig::default()
-        };
-        let log = AuditLog::open(&cfg, "gw", "127.0.0.1", vec!["demo".into()]).unwrap();
+        let (cfg, log) = log_in(
+            &dir,
+            AuditConfig {
+                max_file_bytes: 4096,
+                max_files: 3,
+                ..AuditConfig::default()
+            },
+        );
         log.record(&event(EventKind::Issued));
         log.flush();
         std::fs::remove_file(&cfg.path).unwrap();
