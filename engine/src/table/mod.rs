@@ -858,7 +858,11 @@ impl ChallengeTable {
         loop {
             for _ in 0..64 {
                 std::hint::spin_loop();
-                if let Some(g) = mutex.try_lock() {
+                // Read before trying: a failed try still takes the line
+                // away from the holder.
+                if !mutex.is_locked()
+                    && let Some(g) = mutex.try_lock()
+                {
                     return g;
                 }
             }
