@@ -34,6 +34,9 @@ use watchword_engine::{Event, EventKind, EventSink};
 
 use crate::config::AuditConfig;
 
+/// The longest [`AuditLog::flush`] waits for the writer.
+const FLUSH_WAIT: Duration = Duration::from_secs(30);
+
 /// How often the writer looks at the queue when nobody wakes it.
 const DRAIN_EVERY: Duration = Duration::from_millis(5);
 
@@ -140,8 +143,15 @@ impl AuditLog {
         let (ack, done) = sync_channel(1);
         self.shared.flushes.lock().push(ack);
         self.writer_thread.unpark();
-        // An error means the writer thread is gone: nothing more can be flushed.
-        let _ = done.recv();
+        // The writer answers within one write and fsync. If it is gone (it
+        // never panics by design) the request would wait forever: bound it,
+        // so a shutdown cannot hang on the audit log.
+        if done.recv_timeout(FLUSH_WAIT).is_err() {
+            tracing::error!(
+                waited_s = FLUSH_WAIT.as_secs(),
+                "audit log writer did not confirm the flush"
+            );
+        }
     }
 
     /// The final flush at shutdown: everything queued so far is written and
