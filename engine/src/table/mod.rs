@@ -383,7 +383,7 @@ impl ChallengeTable {
         let hasher = ahash::RandomState::new();
         let pending_approx = Arc::new(CachePadded::new(AtomicI64::new(0)));
         // Exact for small tables (tests); at most 64 behind per shard for big ones.
-        let flush_batch = (config.capacity / (n * 64)).clamp(1, 64) as i64;
+        let flush_batch = (config.capacity / (n * 64)).clamp(1, 64) as i32;
         let shards = (0..n)
             .map(|_| {
                 CachePadded::new(Mutex::new(Shard::new(

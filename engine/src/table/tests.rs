@@ -394,6 +394,39 @@ fn sweeper_expires_then_forgets_and_memory_comes_back() {
 }
 
 #[test]
+fn the_id_index_shrinks_once_it_stayed_mostly_empty_for_a_whole_pass() {
+    let (t, clock, _) = table_with(TableConfig {
+        shards: 1,
+        ..TableConfig::default()
+    });
+    // One challenge that stays, and a wave of 40,000 that are approved.
+    t.issue(&IssueSpec {
+        ttl_s: 3600,
+        ..spec("stays", "+14255550000")
+    })
+    .unwrap();
+    for i in 0..40_000 {
+        let c = t.issue(&spec(&format!("wave{i}"), "+14255551234")).unwrap();
+        let (d, n) = c.code.digits();
+        assert_eq!(t.verify(DEMO, c.id, &d[..n]), VerifyOutcome::Approved);
+    }
+    clock.advance_s(61);
+    t.sweep();
+    assert_eq!(t.len(), 1, "the wave's tombstones are forgotten");
+    // The index held 40,001 entries during this pass: it is kept as it is.
+    let after_first_pass = t.reserved_bytes();
+    clock.advance_s(1);
+    t.sweep();
+    // A pass later it has stayed nearly empty: its room for 57,344 slots of
+    // 5 bytes (4-byte slot, 1 control byte) comes back.
+    let freed = after_first_pass.saturating_sub(t.reserved_bytes());
+    assert!(
+        freed >= 200_000,
+        "only {freed} bytes came back on the second pass"
+    );
+}
+
+#[test]
 fn sweep_works_in_slices_and_handles_long_ttls_and_late_sweeps() {
     let (t, clock, _) = table_with(TableConfig {
         shards: 1,
