@@ -342,8 +342,10 @@ impl PendingEvent {
     }
 }
 
-/// How long a request spins on a busy shard lock before it parks.
-const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(20);
+/// How long a request waits for a busy shard lock before it parks.
+const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(50);
+/// How long it spins before it starts yielding the CPU between looks.
+const SPIN_BEFORE_YIELD: std::time::Duration = std::time::Duration::from_micros(5);
 
 /// The lock-sharded table of challenges. Share it as `Arc<ChallengeTable>`.
 pub struct ChallengeTable {
@@ -866,8 +868,15 @@ impl ChallengeTable {
                     return g;
                 }
             }
-            if start.elapsed() >= SPIN_BEFORE_PARK {
+            let waited = start.elapsed();
+            if waited >= SPIN_BEFORE_PARK {
                 return mutex.lock();
+            }
+            if waited >= SPIN_BEFORE_YIELD {
+                // The holder may have been preempted on this very core:
+                // spinning would keep it off the CPU; a yield lets it run
+                // and costs a fraction of a microsecond when it does not.
+                std::thread::yield_now();
             }
         }
     }
