@@ -5,6 +5,10 @@
 //!
 //! Run: `cargo run --release -p watchword-benches --bin memory [-- N]`
 
+// The allocator the `watchword` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use watchword_benches::{BenchClock, bench_table, prefill, rss_bytes};
 
 fn main() {
