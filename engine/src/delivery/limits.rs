@@ -13,7 +13,12 @@ use parking_lot::Mutex;
 
 use super::config::Limit;
 
-const SHARDS: usize = 16;
+/// Shards per limit. Many small maps rather than a few large ones: the
+/// janitor holds one shard's lock for a whole `retain` over its keys, and a
+/// map doubles (rehashing every key) under the same lock, while admissions
+/// for that shard wait. At a million keys per limit, 16 shards meant
+/// milliseconds per lock hold; 256 keep it near a hundred microseconds.
+const SHARDS: usize = 256;
 /// Above this many sends per window a limit is a GCRA instead of an exact log.
 pub(crate) const EXACT_MAX: u32 = 16;
 
@@ -221,8 +226,10 @@ impl KeyedLimiter {
     }
 
     fn shard(key: u64) -> usize {
-        // High bits pick the shard; the map's buckets use the low ones.
-        (key >> 60) as usize % SHARDS
+        // The bits just below the top 7 pick the shard: the map's buckets use
+        // the low bits and its control tags the top 7, so neither loses
+        // entropy to the shard choice.
+        ((key << 7) >> (64 - SHARDS.trailing_zeros())) as usize
     }
 
     /// The GCRA emission interval in microseconds: a whole-millisecond
@@ -358,6 +365,25 @@ mod tests {
         let t = l.acquire(1, 10).unwrap();
         l.undo(t);
         assert!(l.acquire(1, 10).is_ok());
+    }
+
+    #[test]
+    fn the_shard_comes_from_bits_the_maps_do_not_use() {
+        // The map's control tags are the top 7 bits, its buckets the low ones.
+        let base = 0x0123_4567_89ab_cdef_u64;
+        for top in 0..128u64 {
+            let k = (base & (u64::MAX >> 7)) | (top << 57);
+            assert_eq!(KeyedLimiter::shard(k), KeyedLimiter::shard(base));
+        }
+        assert_eq!(
+            KeyedLimiter::shard(base ^ 0xffff),
+            KeyedLimiter::shard(base)
+        );
+        let mut seen = vec![false; SHARDS];
+        for i in 0..SHARDS as u64 {
+            seen[KeyedLimiter::shard(i << (57 - SHARDS.trailing_zeros()))] = true;
+        }
+        assert!(seen.iter().all(|&s| s), "every shard is reachable");
     }
 
     #[test]

@@ -848,13 +848,24 @@ async fn janitor(inner: Weak<Inner>, interval: Duration) {
         }
         if now.duration_since(last_sweep) >= interval {
             last_sweep = now;
-            let ms = inner.clock.now_ms();
-            let mut per_scope: HashMap<&'static str, usize> = HashMap::new();
-            for lim in inner.limits.all() {
-                *per_scope.entry(lim.scope).or_default() += lim.retain_recent(ms);
-            }
-            for (scope, g) in &inner.limits.key_gauges {
-                g.set(per_scope.get(scope).copied().unwrap_or(0) as f64);
+            // A pass visits every key of every limit (millions in a busy
+            // deployment): run it on the blocking pool, never on a runtime
+            // worker, where it would hold up every connection that worker
+            // serves for the whole pass.
+            let pass = inner.clone();
+            let counted = tokio::task::spawn_blocking(move || {
+                let ms = pass.clock.now_ms();
+                let mut per_scope: HashMap<&'static str, usize> = HashMap::new();
+                for lim in pass.limits.all() {
+                    *per_scope.entry(lim.scope).or_default() += lim.retain_recent(ms);
+                }
+                per_scope
+            })
+            .await;
+            if let Ok(per_scope) = counted {
+                for (scope, g) in &inner.limits.key_gauges {
+                    g.set(per_scope.get(scope).copied().unwrap_or(0) as f64);
+                }
             }
         }
     }
