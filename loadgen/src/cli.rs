@@ -164,6 +164,10 @@ pub struct CompareArgs {
     /// The equal offered rate for the p99 column (default: half the lower max).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Pause before each run, so that a server still working off the previous
+    /// run (Watchword delivers every ISSUE after answering it) starts idle.
+    #[arg(long, default_value = "5s", value_parser = dur)]
+    pub settle: Duration,
     /// Write the rows as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -330,10 +334,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 depths: c.depth.clone(),
                 ops: c.ops.clone(),
                 equal_rate: c.rate,
+                settle: c.settle,
             };
             eprintln!(
-                "compare: {} connections, depths {:?}, {:?} measured + {:?} warm-up per run",
-                c.common.connections, c.depth, c.common.duration, c.common.warmup
+                "compare: {} connections, depths {:?}, {:?} measured + {:?} warm-up per run, {:?} pause before each",
+                c.common.connections, c.depth, c.common.duration, c.common.warmup, c.settle
             );
             let rows = compare(c.common.watchword(w, depth_max), Common::redis(r), &cfg).await?;
             print!("{}", table(&rows));

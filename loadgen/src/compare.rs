@@ -53,6 +53,11 @@ pub struct CompareConfig {
     pub ops: Vec<Scenario>,
     /// The equal offered rate; `None` = half the lower of the two maxima.
     pub equal_rate: Option<f64>,
+    /// Pause before every run but the first. A closed-loop ISSUE run leaves
+    /// Watchword delivering its backlog for a few seconds after the last
+    /// answer; without the pause the next run measured that backlog (p99 of
+    /// 400 ms at half the maximum rate, where a run on an idle gateway gave 5 ms).
+    pub settle: std::time::Duration,
 }
 
 async fn one<B: Backend>(
@@ -103,14 +108,28 @@ pub async fn compare(
 ) -> anyhow::Result<Vec<CompareRow>> {
     let (ww, redis) = (Arc::new(ww), Arc::new(redis));
     let mut rows = Vec::new();
+    let mut first = true;
+    let mut settle = || {
+        let pause = if first {
+            std::time::Duration::ZERO
+        } else {
+            cfg.settle
+        };
+        first = false;
+        tokio::time::sleep(pause)
+    };
     for &depth in &cfg.depths {
         for &op in &cfg.ops {
+            settle().await;
             let w = one(&ww, &cfg.base, op, depth, Mode::Closed).await?;
+            settle().await;
             let r = one(&redis, &cfg.base, op, depth, Mode::Closed).await?;
             let rate = cfg
                 .equal_rate
                 .unwrap_or_else(|| (w.ok_rate.min(r.ok_rate) / 2.0).max(1.0));
+            settle().await;
             let wo = one(&ww, &cfg.base, op, depth, Mode::Open { rate }).await?;
+            settle().await;
             let ro = one(&redis, &cfg.base, op, depth, Mode::Open { rate }).await?;
             rows.push(CompareRow {
                 op: op.name().into(),
