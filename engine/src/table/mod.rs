@@ -18,6 +18,7 @@
 //! live challenge to make room, or let an expired code verify whether or not the
 //! sweeper has run.
 
+mod index;
 mod shard;
 mod sweeper;
 

@@ -4,6 +4,9 @@
 //!
 //! Invariants this file must never break:
 //! - every entry in a subject chain is `Pending` (finishing unlinks it);
+//! - every live entry's slot is in exactly one of `by_id` and `by_id_old`,
+//!   and every chain head's in exactly one of `by_subject` and
+//!   `by_subject_old` (see `index`: a growing index moves over gradually);
 //! - every live entry has a wheel reference in the bucket of its deadline
 //!   (stale references are tolerated: the sweeper acts only on entries whose
 //!   own deadline has passed);
@@ -16,12 +19,16 @@ use crossbeam::utils::CachePadded;
 use hashbrown::HashTable;
 
 use super::IssueSpec;
+use super::index::{TwoTables, find_in};
 use crate::code::Code;
 use crate::delivery::CarrierSlot;
 use crate::types::{ChallengeId, ChallengeState, Channel, DeliveryState};
 
 /// Slots per slab chunk: growth costs at most one chunk, never a doubling.
 const CHUNK: usize = 1024;
+/// Slab slots whose index references an insert moves over while a grown
+/// index is worked off (about a microsecond of work per insert).
+const MIGRATE_STEP: u32 = 16;
 /// Slots per wheel-bucket chunk once a bucket has outgrown its first chunk.
 const BUCKET_CHUNK: usize = 1024;
 
@@ -297,6 +304,16 @@ pub(super) struct Shard {
     flush_batch: i32,
     /// The table-wide pending count, behind by at most `flush_batch` per shard.
     global_pending: Arc<CachePadded<AtomicI64>>,
+    /// A grown id index's previous table while its slots move over (see
+    /// `index`); empty otherwise.
+    by_id_old: HashTable<u32>,
+    /// The same for the subject index.
+    by_subject_old: HashTable<u32>,
+    /// The next slab slot whose id reference moves over from `by_id_old`.
+    id_cursor: u32,
+    /// The next slab slot whose subject reference moves over from
+    /// `by_subject_old`.
+    subject_cursor: u32,
     // The sweeper's.
     /// The next wheel second to process.
     cursor_s: u64,
@@ -339,6 +356,10 @@ impl Shard {
             text_bytes: 0,
             by_id: HashTable::new(),
             by_subject: HashTable::new(),
+            by_id_old: HashTable::new(),
+            by_subject_old: HashTable::new(),
+            id_cursor: 0,
+            subject_cursor: 0,
             hasher,
             wheel: (0..WHEEL).map(|_| Bucket::default()).collect(),
             cursor_s: 0,
@@ -374,7 +395,11 @@ impl Shard {
 
     pub(super) fn reserved_bytes(&self) -> usize {
         let slab = self.chunks.len() * CHUNK * size_of::<Entry>();
-        let index = (self.by_id.capacity() + self.by_subject.capacity()) * (size_of::<u32>() + 1);
+        let slots = self.by_id.capacity()
+            + self.by_subject.capacity()
+            + self.by_id_old.capacity()
+            + self.by_subject_old.capacity();
+        let index = slots * (size_of::<u32>() + 1);
         let wheel: usize = self
             .wheel
             .iter()
@@ -398,20 +423,18 @@ impl Shard {
 
     pub(super) fn find_id(&self, id_hash: u64, id: ChallengeId) -> Option<u32> {
         let chunks = &self.chunks;
-        self.by_id
-            .find(id_hash, |&s| entry_in(chunks, s).id == id)
-            .copied()
+        find_in(&self.by_id, &self.by_id_old, id_hash, &mut |s| {
+            entry_in(chunks, s).id == id
+        })
     }
 
     /// The head of the subject chain: its newest pending entry.
     pub(super) fn newest_for_subject(&self, hash: u64, tenant: u16, subject: &[u8]) -> Option<u32> {
         let chunks = &self.chunks;
-        self.by_subject
-            .find(hash, |&s| {
-                let e = entry_in(chunks, s);
-                e.tenant == tenant && e.subject_bytes() == subject
-            })
-            .copied()
+        find_in(&self.by_subject, &self.by_subject_old, hash, &mut |s| {
+            let e = entry_in(chunks, s);
+            e.tenant == tenant && e.subject_bytes() == subject
+        })
     }
 
     /// The live pending entry with the same tenant, subject, channel and
@@ -479,6 +502,9 @@ impl Shard {
         subject_hash: u64,
         head: Option<u32>,
     ) -> u32 {
+        if !self.by_id_old.is_empty() || !self.by_subject_old.is_empty() {
+            self.migrate_step();
+        }
         let slot = self.alloc_slot();
         let expires = entry.expires_at_ms;
         entry.prev = head.unwrap_or(NIL);
@@ -489,21 +515,28 @@ impl Shard {
             chunks,
             by_id,
             by_subject,
+            by_id_old,
+            by_subject_old,
             hasher,
             ..
         } = self;
-        match head {
-            Some(old_head) => {
-                if let Some(h) = by_subject.find_mut(subject_hash, |&s| s == old_head) {
-                    *h = slot;
-                }
-            }
-            None => {
-                by_subject
-                    .insert_unique(subject_hash, slot, |&s| subject_hash_in(chunks, hasher, s));
-            }
+        let rehash_subject = |s: &u32| subject_hash_in(chunks, hasher, *s);
+        let mut subjects = TwoTables {
+            current: by_subject,
+            old: by_subject_old,
+        };
+        let replaced = head
+            .is_some_and(|old_head| subjects.replace(subject_hash, old_head, slot, rehash_subject));
+        if !replaced && subjects.insert(subject_hash, slot, rehash_subject) {
+            self.subject_cursor = 0;
         }
-        by_id.insert_unique(id_hash, slot, |&s| id_hash_in(chunks, hasher, s));
+        let mut ids = TwoTables {
+            current: by_id,
+            old: by_id_old,
+        };
+        if ids.insert(id_hash, slot, |s| id_hash_in(chunks, hasher, *s)) {
+            self.id_cursor = 0;
+        }
         self.live += 1;
         self.live_high_water = self.live_high_water.max(self.live);
         self.count_pending(1);
@@ -520,12 +553,21 @@ impl Shard {
             return;
         };
         if head_slot == slot {
-            if let Ok(head) = self.by_subject.find_entry(hash, |&s| s == slot) {
-                if prev == NIL {
-                    head.remove();
-                } else {
-                    *head.into_mut() = prev;
-                }
+            let Self {
+                chunks,
+                by_subject,
+                by_subject_old,
+                hasher,
+                ..
+            } = self;
+            let mut subjects = TwoTables {
+                current: by_subject,
+                old: by_subject_old,
+            };
+            if prev == NIL {
+                subjects.remove(hash, slot);
+            } else {
+                subjects.replace(hash, slot, prev, |s| subject_hash_in(chunks, hasher, *s));
             }
         } else {
             let mut cur = head_slot;
@@ -559,9 +601,11 @@ impl Shard {
     fn forget(&mut self, slot: u32) {
         let id = self.entry(slot).id;
         let id_hash = self.hasher.hash_one(id.0);
-        if let Ok(found) = self.by_id.find_entry(id_hash, |&s| s == slot) {
-            found.remove();
+        TwoTables {
+            current: &mut self.by_id,
+            old: &mut self.by_id_old,
         }
+        .remove(id_hash, slot);
         self.text_bytes -= self.entry(slot).text.heap_bytes();
         *self.entry_mut(slot) = Entry::vacant();
         self.free.push(slot);
@@ -646,6 +690,66 @@ impl Shard {
         out
     }
 
+    /// Moves the index references of the next [`MIGRATE_STEP`] slab slots
+    /// from each `_old` table that is not empty to its current table (see
+    /// `index`). Once a walk has passed every slot handed out, whatever is
+    /// left (nothing, unless an invariant broke) moves at once.
+    fn migrate_step(&mut self) {
+        let Self {
+            chunks,
+            by_id,
+            by_subject,
+            by_id_old,
+            by_subject_old,
+            hasher,
+            fresh,
+            id_cursor,
+            subject_cursor,
+            ..
+        } = self;
+        let fresh = *fresh;
+        if !by_id_old.is_empty() {
+            let rehash = |s: &u32| id_hash_in(chunks, hasher, *s);
+            let mut ids = TwoTables {
+                current: by_id,
+                old: by_id_old,
+            };
+            let end = id_cursor.saturating_add(MIGRATE_STEP).min(fresh);
+            for slot in *id_cursor..end {
+                let e = entry_in(chunks, slot);
+                if !e.is_vacant() {
+                    ids.move_over(hasher.hash_one(e.id.0), slot, rehash);
+                }
+            }
+            *id_cursor = end;
+            if end >= fresh {
+                debug_assert!(ids.old.is_empty(), "every id reference moved over");
+                ids.finish(&rehash);
+            }
+        }
+        if !by_subject_old.is_empty() {
+            let rehash = |s: &u32| subject_hash_in(chunks, hasher, *s);
+            let mut subjects = TwoTables {
+                current: by_subject,
+                old: by_subject_old,
+            };
+            let end = subject_cursor.saturating_add(MIGRATE_STEP).min(fresh);
+            for slot in *subject_cursor..end {
+                let e = entry_in(chunks, slot);
+                // Only chain heads are indexed, and every head is pending.
+                if e.state() == ChallengeState::Pending {
+                    let hash = hasher.hash_one((e.tenant, e.subject_bytes()));
+                    subjects.move_over(hash, slot, rehash);
+                }
+            }
+            *subject_cursor = end;
+            if end >= fresh {
+                debug_assert!(subjects.old.is_empty(), "every subject head moved over");
+                subjects.finish(&rehash);
+            }
+        }
+    }
+
     /// Shrinks indexes that have become mostly empty, so memory comes back
     /// after a mass expiry.
     ///
@@ -667,6 +771,15 @@ impl Shard {
             if self.by_id.capacity() > 4096 {
                 self.by_id = HashTable::new();
             }
+            // Nothing is left to move over.
+            self.by_id_old = HashTable::new();
+            self.by_subject_old = HashTable::new();
+            self.id_cursor = 0;
+            self.subject_cursor = 0;
+        }
+        if !self.by_id_old.is_empty() || !self.by_subject_old.is_empty() {
+            // A growth is being worked off: nothing to give back yet.
+            return;
         }
         let high_water = self.live_high_water as usize;
         self.live_high_water = self.live;

@@ -427,6 +427,74 @@ fn the_id_index_shrinks_once_it_stayed_mostly_empty_for_a_whole_pass() {
 }
 
 #[test]
+fn indexes_that_grow_past_thousands_of_entries_lose_nothing() {
+    // One shard, so that both indexes grow well past the size at which a
+    // growth is worked off a few slots per insert instead of all at once.
+    let (t, clock, _) = table_with(TableConfig {
+        shards: 1,
+        ..TableConfig::default()
+    });
+    let mut expected: HashMap<ChallengeId, ChallengeState> = HashMap::new();
+    let mut forgotten: Vec<ChallengeId> = Vec::new();
+    let mut newest: HashMap<String, (ChallengeId, Code)> = HashMap::new();
+    for i in 0..60_000u32 {
+        if i == 30_000 {
+            // Forget every tombstone so far: their slots are reused while
+            // the indexes grow, below the slab walk's position as well.
+            clock.advance_s(61);
+            t.sweep();
+            expected.retain(|id, state| {
+                let keep = *state == ChallengeState::Pending;
+                if !keep {
+                    forgotten.push(*id);
+                }
+                keep
+            });
+        }
+        // Subjects repeat from i = 45,000 on: those issues supersede.
+        let subject = format!("u{}", i % 45_000);
+        let c = t.issue(&spec(&subject, "+14255551234")).unwrap();
+        if let Some(old) = c.superseded {
+            expected.insert(old, ChallengeState::Superseded);
+        }
+        expected.insert(c.id, ChallengeState::Pending);
+        newest.insert(subject.clone(), (c.id, c.code));
+        if i % 7 == 0 {
+            let (d, n) = c.code.digits();
+            assert_eq!(t.verify(DEMO, c.id, &d[..n]), VerifyOutcome::Approved);
+            expected.insert(c.id, ChallengeState::Approved);
+            newest.remove(&subject);
+        } else if i % 11 == 0 {
+            assert!(t.cancel(DEMO, c.id));
+            expected.insert(c.id, ChallengeState::Cancelled);
+            newest.remove(&subject);
+        }
+        if i % 5_000 == 0 {
+            clock.advance_s(1);
+            t.sweep();
+        }
+    }
+    for (id, state) in &expected {
+        assert_eq!(t.status(DEMO, *id).map(|s| s.state), Some(*state), "{id:?}");
+    }
+    assert!(forgotten.len() > 5_000, "{}", forgotten.len());
+    for id in &forgotten {
+        assert!(t.status(DEMO, *id).is_none());
+    }
+    assert_eq!(t.pending(), newest.len());
+    for (subject, (id, code)) in &newest {
+        let (d, n) = code.digits();
+        assert_eq!(
+            t.verify_subject(DEMO, subject, &d[..n]),
+            VerifyOutcome::Approved,
+            "{subject}"
+        );
+        assert_eq!(t.status(DEMO, *id).unwrap().state, ChallengeState::Approved);
+    }
+    assert_eq!(t.pending(), 0);
+}
+
+#[test]
 fn sweep_works_in_slices_and_handles_long_ttls_and_late_sweeps() {
     let (t, clock, _) = table_with(TableConfig {
         shards: 1,
