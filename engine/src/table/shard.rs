@@ -336,6 +336,35 @@ fn subject_hash_in(chunks: &[Box<[Entry]>], hasher: &ahash::RandomState, slot: u
     hasher.hash_one((e.tenant, e.subject_bytes()))
 }
 
+/// Moves the references of the next [`MIGRATE_STEP`] slab slots from
+/// `cursor` on out of `tables.old`, if it holds any. `key` gives the hash an
+/// entry would be indexed under, `None` for one this index cannot hold. Once
+/// the walk has passed every slot handed out, whatever is left (nothing,
+/// unless an invariant broke) moves at once.
+fn migrate_walk(
+    mut tables: TwoTables<'_>,
+    cursor: &mut u32,
+    fresh: u32,
+    chunks: &[Box<[Entry]>],
+    key: impl Fn(&Entry) -> Option<u64>,
+    rehash: impl Fn(&u32) -> u64,
+) {
+    if tables.old.is_empty() {
+        return;
+    }
+    let end = cursor.saturating_add(MIGRATE_STEP).min(fresh);
+    for slot in *cursor..end {
+        if let Some(hash) = key(entry_in(chunks, slot)) {
+            tables.move_over(hash, slot, &rehash);
+        }
+    }
+    *cursor = end;
+    if end >= fresh {
+        debug_assert!(tables.old.is_empty(), "every reference moved over");
+        tables.finish(&rehash);
+    }
+}
+
 impl Shard {
     pub(super) fn new(
         epoch_ms: u64,
@@ -692,8 +721,7 @@ impl Shard {
 
     /// Moves the index references of the next [`MIGRATE_STEP`] slab slots
     /// from each `_old` table that is not empty to its current table (see
-    /// `index`). Once a walk has passed every slot handed out, whatever is
-    /// left (nothing, unless an invariant broke) moves at once.
+    /// `index`).
     fn migrate_step(&mut self) {
         let Self {
             chunks,
@@ -708,46 +736,32 @@ impl Shard {
             ..
         } = self;
         let fresh = *fresh;
-        if !by_id_old.is_empty() {
-            let rehash = |s: &u32| id_hash_in(chunks, hasher, *s);
-            let mut ids = TwoTables {
+        migrate_walk(
+            TwoTables {
                 current: by_id,
                 old: by_id_old,
-            };
-            let end = id_cursor.saturating_add(MIGRATE_STEP).min(fresh);
-            for slot in *id_cursor..end {
-                let e = entry_in(chunks, slot);
-                if !e.is_vacant() {
-                    ids.move_over(hasher.hash_one(e.id.0), slot, rehash);
-                }
-            }
-            *id_cursor = end;
-            if end >= fresh {
-                debug_assert!(ids.old.is_empty(), "every id reference moved over");
-                ids.finish(&rehash);
-            }
-        }
-        if !by_subject_old.is_empty() {
-            let rehash = |s: &u32| subject_hash_in(chunks, hasher, *s);
-            let mut subjects = TwoTables {
+            },
+            id_cursor,
+            fresh,
+            chunks,
+            |e| (!e.is_vacant()).then(|| hasher.hash_one(e.id.0)),
+            |s| id_hash_in(chunks, hasher, *s),
+        );
+        migrate_walk(
+            TwoTables {
                 current: by_subject,
                 old: by_subject_old,
-            };
-            let end = subject_cursor.saturating_add(MIGRATE_STEP).min(fresh);
-            for slot in *subject_cursor..end {
-                let e = entry_in(chunks, slot);
-                // Only chain heads are indexed, and every head is pending.
-                if e.state() == ChallengeState::Pending {
-                    let hash = hasher.hash_one((e.tenant, e.subject_bytes()));
-                    subjects.move_over(hash, slot, rehash);
-                }
-            }
-            *subject_cursor = end;
-            if end >= fresh {
-                debug_assert!(subjects.old.is_empty(), "every subject head moved over");
-                subjects.finish(&rehash);
-            }
-        }
+            },
+            subject_cursor,
+            fresh,
+            chunks,
+            // Only chain heads are indexed, and every head is pending.
+            |e| {
+                (e.state() == ChallengeState::Pending)
+                    .then(|| hasher.hash_one((e.tenant, e.subject_bytes())))
+            },
+            |s| subject_hash_in(chunks, hasher, *s),
+        );
     }
 
     /// Shrinks indexes that have become mostly empty, so memory comes back
