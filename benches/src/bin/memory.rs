@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use watchword_benches::{BenchClock, bench_table, destination, rss_bytes, spec, subject};
+use watchword_engine::table::Sweeper;
 
 fn main() {
     let n: u64 = std::env::args()
@@ -23,6 +24,8 @@ fn main() {
         .unwrap_or(10_000_000);
     let before = rss_bytes().unwrap_or(0);
     let table = bench_table(BenchClock::new(), 60);
+    // The sweeper runs as in production: it also prepares index growth.
+    let sweeper = Sweeper::spawn(table.clone()).expect("sweeper");
     let mut latency = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("bounds");
     for i in 0..n {
         let (s, d) = (subject(i), destination(i));
@@ -31,6 +34,7 @@ fn main() {
         latency.saturating_record(start.elapsed().as_nanos() as u64);
     }
     let after = rss_bytes().unwrap_or(0);
+    sweeper.stop();
     let reserved = table.reserved_bytes();
     println!("pending challenges:       {n}");
     println!("shards:                   {}", table.shard_count());

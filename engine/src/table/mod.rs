@@ -922,8 +922,26 @@ impl ChallengeTable {
                 std::thread::yield_now();
             }
         }
+        self.prepare_growth();
         self.metrics.pending.set(self.pending_approx() as f64);
         changed
+    }
+
+    /// Allocates, outside any lock, the bigger index tables that shards
+    /// nearing a growth will need, and hands them in: allocating and first
+    /// touching a 2.5 MB table under the lock took 4 to 10 ms.
+    /// Locking: each shard lock in turn, briefly, twice when it wants one.
+    fn prepare_growth(&self) {
+        for shard in self.shards.iter() {
+            let (id, subject) = shard.lock().spares_wanted();
+            if id.is_none() && subject.is_none() {
+                continue;
+            }
+            let id = id.map(hashbrown::HashTable::with_capacity);
+            let subject = subject.map(hashbrown::HashTable::with_capacity);
+            let unused = shard.lock().take_spares(id, subject);
+            drop(unused);
+        }
     }
 
     /// Publishes the pending and tombstone gauges. Locks like [`Self::len`].

@@ -19,7 +19,7 @@ use crossbeam::utils::CachePadded;
 use hashbrown::HashTable;
 
 use super::IssueSpec;
-use super::index::{TwoTables, find_in};
+use super::index::{TwoTables, find_in, spare_room_wanted};
 use crate::code::Code;
 use crate::delivery::CarrierSlot;
 use crate::types::{ChallengeId, ChallengeState, Channel, DeliveryState};
@@ -309,6 +309,11 @@ pub(super) struct Shard {
     by_id_old: HashTable<u32>,
     /// The same for the subject index.
     by_subject_old: HashTable<u32>,
+    /// A bigger id index, allocated by the sweeper outside the lock, for the
+    /// next growth.
+    by_id_spare: Option<HashTable<u32>>,
+    /// The same for the subject index.
+    by_subject_spare: Option<HashTable<u32>>,
     /// The next slab slot whose id reference moves over from `by_id_old`.
     id_cursor: u32,
     /// The next slab slot whose subject reference moves over from
@@ -387,6 +392,8 @@ impl Shard {
             by_subject: HashTable::new(),
             by_id_old: HashTable::new(),
             by_subject_old: HashTable::new(),
+            by_id_spare: None,
+            by_subject_spare: None,
             id_cursor: 0,
             subject_cursor: 0,
             hasher,
@@ -424,10 +431,16 @@ impl Shard {
 
     pub(super) fn reserved_bytes(&self) -> usize {
         let slab = self.chunks.len() * CHUNK * size_of::<Entry>();
+        let spares = [&self.by_id_spare, &self.by_subject_spare]
+            .into_iter()
+            .flatten()
+            .map(HashTable::capacity)
+            .sum::<usize>();
         let slots = self.by_id.capacity()
             + self.by_subject.capacity()
             + self.by_id_old.capacity()
-            + self.by_subject_old.capacity();
+            + self.by_subject_old.capacity()
+            + spares;
         let index = slots * (size_of::<u32>() + 1);
         let wheel: usize = self
             .wheel
@@ -546,6 +559,8 @@ impl Shard {
             by_subject,
             by_id_old,
             by_subject_old,
+            by_id_spare,
+            by_subject_spare,
             hasher,
             ..
         } = self;
@@ -556,14 +571,16 @@ impl Shard {
         };
         let replaced = head
             .is_some_and(|old_head| subjects.replace(subject_hash, old_head, slot, rehash_subject));
-        if !replaced && subjects.insert(subject_hash, slot, rehash_subject) {
+        if !replaced && subjects.insert(subject_hash, slot, by_subject_spare, rehash_subject) {
             self.subject_cursor = 0;
         }
         let mut ids = TwoTables {
             current: by_id,
             old: by_id_old,
         };
-        if ids.insert(id_hash, slot, |s| id_hash_in(chunks, hasher, *s)) {
+        if ids.insert(id_hash, slot, by_id_spare, |s| {
+            id_hash_in(chunks, hasher, *s)
+        }) {
             self.id_cursor = 0;
         }
         self.live += 1;
@@ -719,6 +736,48 @@ impl Shard {
         out
     }
 
+    /// The room of the spare id and subject index tables worth allocating
+    /// now (see `index::spare_room_wanted`), for the sweeper to allocate
+    /// outside the lock and hand in with [`Shard::take_spares`].
+    pub(super) fn spares_wanted(&self) -> (Option<usize>, Option<usize>) {
+        (
+            spare_room_wanted(&self.by_id, &self.by_id_old, &self.by_id_spare),
+            spare_room_wanted(
+                &self.by_subject,
+                &self.by_subject_old,
+                &self.by_subject_spare,
+            ),
+        )
+    }
+
+    /// Whether the shard holds a spare id and subject index table.
+    #[cfg(test)]
+    pub(super) fn has_spares(&self) -> (bool, bool) {
+        (self.by_id_spare.is_some(), self.by_subject_spare.is_some())
+    }
+
+    /// Keeps the spare tables the sweeper allocated, where they are still
+    /// wanted (the shard may have changed while the lock was released), and
+    /// hands back the others for the caller to drop after unlocking.
+    pub(super) fn take_spares(
+        &mut self,
+        id: Option<HashTable<u32>>,
+        subject: Option<HashTable<u32>>,
+    ) -> [Option<HashTable<u32>>; 2] {
+        let (want_id, want_subject) = self.spares_wanted();
+        let keep = |want: Option<usize>, t: Option<HashTable<u32>>, slot: &mut Option<_>| match t {
+            Some(t) if want.is_some_and(|room| t.capacity() >= room) => {
+                *slot = Some(t);
+                None
+            }
+            other => other,
+        };
+        [
+            keep(want_id, id, &mut self.by_id_spare),
+            keep(want_subject, subject, &mut self.by_subject_spare),
+        ]
+    }
+
     /// Moves the index references of the next [`MIGRATE_STEP`] slab slots
     /// from each `_old` table that is not empty to its current table (see
     /// `index`).
@@ -785,9 +844,11 @@ impl Shard {
             if self.by_id.capacity() > 4096 {
                 self.by_id = HashTable::new();
             }
-            // Nothing is left to move over.
+            // Nothing is left to move over, nor to grow into.
             self.by_id_old = HashTable::new();
             self.by_subject_old = HashTable::new();
+            self.by_id_spare = None;
+            self.by_subject_spare = None;
             self.id_cursor = 0;
             self.subject_cursor = 0;
         }

@@ -495,6 +495,36 @@ fn indexes_that_grow_past_thousands_of_entries_lose_nothing() {
 }
 
 #[test]
+fn the_sweeper_allocates_the_next_index_tables_before_they_are_needed() {
+    let (t, _, _) = table_with(TableConfig {
+        shards: 1,
+        ..TableConfig::default()
+    });
+    let issue = |i: u32| {
+        t.issue(&spec(&format!("user{i}"), "+14255551234")).unwrap();
+    };
+    // Until an index is three quarters full nothing is prepared.
+    let mut i = 0u32;
+    while t.shards[0].lock().spares_wanted() == (None, None) {
+        issue(i);
+        i += 1;
+    }
+    assert_eq!(t.shards[0].lock().has_spares(), (false, false));
+    t.sweep();
+    let (id, subject) = t.shards[0].lock().has_spares();
+    assert!(id && subject, "the sweep handed in both spares");
+    assert_eq!(t.shards[0].lock().spares_wanted(), (None, None));
+    // The growths take them instead of allocating under the lock.
+    let prepared_at = i;
+    while t.shards[0].lock().has_spares() != (false, false) && i < prepared_at * 2 {
+        issue(i);
+        i += 1;
+    }
+    assert_eq!(t.shards[0].lock().has_spares(), (false, false));
+    assert_eq!(t.pending(), i as usize);
+}
+
+#[test]
 fn sweep_works_in_slices_and_handles_long_ttls_and_late_sweeps() {
     let (t, clock, _) = table_with(TableConfig {
         shards: 1,
