@@ -143,7 +143,7 @@ pub(super) fn find_in(
 mod tests {
     use super::*;
 
-    /// Values are their own hashes here.
+    /// The hash the tests keep a value under: a multiplicative mix of it.
     fn h(v: &u32) -> u64 {
         u64::from(*v).wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }

@@ -939,6 +939,8 @@ impl ChallengeTable {
             }
             let id = id.map(hashbrown::HashTable::with_capacity);
             let subject = subject.map(hashbrown::HashTable::with_capacity);
+            // Bound first: the guard is a temporary of this statement, so
+            // unwanted tables are freed below, after the lock is released.
             let unused = shard.lock().take_spares(id, subject);
             drop(unused);
         }

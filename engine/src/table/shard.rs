@@ -330,15 +330,37 @@ fn entry_in(chunks: &[Box<[Entry]>], slot: u32) -> &Entry {
     &chunks[slot as usize / CHUNK][slot as usize % CHUNK]
 }
 
+/// The hash an entry is kept under in the id index.
+fn id_hash_of(hasher: &ahash::RandomState, e: &Entry) -> u64 {
+    hasher.hash_one(e.id.0)
+}
+
+/// The hash an entry is kept under in the subject index.
+fn subject_hash_of(hasher: &ahash::RandomState, e: &Entry) -> u64 {
+    hasher.hash_one((e.tenant, e.subject_bytes()))
+}
+
 /// The id index's hash of a slot's entry (for rehashing).
 fn id_hash_in(chunks: &[Box<[Entry]>], hasher: &ahash::RandomState, slot: u32) -> u64 {
-    hasher.hash_one(entry_in(chunks, slot).id.0)
+    id_hash_of(hasher, entry_in(chunks, slot))
 }
 
 /// The subject index's hash of a slot's entry (for rehashing).
 fn subject_hash_in(chunks: &[Box<[Entry]>], hasher: &ahash::RandomState, slot: u32) -> u64 {
-    let e = entry_in(chunks, slot);
-    hasher.hash_one((e.tenant, e.subject_bytes()))
+    subject_hash_of(hasher, entry_in(chunks, slot))
+}
+
+/// A shard's two indexes, each as its pair of tables, beside what rehashing
+/// them reads: the borrows `Shard::indexes` splits off.
+struct Indexes<'a> {
+    ids: TwoTables<'a>,
+    subjects: TwoTables<'a>,
+    id_spare: &'a mut Option<HashTable<u32>>,
+    subject_spare: &'a mut Option<HashTable<u32>>,
+    id_cursor: &'a mut u32,
+    subject_cursor: &'a mut u32,
+    chunks: &'a [Box<[Entry]>],
+    hasher: &'a ahash::RandomState,
 }
 
 /// Moves the references of the next [`MIGRATE_STEP`] slab slots from
@@ -459,8 +481,28 @@ impl Shard {
         &mut self.chunks[slot as usize / CHUNK][slot as usize % CHUNK]
     }
 
-    fn subject_hash_of(&self, e: &Entry) -> u64 {
-        self.hasher.hash_one((e.tenant, e.subject_bytes()))
+    /// Whether an index is working off a growth (its old table not empty).
+    fn growing(&self) -> bool {
+        !self.by_id_old.is_empty() || !self.by_subject_old.is_empty()
+    }
+
+    fn indexes(&mut self) -> Indexes<'_> {
+        Indexes {
+            ids: TwoTables {
+                current: &mut self.by_id,
+                old: &mut self.by_id_old,
+            },
+            subjects: TwoTables {
+                current: &mut self.by_subject,
+                old: &mut self.by_subject_old,
+            },
+            id_spare: &mut self.by_id_spare,
+            subject_spare: &mut self.by_subject_spare,
+            id_cursor: &mut self.id_cursor,
+            subject_cursor: &mut self.subject_cursor,
+            chunks: &self.chunks,
+            hasher: &self.hasher,
+        }
     }
 
     pub(super) fn find_id(&self, id_hash: u64, id: ChallengeId) -> Option<u32> {
@@ -544,7 +586,7 @@ impl Shard {
         subject_hash: u64,
         head: Option<u32>,
     ) -> u32 {
-        if !self.by_id_old.is_empty() || !self.by_subject_old.is_empty() {
+        if self.growing() {
             self.migrate_step();
         }
         let slot = self.alloc_slot();
@@ -553,35 +595,24 @@ impl Shard {
         self.text_bytes += entry.text.heap_bytes();
         *self.entry_mut(slot) = entry;
 
-        let Self {
+        let Indexes {
+            mut ids,
+            mut subjects,
+            id_spare,
+            subject_spare,
+            id_cursor,
+            subject_cursor,
             chunks,
-            by_id,
-            by_subject,
-            by_id_old,
-            by_subject_old,
-            by_id_spare,
-            by_subject_spare,
             hasher,
-            ..
-        } = self;
+        } = self.indexes();
         let rehash_subject = |s: &u32| subject_hash_in(chunks, hasher, *s);
-        let mut subjects = TwoTables {
-            current: by_subject,
-            old: by_subject_old,
-        };
         let replaced = head
             .is_some_and(|old_head| subjects.replace(subject_hash, old_head, slot, rehash_subject));
-        if !replaced && subjects.insert(subject_hash, slot, by_subject_spare, rehash_subject) {
-            self.subject_cursor = 0;
+        if !replaced && subjects.insert(subject_hash, slot, subject_spare, rehash_subject) {
+            *subject_cursor = 0;
         }
-        let mut ids = TwoTables {
-            current: by_id,
-            old: by_id_old,
-        };
-        if ids.insert(id_hash, slot, by_id_spare, |s| {
-            id_hash_in(chunks, hasher, *s)
-        }) {
-            self.id_cursor = 0;
+        if ids.insert(id_hash, slot, id_spare, |s| id_hash_in(chunks, hasher, *s)) {
+            *id_cursor = 0;
         }
         self.live += 1;
         self.live_high_water = self.live_high_water.max(self.live);
@@ -593,23 +624,18 @@ impl Shard {
     /// Takes a pending entry out of its subject chain.
     fn unlink_subject(&mut self, slot: u32) {
         let e = self.entry(slot);
-        let hash = self.subject_hash_of(e);
+        let hash = subject_hash_of(&self.hasher, e);
         let prev = e.prev;
         let Some(head_slot) = self.newest_for_subject(hash, e.tenant, e.subject_bytes()) else {
             return;
         };
         if head_slot == slot {
-            let Self {
+            let Indexes {
+                mut subjects,
                 chunks,
-                by_subject,
-                by_subject_old,
                 hasher,
                 ..
-            } = self;
-            let mut subjects = TwoTables {
-                current: by_subject,
-                old: by_subject_old,
-            };
+            } = self.indexes();
             if prev == NIL {
                 subjects.remove(hash, slot);
             } else {
@@ -645,13 +671,8 @@ impl Shard {
 
     /// Frees a tombstone's slot.
     fn forget(&mut self, slot: u32) {
-        let id = self.entry(slot).id;
-        let id_hash = self.hasher.hash_one(id.0);
-        TwoTables {
-            current: &mut self.by_id,
-            old: &mut self.by_id_old,
-        }
-        .remove(id_hash, slot);
+        let id_hash = id_hash_of(&self.hasher, self.entry(slot));
+        self.indexes().ids.remove(id_hash, slot);
         self.text_bytes -= self.entry(slot).text.heap_bytes();
         *self.entry_mut(slot) = Entry::vacant();
         self.free.push(slot);
@@ -782,43 +803,31 @@ impl Shard {
     /// from each `_old` table that is not empty to its current table (see
     /// `index`).
     fn migrate_step(&mut self) {
-        let Self {
-            chunks,
-            by_id,
-            by_subject,
-            by_id_old,
-            by_subject_old,
-            hasher,
-            fresh,
+        let fresh = self.fresh;
+        let Indexes {
+            ids,
+            subjects,
             id_cursor,
             subject_cursor,
+            chunks,
+            hasher,
             ..
-        } = self;
-        let fresh = *fresh;
+        } = self.indexes();
         migrate_walk(
-            TwoTables {
-                current: by_id,
-                old: by_id_old,
-            },
+            ids,
             id_cursor,
             fresh,
             chunks,
-            |e| (!e.is_vacant()).then(|| hasher.hash_one(e.id.0)),
+            |e| (!e.is_vacant()).then(|| id_hash_of(hasher, e)),
             |s| id_hash_in(chunks, hasher, *s),
         );
         migrate_walk(
-            TwoTables {
-                current: by_subject,
-                old: by_subject_old,
-            },
+            subjects,
             subject_cursor,
             fresh,
             chunks,
             // Only chain heads are indexed, and every head is pending.
-            |e| {
-                (e.state() == ChallengeState::Pending)
-                    .then(|| hasher.hash_one((e.tenant, e.subject_bytes())))
-            },
+            |e| (e.state() == ChallengeState::Pending).then(|| subject_hash_of(hasher, e)),
             |s| subject_hash_in(chunks, hasher, *s),
         );
     }
@@ -852,19 +861,20 @@ impl Shard {
             self.id_cursor = 0;
             self.subject_cursor = 0;
         }
-        if !self.by_id_old.is_empty() || !self.by_subject_old.is_empty() {
-            // A growth is being worked off: nothing to give back yet.
+        if self.growing() {
+            // Nothing to give back while a growth is worked off.
             return;
         }
         let high_water = self.live_high_water as usize;
         self.live_high_water = self.live;
-        let Self {
+        let Indexes {
+            ids,
+            subjects,
             chunks,
-            by_id,
-            by_subject,
             hasher,
             ..
-        } = self;
+        } = self.indexes();
+        let (by_id, by_subject) = (ids.current, subjects.current);
         if by_id.capacity() > 4096 && high_water * 4 < by_id.capacity() {
             by_id.shrink_to_fit(|&s| id_hash_in(chunks, hasher, s));
         }
