@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use watchword_benches::{BenchClock, destination, spec, subject};
+use watchword_benches::{BenchClock, destination, env_list, spec, subject};
 use watchword_engine::table::{ChallengeTable, Sweeper, TableConfig};
 use watchword_engine::{NullSink, TenantId};
 
@@ -132,12 +132,9 @@ fn main() {
     }
     println!("expiry_storm: verify latency while {STORM} challenges expire at once");
     // WATCHWORD_BENCH_SLICES=8,32 runs only those slice lengths (and no baseline).
-    let slices: Vec<usize> = std::env::var("WATCHWORD_BENCH_SLICES")
-        .ok()
-        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![8, 32, 256]);
-    let baseline = std::env::var_os("WATCHWORD_BENCH_SLICES").is_none();
-    for slice in slices {
+    let chosen = env_list::<usize>("WATCHWORD_BENCH_SLICES");
+    let baseline = chosen.is_none();
+    for slice in chosen.unwrap_or_else(|| vec![8, 32, 256]) {
         run(slice);
     }
     if baseline {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use watchword_benches::{
-    BaselineValue, BenchClock, bench_table, destination, prefill, spec, subject,
+    BaselineValue, BenchClock, bench_table, destination, env_list, prefill, spec, subject,
 };
 use watchword_engine::table::ChallengeTable;
 use watchword_engine::{TenantId, VerifyOutcome};
@@ -28,10 +28,7 @@ use watchword_engine::{TenantId, VerifyOutcome};
 const THREADS: [u64; 2] = [1, 2];
 
 fn sizes() -> Vec<u64> {
-    std::env::var("WATCHWORD_BENCH_SIZES")
-        .ok()
-        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1_000, 1_000_000, 10_000_000])
+    env_list("WATCHWORD_BENCH_SIZES").unwrap_or_else(|| vec![1_000, 1_000_000, 10_000_000])
 }
 
 /// Runs `per_thread(thread_index, iterations)` on `threads` threads and

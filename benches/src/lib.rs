@@ -112,6 +112,18 @@ impl BaselineValue {
     }
 }
 
+/// The comma-separated list in environment variable `name` (entries that do
+/// not parse are skipped); `None` when the variable is not set.
+pub fn env_list<T: std::str::FromStr>(name: &str) -> Option<Vec<T>> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .split(',')
+            .filter_map(|x| x.trim().parse().ok())
+            .collect(),
+    )
+}
+
 /// Resident set size of this process, in bytes (Linux `/proc/self/statm`).
 pub fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
