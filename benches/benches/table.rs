@@ -4,6 +4,8 @@
 //! challenges already pending, beside `dashmap` and `scc` doing insert + get +
 //! remove of an entry of the same size (a bare cycle: no code, no CSPRNG, no
 //! expiry, no indexes). Throughput is in operations (a cycle counts as one).
+//! Watchword runs with tombstone grace 0 (a finished challenge is forgotten at
+//! once); `watchword-cycle-tombstones` is the cycle with the default 60 s grace.
 //!
 //! Run: `cargo bench -p watchword-benches --bench table`
 //! (`WATCHWORD_BENCH_SIZES=1000,1000000` to skip the 10M runs.)
@@ -124,27 +126,68 @@ fn watchword(c: &mut Criterion, pending: u64) {
             })
         });
         group.bench_function(BenchmarkId::new("watchword-cycle", &id), |b| {
-            b.iter_custom(|iters| {
-                let took = run_threads(threads, iters, |_, n| {
-                    let base = user_base(&next_user, n);
-                    let names: Vec<(String, String)> = (base..base + n)
-                        .map(|i| (subject(i), destination(i)))
-                        .collect();
-                    let start = Instant::now();
-                    for (s, d) in &names {
-                        let c = table.issue(&spec(s, d, 300)).expect("issue");
-                        let (digits, len) = c.code.digits();
-                        black_box(table.verify(TenantId(0), c.id, &digits[..len]));
-                    }
-                    start.elapsed()
-                });
-                tidy(&table);
-                took
-            })
+            b.iter_custom(|iters| cycles(&table, threads, iters, &next_user, &tidy))
         });
     }
     group.finish();
     drop(table);
+}
+
+/// `iters` issue + verify cycles on `threads` threads, then `tidy`.
+fn cycles(
+    table: &ChallengeTable,
+    threads: u64,
+    iters: u64,
+    next_user: &std::sync::atomic::AtomicU64,
+    tidy: &impl Fn(&ChallengeTable),
+) -> Duration {
+    let took = run_threads(threads, iters, |_, n| {
+        let base = user_base(next_user, n);
+        let names: Vec<(String, String)> = (base..base + n)
+            .map(|i| (subject(i), destination(i)))
+            .collect();
+        let start = Instant::now();
+        for (s, d) in &names {
+            let c = table.issue(&spec(s, d, 300)).expect("issue");
+            let (digits, len) = c.code.digits();
+            black_box(table.verify(TenantId(0), c.id, &digits[..len]));
+        }
+        start.elapsed()
+    });
+    tidy(table);
+    took
+}
+
+/// The cycle with the default tombstone grace (60 s): every approved
+/// challenge stays behind as a tombstone for STATUS, and none is forgotten
+/// while a sample runs (the clock moves past the grace only between samples).
+/// The main group runs with grace 0, where an approved challenge is forgotten
+/// at once, as scc's remove forgets its entry.
+fn watchword_keeping_tombstones(c: &mut Criterion, pending: u64) {
+    let clock = BenchClock::new();
+    let table = bench_table(clock.clone(), 60);
+    prefill(&table, pending);
+    let next_user = std::sync::atomic::AtomicU64::new(100_000_000);
+    let mut group = c.benchmark_group("table");
+    group.throughput(Throughput::Elements(1));
+    let tidy = |t: &ChallengeTable| {
+        clock.advance_ms(61_000);
+        t.sweep();
+        // A minute per sample soon outlives the prefill's hour: top it up.
+        let missing = pending.saturating_sub(t.pending() as u64);
+        let base = user_base(&next_user, missing);
+        for i in base..base + missing {
+            t.issue(&spec(&subject(i), &destination(i), 3600))
+                .expect("top-up fits");
+        }
+    };
+    for threads in THREADS {
+        let id = format!("{pending}-pending/{threads}-thread");
+        group.bench_function(BenchmarkId::new("watchword-cycle-tombstones", &id), |b| {
+            b.iter_custom(|iters| cycles(&table, threads, iters, &next_user, &tidy))
+        });
+    }
+    group.finish();
 }
 
 fn baselines(c: &mut Criterion, pending: u64) {
@@ -198,6 +241,7 @@ fn baselines(c: &mut Criterion, pending: u64) {
 fn all(c: &mut Criterion) {
     for pending in sizes() {
         watchword(c, pending);
+        watchword_keeping_tombstones(c, pending);
         baselines(c, pending);
     }
 }

@@ -569,7 +569,9 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
         ("[[tenants]]", "service_name") => "The service name written in messages.",
         ("[table]", "shards") => "Lock shards; 0 picks (cores x 16) rounded up to a power of two.",
         ("[table]", "capacity") => "Most pending challenges; beyond it ISSUE answers CAPACITY.",
-        ("[table]", "tombstone_grace_s") => "Seconds a finished challenge stays visible to STATUS.",
+        ("[table]", "tombstone_grace_s") => {
+            "Seconds a finished challenge stays visible to STATUS (0: forgotten at once, no tombstones)."
+        }
         ("[table]", "sweep_slice") => {
             "Expired entries handled per shard lock by the sweeper (small: a verify waits for at most one slice)."
         }

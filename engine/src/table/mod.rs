@@ -66,7 +66,10 @@ pub struct TableConfig {
     /// Most pending challenges held at once; issuing beyond it fails with a
     /// capacity error (a live challenge is never evicted).
     pub capacity: usize,
-    /// How long a finished challenge stays visible to STATUS, seconds.
+    /// How long a finished challenge stays visible to STATUS, seconds. 0: no
+    /// tombstones; a finished challenge is forgotten in the same step that
+    /// finishes it (its event still carries everything), and a later STATUS
+    /// or VERIFY of it answers UNKNOWN rather than LOCKED or EXPIRED.
     pub tombstone_grace_s: u32,
     /// Most wheel entries the sweeper handles under one shard lock.
     pub sweep_slice: usize,
@@ -394,6 +397,7 @@ impl ChallengeTable {
                     hasher.clone(),
                     pending_approx.clone(),
                     flush_batch,
+                    config.tombstone_grace_s > 0,
                 )))
             })
             .collect();
@@ -587,7 +591,9 @@ impl ChallengeTable {
             let superseded = old.map(|slot| {
                 shard.finish(slot, ChallengeState::Superseded, now + grace);
                 let entry = shard.entry(slot);
-                (entry.id, self.event(EventKind::Superseded, entry))
+                let out = (entry.id, self.event(EventKind::Superseded, entry));
+                shard.settle(slot);
+                out
             });
             if superseded.is_some() {
                 head = shard.newest_for_subject(hash, spec.tenant.0, spec.subject.as_bytes());
@@ -643,7 +649,9 @@ impl ChallengeTable {
             match shard.find_id(self.id_hash(id), id) {
                 Some(slot) if shard.entry(slot).tenant == tenant.0 => {
                     let t = shard.verify_slot(slot, code, now, grace);
-                    self.transition_event(&shard, slot, t)
+                    let out = self.transition_event(&shard, slot, t);
+                    shard.settle(slot);
+                    out
                 }
                 _ => (VerifyOutcome::Unknown, None),
             }
@@ -674,6 +682,7 @@ impl ChallengeTable {
                     shard.finish(slot, ChallengeState::Expired, now + grace);
                     self.metrics.expired.increment(1);
                     expired_events.extend(self.event(EventKind::Expired, shard.entry(slot)));
+                    shard.settle(slot);
                     saw_expired = true;
                     continue;
                 }
@@ -683,7 +692,9 @@ impl ChallengeTable {
             match found {
                 Some(slot) => {
                     let t = shard.verify_slot(slot, code, now, grace);
-                    self.transition_event(&shard, slot, t)
+                    let out = self.transition_event(&shard, slot, t);
+                    shard.settle(slot);
+                    out
                 }
                 None if saw_expired => (VerifyOutcome::Expired, None),
                 None => (VerifyOutcome::Unknown, None),
@@ -799,6 +810,7 @@ impl ChallengeTable {
             if e.expires_at_ms <= now {
                 shard.finish(slot, ChallengeState::Expired, now + grace);
                 let ev = self.event(EventKind::Expired, shard.entry(slot));
+                shard.settle(slot);
                 drop(shard);
                 self.metrics.expired.increment(1);
                 if let Some(ev) = ev {
@@ -807,7 +819,9 @@ impl ChallengeTable {
                 return false;
             }
             shard.finish(slot, ChallengeState::Cancelled, now + grace);
-            self.event(EventKind::Cancelled, shard.entry(slot))
+            let ev = self.event(EventKind::Cancelled, shard.entry(slot));
+            shard.settle(slot);
+            ev
         };
         self.metrics.cancelled.increment(1);
         if let Some(ev) = ev {

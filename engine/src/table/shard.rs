@@ -324,6 +324,10 @@ pub(super) struct Shard {
     cursor_s: u64,
     /// References taken from the bucket being swept that belong to a later lap.
     carry: Bucket,
+    /// Whether finished challenges stay as tombstones (a grace period above
+    /// zero); without one, a finished challenge is forgotten as soon as the
+    /// table has read its event out of it (see [`Shard::settle`]).
+    keep_tombstones: bool,
 }
 
 fn entry_in(chunks: &[Box<[Entry]>], slot: u32) -> &Entry {
@@ -398,6 +402,7 @@ impl Shard {
         hasher: ahash::RandomState,
         global_pending: Arc<CachePadded<AtomicI64>>,
         flush_batch: i32,
+        keep_tombstones: bool,
     ) -> Self {
         Self {
             pending: 0,
@@ -423,6 +428,7 @@ impl Shard {
             cursor_s: 0,
             carry: Bucket::default(),
             epoch_ms,
+            keep_tombstones,
         }
     }
 
@@ -665,8 +671,25 @@ impl Shard {
         let e = self.entry_mut(slot);
         e.state = state as u8;
         e.forget_at_s = u32::try_from(forget_s).unwrap_or(u32::MAX);
-        let deadline = self.forget_at_ms(self.entry(slot));
-        self.wheel_push(slot, deadline);
+        if self.keep_tombstones {
+            let deadline = self.forget_at_ms(self.entry(slot));
+            self.wheel_push(slot, deadline);
+        }
+    }
+
+    /// Without a grace period, forgets a challenge `finish` just ended (the
+    /// caller has read its event out of it); with one, does nothing: the
+    /// tombstone stays until the sweeper forgets it. A pending or vacant slot
+    /// is left alone. The wheel reference of its expiry goes stale, which the
+    /// sweeper already tolerates (the slot may be vacant or reused by then).
+    pub(super) fn settle(&mut self, slot: u32) {
+        if self.keep_tombstones {
+            return;
+        }
+        let e = self.entry(slot);
+        if !e.is_vacant() && e.state() != ChallengeState::Pending {
+            self.forget(slot);
+        }
     }
 
     /// Frees a tombstone's slot.
@@ -732,6 +755,7 @@ impl Shard {
                         if e.state() == ChallengeState::Pending {
                             self.finish(slot, ChallengeState::Expired, now + grace_ms);
                             on_expired(self.entry(slot));
+                            self.settle(slot);
                             out.expired += 1;
                         } else {
                             self.forget(slot);

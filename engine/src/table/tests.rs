@@ -362,6 +362,70 @@ fn cancel_ends_it_and_tombstone_is_forgotten_after_grace() {
 }
 
 #[test]
+fn without_grace_a_finished_challenge_is_forgotten_at_once_and_its_slot_reused() {
+    let (t, clock, sink) = table_with(TableConfig {
+        shards: 1,
+        tombstone_grace_s: 0,
+        ..TableConfig::default()
+    });
+    // Approved, locked, cancelled and superseded: gone for STATUS at once,
+    // with their events still emitted (read before the slot is freed).
+    let approved = t.issue(&spec("ann", "+14255550001")).unwrap();
+    assert_eq!(
+        t.verify(DEMO, approved.id, &digits(approved.code)),
+        VerifyOutcome::Approved
+    );
+    let locked = t.issue(&spec("bob", "+14255550002")).unwrap();
+    for _ in 0..5 {
+        t.verify(DEMO, locked.id, &wrong(locked.code));
+    }
+    let cancelled = t.issue(&spec("cat", "+14255550003")).unwrap();
+    assert!(t.cancel(DEMO, cancelled.id));
+    let old = t.issue(&spec("dan", "+14255550004")).unwrap();
+    let new = t.issue(&spec("dan", "+14255550004")).unwrap();
+    assert_eq!(new.superseded, Some(old.id));
+    for id in [approved.id, locked.id, cancelled.id, old.id] {
+        assert!(t.status(DEMO, id).is_none());
+        assert_eq!(t.verify(DEMO, id, b"000000"), VerifyOutcome::Unknown);
+    }
+    assert_eq!((t.len(), t.pending()), (1, 1));
+    for kind in [
+        EventKind::Approved,
+        EventKind::Locked,
+        EventKind::Cancelled,
+        EventKind::Superseded,
+    ] {
+        assert_eq!(sink.count(kind), 1, "{kind:?}");
+    }
+    let approved_event = sink
+        .events()
+        .into_iter()
+        .find(|e| e.kind == EventKind::Approved)
+        .unwrap();
+    assert_eq!(approved_event.id, approved.id);
+    // Their slots are reused: a thousand cycles hold one slot's worth.
+    for i in 0..1000 {
+        let c = t.issue(&spec(&format!("u{i}"), "+14255551234")).unwrap();
+        assert_eq!(
+            t.verify(DEMO, c.id, &digits(c.code)),
+            VerifyOutcome::Approved
+        );
+    }
+    assert_eq!(t.len(), 1);
+    // Expired by the sweeper, or on the way of a verify by subject: forgotten
+    // in the same step.
+    t.issue(&spec("eve", "+14255550005")).unwrap();
+    clock.advance_s(301);
+    assert_eq!(
+        t.verify_subject(DEMO, "eve", b"000000"),
+        VerifyOutcome::Expired
+    );
+    assert!(t.sweep() >= 1);
+    assert_eq!((t.len(), t.pending()), (0, 0));
+    assert_eq!(sink.count(EventKind::Expired), 2);
+}
+
+#[test]
 fn sweeper_expires_then_forgets_and_memory_comes_back() {
     let (t, clock, sink) = table();
     let ids: Vec<_> = (0..5000)
@@ -725,8 +789,11 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
-    fn table_follows_the_model(ops in proptest::collection::vec(op(), 1..80)) {
-        let (t, clock, _) = table_with(TableConfig { shards: 2, tombstone_grace_s: 1_000_000, ..TableConfig::default() });
+    fn table_follows_the_model(ops in proptest::collection::vec(op(), 1..80), keep in any::<bool>()) {
+        // `keep`: tombstones outlive the test (a long grace), or there are
+        // none (grace 0: a finished challenge is forgotten at once).
+        let grace = if keep { 1_000_000 } else { 0 };
+        let (t, clock, _) = table_with(TableConfig { shards: 2, tombstone_grace_s: grace, ..TableConfig::default() });
         let mut all: Vec<Model> = Vec::new();
         let mut approvals: HashMap<ChallengeId, usize> = HashMap::new();
         for op in ops {
@@ -751,8 +818,8 @@ proptest! {
                     let before = m.attempts_left;
                     let got = t.verify(DEMO, m.id, &typed);
                     let expected = match m.finished {
-                        Some(ChallengeState::Locked) => VerifyOutcome::Locked,
-                        Some(ChallengeState::Expired) => VerifyOutcome::Expired,
+                        Some(ChallengeState::Locked) if keep => VerifyOutcome::Locked,
+                        Some(ChallengeState::Expired) if keep => VerifyOutcome::Expired,
                         Some(_) => VerifyOutcome::Unknown,
                         None if m.expires_at_ms <= now => { m.finished = Some(ChallengeState::Expired); VerifyOutcome::Expired }
                         None if right => { m.finished = Some(ChallengeState::Approved); VerifyOutcome::Approved }
@@ -823,13 +890,22 @@ proptest! {
             // Status agrees with the model for every challenge.
             let now = clock.now_ms();
             for m in &all {
-                let s = t.status(DEMO, m.id).unwrap();
+                let status = t.status(DEMO, m.id);
+                if m.finished.is_some() && !keep {
+                    prop_assert!(status.is_none(), "forgotten at once without a grace period");
+                    continue;
+                }
+                let s = status.unwrap();
                 let expected = match m.finished { Some(st) => st, None if m.expires_at_ms <= now => ChallengeState::Expired, None => ChallengeState::Pending };
                 prop_assert_eq!(s.state, expected);
                 prop_assert_eq!(s.attempts_left, m.attempts_left);
             }
             let pending_model = all.iter().filter(|m| m.finished.is_none()).count();
             prop_assert_eq!(t.pending(), pending_model);
+            if !keep {
+                // No tombstones: every entry held is a pending one.
+                prop_assert_eq!(t.len(), pending_model);
+            }
         }
         prop_assert!(approvals.values().all(|&n| n == 1));
     }
