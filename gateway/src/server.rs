@@ -262,6 +262,11 @@ async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
     let mut feed: Option<B::Feed> = None;
     let mut deadline = hello_deadline;
     let budget = settings.max_in_flight.max(1);
+    // One timer for the connection's life, re-armed only when it fires early
+    // (or the deadline moved earlier): a fresh `sleep_until` per request was
+    // a timer-wheel insert and removal on every ISSUE and VERIFY.
+    let idle = tokio::time::sleep_until(deadline);
+    tokio::pin!(idle);
     loop {
         // Answer up to `budget` whole frames already buffered.
         let mut answered = 0;
@@ -291,7 +296,7 @@ async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if answered > 0 && session.is_some() {
-            deadline = tokio::time::Instant::now() + settings.idle_timeout;
+            deadline = idle_deadline(idle.as_mut(), settings.idle_timeout);
         }
         if close {
             conn.close().await;
@@ -324,10 +329,15 @@ async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
                         };
                         push_item(next, mine, &mut feed, conn.out());
                     }
-                    deadline = tokio::time::Instant::now() + settings.idle_timeout;
+                    deadline = idle_deadline(idle.as_mut(), settings.idle_timeout);
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = &mut idle => {
+                if tokio::time::Instant::now() < deadline {
+                    // Activity since the timer was armed: wait for the rest.
+                    idle.as_mut().reset(deadline);
+                    continue;
+                }
                 tracing::debug!(authenticated = session.is_some(), "closing idle connection");
                 conn.close().await;
                 return;
@@ -335,6 +345,19 @@ async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
             _ = shared.close.cancelled() => {}
         }
     }
+}
+
+/// The idle deadline after activity now; re-arms `timer` only if that is
+/// earlier than it is set for (it fires early otherwise and is re-armed then).
+fn idle_deadline(
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    idle_timeout: std::time::Duration,
+) -> tokio::time::Instant {
+    let deadline = tokio::time::Instant::now() + idle_timeout;
+    if deadline < timer.deadline() {
+        timer.reset(deadline);
+    }
+    deadline
 }
 
 /// Encodes one feed item if it is for `mine`; returns whether it was pushed.

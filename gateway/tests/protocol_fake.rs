@@ -1,7 +1,7 @@
 //! Protocol-level integration tests over real TCP on loopback against a fake
 //! backend: authentication, framing errors, malformed payloads, roles, pushes,
-//! slow clients, pipelining and many connections. No test here depends on
-//! timing for its result.
+//! slow clients, pipelining, many connections, and the HELLO and idle
+//! timeouts. Only the timeout tests depend on timing, with wide margins.
 
 mod common;
 
@@ -325,6 +325,35 @@ async fn hello_must_arrive_within_five_seconds() {
         .await
         .unwrap();
     assert!(closed(&mut s).await);
+}
+
+#[tokio::test]
+async fn an_idle_session_is_closed_after_the_idle_timeout_and_an_active_one_is_not() {
+    let srv = fake_server(ServerSettings {
+        idle_timeout: Duration::from_secs(2),
+        ..ServerSettings::default()
+    })
+    .await;
+    // Silent after HELLO: closed after the idle timeout (2 s), not at the
+    // 5 s HELLO deadline the connection's timer was first set for.
+    let start = tokio::time::Instant::now();
+    let mut quiet = authed_raw(&srv.addr, "alpha", "alpha-key").await;
+    assert!(closed(&mut quiet).await);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_millis(4500),
+        "closed after {waited:?}"
+    );
+    // A PING every 500 ms for 7 s keeps a session open past both the idle
+    // timeout and the HELLO deadline; silence then closes it.
+    let mut busy = authed_raw(&srv.addr, "alpha", "alpha-key").await;
+    for i in 0..14 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        busy.write_all(&raw(0x02, 100 + i, b"")).await.unwrap();
+        let (op, st, id, _) = read_frame(&mut busy).await.expect("still open");
+        assert_eq!((op, st, id), (0x82, 0, 100 + i));
+    }
+    assert!(closed(&mut busy).await);
 }
 
 /// A hand-written server that answers each batch of pings in reverse order:

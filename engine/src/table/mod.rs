@@ -40,7 +40,7 @@ use crate::events::{Event, EventKind, EventSink};
 use crate::mask::mask_destination;
 use crate::types::{ChallengeId, ChallengeState, Channel, DeliveryState, TenantId, VerifyOutcome};
 
-use shard::{Entry, Shard, Transition};
+use shard::{Entry, Shard, Text, Transition};
 pub use sweeper::Sweeper;
 
 /// Shortest accepted validity, seconds.
@@ -292,25 +292,21 @@ struct PendingEvent {
     tenant: TenantId,
     channel: Channel,
     attempts_left: u8,
-    text: [u8; MAX_SUBJECT_LEN + MAX_DESTINATION_LEN],
+    /// Subject then destination, as the entry holds them (inline when short).
+    text: Text,
     subject_len: u16,
-    text_len: u16,
 }
 
 impl PendingEvent {
     fn from_entry(kind: EventKind, e: &Entry) -> Self {
-        let mut text = [0u8; MAX_SUBJECT_LEN + MAX_DESTINATION_LEN];
-        let src = e.text();
-        text[..src.len()].copy_from_slice(src);
         Self {
             kind,
             id: e.id,
             tenant: TenantId(e.tenant),
             channel: e.channel(),
             attempts_left: e.attempts_left,
-            text,
+            text: e.text_copy(),
             subject_len: e.subject_len,
-            text_len: src.len() as u16,
         }
     }
 
@@ -326,10 +322,9 @@ impl PendingEvent {
         reason: Option<&str>,
         client_ip: Option<&str>,
     ) {
-        let subject_len = usize::from(self.subject_len);
-        let subject = std::str::from_utf8(&self.text[..subject_len]).unwrap_or("");
-        let destination =
-            std::str::from_utf8(&self.text[subject_len..usize::from(self.text_len)]).unwrap_or("");
+        let (subject, destination) = self.text.bytes().split_at(usize::from(self.subject_len));
+        let subject = std::str::from_utf8(subject).unwrap_or("");
+        let destination = std::str::from_utf8(destination).unwrap_or("");
         sink.record(&Event {
             kind: self.kind,
             at_ms,

@@ -92,8 +92,10 @@ const INLINE_TEXT: usize = 38;
 /// in [`INLINE_TEXT`] bytes, else in a heap block of their own. Inline text
 /// saves a malloc at issue, a free (often from the sweeper's thread) when the
 /// entry is forgotten, a cache miss at every verify that reads the subject,
-/// and the heap block's 32 bytes.
-enum Text {
+/// and the heap block's 32 bytes. Events copy it out the same way (a short
+/// text is copied, not allocated).
+#[derive(Clone)]
+pub(super) enum Text {
     Inline { len: u8, bytes: [u8; INLINE_TEXT] },
     Heap(Box<[u8]>),
 }
@@ -117,7 +119,7 @@ impl Text {
         }
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub(super) fn bytes(&self) -> &[u8] {
         match self {
             Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
             Self::Heap(b) => b,
@@ -220,6 +222,11 @@ impl Entry {
 
     pub(super) fn code(&self) -> Code {
         Code::from_raw(self.code, self.code_len)
+    }
+
+    /// A copy of the subject and destination bytes, for an event.
+    pub(super) fn text_copy(&self) -> Text {
+        self.text.clone()
     }
 
     pub(super) fn text(&self) -> &[u8] {
