@@ -584,11 +584,9 @@ impl ChallengeTable {
                 }
             }
             let superseded = old.map(|slot| {
-                shard.finish(slot, ChallengeState::Superseded, now + grace);
-                let entry = shard.entry(slot);
-                let out = (entry.id, self.event(EventKind::Superseded, entry));
-                shard.settle(slot);
-                out
+                shard.finish(slot, ChallengeState::Superseded, now + grace, |e| {
+                    (e.id, self.event(EventKind::Superseded, e))
+                })
             });
             if superseded.is_some() {
                 head = shard.newest_for_subject(hash, spec.tenant.0, spec.subject.as_bytes());
@@ -643,10 +641,7 @@ impl ChallengeTable {
             let mut shard = self.lock_shard(self.shard_of_id(id));
             match shard.find_id(self.id_hash(id), id) {
                 Some(slot) if shard.entry(slot).tenant == tenant.0 => {
-                    let t = shard.verify_slot(slot, code, now, grace);
-                    let out = self.transition_event(&shard, slot, t);
-                    shard.settle(slot);
-                    out
+                    shard.verify_slot(slot, code, now, grace, |e, t| self.transition_event(e, t))
                 }
                 _ => (VerifyOutcome::Unknown, None),
             }
@@ -674,10 +669,13 @@ impl ChallengeTable {
             let mut saw_expired = false;
             while let Some(slot) = shard.newest_for_subject(hash, tenant.0, subject.as_bytes()) {
                 if shard.entry(slot).expires_at_ms <= now {
-                    shard.finish(slot, ChallengeState::Expired, now + grace);
+                    expired_events.extend(shard.finish(
+                        slot,
+                        ChallengeState::Expired,
+                        now + grace,
+                        |e| self.event(EventKind::Expired, e),
+                    ));
                     self.metrics.expired.increment(1);
-                    expired_events.extend(self.event(EventKind::Expired, shard.entry(slot)));
-                    shard.settle(slot);
                     saw_expired = true;
                     continue;
                 }
@@ -686,10 +684,7 @@ impl ChallengeTable {
             }
             match found {
                 Some(slot) => {
-                    let t = shard.verify_slot(slot, code, now, grace);
-                    let out = self.transition_event(&shard, slot, t);
-                    shard.settle(slot);
-                    out
+                    shard.verify_slot(slot, code, now, grace, |e, t| self.transition_event(e, t))
                 }
                 None if saw_expired => (VerifyOutcome::Expired, None),
                 None => (VerifyOutcome::Unknown, None),
@@ -705,11 +700,9 @@ impl ChallengeTable {
     /// Maps a shard transition to the verify outcome and the event to emit.
     fn transition_event(
         &self,
-        shard: &Shard,
-        slot: u32,
+        entry: &Entry,
         t: Transition,
     ) -> (VerifyOutcome, Option<(PendingEvent, Option<&'static str>)>) {
-        let entry = shard.entry(slot);
         let ev = |kind, reason| self.event(kind, entry).map(|e| (e, reason));
         match t {
             Transition::Approved => (VerifyOutcome::Approved, ev(EventKind::Approved, None)),
@@ -803,9 +796,9 @@ impl ChallengeTable {
                 return false;
             }
             if e.expires_at_ms <= now {
-                shard.finish(slot, ChallengeState::Expired, now + grace);
-                let ev = self.event(EventKind::Expired, shard.entry(slot));
-                shard.settle(slot);
+                let ev = shard.finish(slot, ChallengeState::Expired, now + grace, |e| {
+                    self.event(EventKind::Expired, e)
+                });
                 drop(shard);
                 self.metrics.expired.increment(1);
                 if let Some(ev) = ev {
@@ -813,10 +806,9 @@ impl ChallengeTable {
                 }
                 return false;
             }
-            shard.finish(slot, ChallengeState::Cancelled, now + grace);
-            let ev = self.event(EventKind::Cancelled, shard.entry(slot));
-            shard.settle(slot);
-            ev
+            shard.finish(slot, ChallengeState::Cancelled, now + grace, |e| {
+                self.event(EventKind::Cancelled, e)
+            })
         };
         self.metrics.cancelled.increment(1);
         if let Some(ev) = ev {

@@ -332,8 +332,8 @@ pub(super) struct Shard {
     /// References taken from the bucket being swept that belong to a later lap.
     carry: Bucket,
     /// Whether finished challenges stay as tombstones (a grace period above
-    /// zero); without one, a finished challenge is forgotten as soon as the
-    /// table has read its event out of it (see [`Shard::settle`]).
+    /// zero); without one, `finish` forgets a challenge as soon as its event
+    /// has been read out of it.
     keep_tombstones: bool,
 }
 
@@ -668,9 +668,19 @@ impl Shard {
         self.entry_mut(slot).prev = NIL;
     }
 
-    /// Turns a pending entry into a tombstone in `state`, forgotten at
-    /// `forget_at_ms`.
-    pub(super) fn finish(&mut self, slot: u32, state: ChallengeState, forget_at_ms: u64) {
+    /// Ends a pending entry in `state` and hands it to `read` (which copies
+    /// out what the event needs). With a grace period the entry stays as a
+    /// tombstone, forgotten by the sweeper at `forget_at_ms`; without one it
+    /// is forgotten here, once `read` is done, and its slot is free for the
+    /// next issue. (Its expiry's wheel reference then goes stale, which the
+    /// sweeper tolerates.)
+    pub(super) fn finish<R>(
+        &mut self,
+        slot: u32,
+        state: ChallengeState,
+        forget_at_ms: u64,
+        read: impl FnOnce(&Entry) -> R,
+    ) -> R {
         debug_assert_eq!(self.entry(slot).state(), ChallengeState::Pending);
         self.unlink_subject(slot);
         self.count_pending(-1);
@@ -678,25 +688,14 @@ impl Shard {
         let e = self.entry_mut(slot);
         e.state = state as u8;
         e.forget_at_s = u32::try_from(forget_s).unwrap_or(u32::MAX);
+        let out = read(self.entry(slot));
         if self.keep_tombstones {
             let deadline = self.forget_at_ms(self.entry(slot));
             self.wheel_push(slot, deadline);
-        }
-    }
-
-    /// Without a grace period, forgets a challenge `finish` just ended (the
-    /// caller has read its event out of it); with one, does nothing: the
-    /// tombstone stays until the sweeper forgets it. A pending or vacant slot
-    /// is left alone. The wheel reference of its expiry goes stale, which the
-    /// sweeper already tolerates (the slot may be vacant or reused by then).
-    pub(super) fn settle(&mut self, slot: u32) {
-        if self.keep_tombstones {
-            return;
-        }
-        let e = self.entry(slot);
-        if !e.is_vacant() && e.state() != ChallengeState::Pending {
+        } else {
             self.forget(slot);
         }
+        out
     }
 
     /// Frees a tombstone's slot.
@@ -709,34 +708,37 @@ impl Shard {
         self.live -= 1;
     }
 
-    /// One verify attempt against a slot, deadline checked first.
-    pub(super) fn verify_slot(
+    /// One verify attempt against a slot, deadline checked first; `read`
+    /// sees the entry after the attempt (before a finished one is forgotten)
+    /// and what the attempt did.
+    pub(super) fn verify_slot<R>(
         &mut self,
         slot: u32,
         code: &[u8],
         now: u64,
         grace_ms: u64,
-    ) -> Transition {
+        read: impl FnOnce(&Entry, Transition) -> R,
+    ) -> R {
         let e = self.entry(slot);
         let state = e.state();
-        if state != ChallengeState::Pending {
-            return Transition::AlreadyFinished(state);
-        }
-        if e.expires_at_ms <= now {
-            self.finish(slot, ChallengeState::Expired, now + grace_ms);
-            return Transition::NowExpired;
-        }
-        if e.code().matches(code) {
-            self.finish(slot, ChallengeState::Approved, now + grace_ms);
-            return Transition::Approved;
-        }
-        let e = self.entry_mut(slot);
-        e.attempts_left = e.attempts_left.saturating_sub(1);
-        if e.attempts_left == 0 {
-            self.finish(slot, ChallengeState::Locked, now + grace_ms);
-            Transition::Locked
+        let (t, ends_in) = if state != ChallengeState::Pending {
+            (Transition::AlreadyFinished(state), None)
+        } else if e.expires_at_ms <= now {
+            (Transition::NowExpired, Some(ChallengeState::Expired))
+        } else if e.code().matches(code) {
+            (Transition::Approved, Some(ChallengeState::Approved))
         } else {
-            Transition::Rejected
+            let e = self.entry_mut(slot);
+            e.attempts_left = e.attempts_left.saturating_sub(1);
+            if e.attempts_left == 0 {
+                (Transition::Locked, Some(ChallengeState::Locked))
+            } else {
+                (Transition::Rejected, None)
+            }
+        };
+        match ends_in {
+            Some(end) => self.finish(slot, end, now + grace_ms, |e| read(e, t)),
+            None => read(self.entry(slot), t),
         }
     }
 
@@ -760,9 +762,12 @@ impl Shard {
                     let deadline = self.deadline_ms(e);
                     if deadline <= now {
                         if e.state() == ChallengeState::Pending {
-                            self.finish(slot, ChallengeState::Expired, now + grace_ms);
-                            on_expired(self.entry(slot));
-                            self.settle(slot);
+                            self.finish(
+                                slot,
+                                ChallengeState::Expired,
+                                now + grace_ms,
+                                &mut on_expired,
+                            );
                             out.expired += 1;
                         } else {
                             self.forget(slot);
