@@ -11,10 +11,6 @@
 //! Target: p99.9 under 10 µs during the storm.
 //! Run: `cargo bench -p watchword-benches --bench expiry_storm`
 
-// The allocator the `watchword` binary runs with.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

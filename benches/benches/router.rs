@@ -7,11 +7,6 @@
 //! template, carrier, receipt, ledger updates), and a measurement ends only
 //! when the last message of the batch is delivered.
 
-// The allocator the `watchword` binary runs with, for Watchword and any
-// baseline alike.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -10,11 +10,6 @@
 //! Run: `cargo bench -p watchword-benches --bench table`
 //! (`WATCHWORD_BENCH_SIZES=1000,1000000` to skip the 10M runs.)
 
-// The allocator the `watchword` binary runs with, for Watchword and any
-// baseline alike.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,6 +5,13 @@
 //! Nothing here may make Watchword look faster than it is: the bench clock
 //! reads the real monotonic clock on every call (plus an offset), exactly what
 //! the production clock costs.
+//!
+//! Every benchmark binary links this library, so they all run on the
+//! allocator declared here, the one the `watchword` binary runs with, for
+//! Watchword and the baselines alike.
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -7,10 +7,6 @@
 //!
 //! Run: `cargo run --release -p watchword-benches --bin memory [-- N]`
 
-// The allocator the `watchword` binary runs with.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
