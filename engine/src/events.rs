@@ -36,6 +36,21 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [Self; 11] = [
+        Self::Issued,
+        Self::Resent,
+        Self::Approved,
+        Self::Rejected,
+        Self::Expired,
+        Self::Locked,
+        Self::Cancelled,
+        Self::Superseded,
+        Self::Sent,
+        Self::Delivered,
+        Self::DeliveryFailed,
+    ];
+
     /// Lower-case name, as written in the audit log and metric labels.
     pub fn name(self) -> &'static str {
         match self {
