@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use watchword_benches::{BenchClock, destination, env_list, spec, subject};
+use watchword_benches::{BenchClock, destination, env_list, huge_pages_off, spec, subject};
 use watchword_engine::table::{ChallengeTable, Sweeper, TableConfig};
 use watchword_engine::{NullSink, TenantId};
 
@@ -26,6 +26,7 @@ const POOL: u64 = 3_000_000;
 const POLL: Duration = Duration::from_millis(20);
 
 fn run(sweep_slice: usize) {
+    huge_pages_off();
     let clock = BenchClock::new();
     let config = TableConfig {
         sweep_slice,

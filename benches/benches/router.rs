@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use watchword_benches::huge_pages_off;
 use watchword_engine::delivery::{
     CarrierConfig, CarrierSlot, ChallengeLedger, DeliveryJob, Destination, Limit, Router,
     RouterConfig, SimulatedConfig, TenantDelivery, normalize,
@@ -117,6 +118,7 @@ async fn batch(router: Router, dest: Destination, iters: u64) -> Duration {
 }
 
 fn route(c: &mut Criterion) {
+    huge_pages_off();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -158,6 +160,7 @@ fn route(c: &mut Criterion) {
 }
 
 fn admit(c: &mut Criterion) {
+    huge_pages_off();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -45,9 +45,18 @@ impl Clock for BenchClock {
     }
 }
 
+/// Turns transparent huge pages off for this process, as the gateway does by
+/// default (`server.transparent_huge_pages = false`). The baselines run in the
+/// same process, so they run without them too.
+pub fn huge_pages_off() {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
+}
+
 /// A table with the default shard count and capacity, a null event sink, and
-/// the given tombstone grace.
+/// the given tombstone grace; huge pages off first ([`huge_pages_off`]).
 pub fn bench_table(clock: Arc<BenchClock>, tombstone_grace_s: u32) -> Arc<ChallengeTable> {
+    huge_pages_off();
     // WATCHWORD_BENCH_SHARDS overrides the shard count (0 or unset: the default).
     let shards = std::env::var("WATCHWORD_BENCH_SHARDS")
         .ok()

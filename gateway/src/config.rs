@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// Seconds allowed for queued deliveries to drain at shutdown.
     pub shutdown_deadline_s: u64,
+    /// Let the kernel back the process's memory with transparent huge pages
+    /// (Linux). Off by default: see `app::start`.
+    pub transparent_huge_pages: bool,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +72,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             shutdown_deadline_s: 10,
+            transparent_huge_pages: false,
         }
     }
 }
@@ -552,6 +556,11 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
         ("[server]", "shutdown_deadline_s") => {
             "At SIGTERM/SIGINT, seconds allowed for queued deliveries to drain.\n\
              Set tls_cert and tls_key (PEM paths) to serve the protocol over TLS."
+        }
+        ("[server]", "transparent_huge_pages") => {
+            "Let Linux back memory with 2 MiB transparent huge pages. Off, as Redis\n\
+             does: a huge page is zeroed at its first touch, inside the worker that\n\
+             touched it, and that stalled answers for milliseconds."
         }
         ("[[tenants]]", "name") => "The tenant name sent in HELLO.",
         ("[[tenants]]", "keys") => "Accepted keys (8..=1024 bytes each).",
