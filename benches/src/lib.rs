@@ -49,8 +49,8 @@ impl Clock for BenchClock {
 /// default (`server.transparent_huge_pages = false`). The baselines run in the
 /// same process, so they run without them too.
 pub fn huge_pages_off() {
-    #[cfg(target_os = "linux")]
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
+    // A kernel that refuses leaves the bench as the OS set it up.
+    let _ = watchword_engine::memory::transparent_huge_pages_off();
 }
 
 /// A table with the default shard count and capacity, a null event sink, and

@@ -10,6 +10,7 @@ pub mod code;
 pub mod delivery;
 pub mod events;
 pub mod mask;
+pub mod memory;
 pub mod service;
 pub mod table;
 pub mod types;

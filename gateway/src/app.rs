@@ -73,24 +73,6 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
     }
 }
 
-/// Turns transparent huge pages off for the whole process unless `allowed`
-/// (`server.transparent_huge_pages`). The kernel zeroes a 2 MiB huge page at
-/// its first touch, inside whichever thread touched it; the allocator asks
-/// for huge pages on its arenas, so every 2 MiB the table, the limiters and
-/// the audit buffers grew into stalled one worker. On this project's VM each
-/// such fault took 7 to 14 ms (perf: `clear_page_erms` under a worker), and
-/// ISSUE at 26,000/s had a service-time p99.9 of 9 to 15 ms with them, 3.0
-/// to 4.5 ms without. Redis turns them off for the same reason. Linux only;
-/// elsewhere, and if the kernel refuses, nothing changes (logged).
-fn huge_pages(allowed: bool) {
-    #[cfg(target_os = "linux")]
-    if !allowed && let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
-        tracing::warn!(error = %e, "could not turn transparent huge pages off");
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = allowed;
-}
-
 /// Validates `cfg`, binds both listeners, starts everything, and returns. Must
 /// be called inside a tokio runtime. The error says what failed.
 pub async fn start(cfg: Config) -> Result<Running, String> {
@@ -99,8 +81,15 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         return Err(list.join("; "));
     }
-    // Before the table, the queues and the connections take their memory.
-    huge_pages(cfg.server.transparent_huge_pages);
+    // Before the table, the queues and the connections take their memory:
+    // every 2 MiB they grew into stalled a worker while the kernel zeroed it
+    // (ISSUE at 26,000/s: service p99.9 9 to 15 ms with huge pages, 3.0 to
+    // 4.5 ms without). Redis turns them off for the same reason.
+    if !cfg.server.transparent_huge_pages
+        && let Err(e) = watchword_engine::memory::transparent_huge_pages_off()
+    {
+        tracing::warn!(error = %e, "could not turn transparent huge pages off");
+    }
     let listener = TcpListener::bind(&cfg.server.listen)
         .await
         .map_err(|e| format!("server.listen {}: {e}", cfg.server.listen))?;
