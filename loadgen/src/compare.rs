@@ -108,19 +108,13 @@ pub async fn compare(
 ) -> anyhow::Result<Vec<CompareRow>> {
     let (ww, redis) = (Arc::new(ww), Arc::new(redis));
     let mut rows = Vec::new();
-    let mut first = true;
-    let mut settle = || {
-        let pause = if first {
-            std::time::Duration::ZERO
-        } else {
-            cfg.settle
-        };
-        first = false;
-        tokio::time::sleep(pause)
-    };
+    let settle = || tokio::time::sleep(cfg.settle);
     for &depth in &cfg.depths {
         for &op in &cfg.ops {
-            settle().await;
+            // Every run but the very first follows another.
+            if !rows.is_empty() {
+                settle().await;
+            }
             let w = one(&ww, &cfg.base, op, depth, Mode::Closed).await?;
             settle().await;
             let r = one(&redis, &cfg.base, op, depth, Mode::Closed).await?;
