@@ -4,13 +4,22 @@
 //!
 //! It logs which dial plan a voice call got, never the text (it holds the code)
 //! and never the full number.
+//!
+//! Receipts due after `receipt_delay_ms` wait in one bounded FIFO per carrier
+//! (the delay is the carrier's constant, so arrival order is due order),
+//! drained by one task: a task and a timer per message cost a quarter of the
+//! gateway's CPU per ISSUE at saturation. A full line loses the receipt, as a
+//! carrier that drops delivery reports does; the router's receipt timeout then
+//! ends the message as failed.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rand::Rng;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 use super::carrier::{
@@ -57,7 +66,33 @@ pub struct SimCounters {
     pub delivered: AtomicU64,
     /// Messages accepted and never delivered.
     pub lost: AtomicU64,
+    /// Receipts lost because the receipt line was full (also counted in `lost`).
+    pub line_overflow: AtomicU64,
 }
+
+/// Receipts a carrier holds at most while their delay runs (the router's
+/// receipt book holds about as many awaited receipts).
+pub const RECEIPT_LINE_CAPACITY: usize = 1 << 20;
+
+/// A message accepted, waiting for its receipt delay.
+struct DueReceipt {
+    at: Instant,
+    msg: CarrierMessage,
+    receipts: Receipts,
+}
+
+/// The bounded FIFO of receipts waiting for their delay, and the wake-up of
+/// the one task that drains it.
+#[derive(Default)]
+struct ReceiptLine {
+    queue: Mutex<VecDeque<DueReceipt>>,
+    /// Signalled when the queue goes from empty to not empty, and at drop.
+    wake: Arc<Notify>,
+    drainer_started: AtomicBool,
+}
+
+/// Receipts delivered per lock of the line (a push waits for at most this many pops).
+const LINE_BATCH: usize = 256;
 
 const UP: u8 = 0;
 const DOWN_FAIL: u8 = 1;
@@ -71,6 +106,16 @@ pub struct SimulatedCarrier {
     outage: AtomicU8,
     outbox: Option<broadcast::Sender<Arc<OutboxMessage>>>,
     counters: Arc<SimCounters>,
+    line: ReceiptLine,
+    line_capacity: usize,
+    line_full: metrics::Counter,
+}
+
+impl Drop for SimulatedCarrier {
+    fn drop(&mut self) {
+        // The drainer holds only a weak reference: wake it so that it ends.
+        self.line.wake.notify_one();
+    }
 }
 
 impl std::fmt::Debug for SimulatedCarrier {
@@ -96,6 +141,13 @@ impl SimulatedCarrier {
             outage: AtomicU8::new(UP),
             outbox,
             counters: Arc::default(),
+            line: ReceiptLine::default(),
+            line_capacity: RECEIPT_LINE_CAPACITY,
+            line_full: metrics::counter!(
+                "watchword_simulated_receipts_lost_total",
+                "carrier" => name.to_owned(),
+                "reason" => "line_full"
+            ),
         }
     }
 
@@ -199,6 +251,63 @@ impl SimulatedCarrier {
     }
 }
 
+impl SimulatedCarrier {
+    /// Queues an accepted message's receipt for `at`; starts the drainer on first use.
+    fn queue_receipt(self: &Arc<Self>, at: Instant, msg: CarrierMessage, receipts: Receipts) {
+        let line = &self.line;
+        let was_empty = {
+            let mut q = line.queue.lock();
+            if q.len() >= self.line_capacity {
+                drop(q);
+                self.counters.lost.fetch_add(1, Ordering::Relaxed);
+                self.counters.line_overflow.fetch_add(1, Ordering::Relaxed);
+                self.line_full.increment(1);
+                return;
+            }
+            q.push_back(DueReceipt { at, msg, receipts });
+            q.len() == 1
+        };
+        if !line.drainer_started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(drain_receipts(Arc::downgrade(self), Arc::clone(&line.wake)));
+        } else if was_empty {
+            line.wake.notify_one();
+        }
+    }
+}
+
+/// The one task per carrier that delivers queued receipts when they are due.
+/// Ends when the carrier is dropped.
+async fn drain_receipts(carrier: Weak<SimulatedCarrier>, wake: Arc<Notify>) {
+    let mut batch = Vec::with_capacity(LINE_BATCH);
+    loop {
+        let next_due = {
+            let Some(c) = carrier.upgrade() else { return };
+            let now = Instant::now();
+            {
+                let mut q = c.line.queue.lock();
+                while batch.len() < LINE_BATCH && q.front().is_some_and(|d| d.at <= now) {
+                    batch.extend(q.pop_front());
+                }
+            }
+            let more = batch.len() == LINE_BATCH;
+            for d in batch.drain(..) {
+                c.deliver(d.msg, &d.receipts);
+            }
+            if more {
+                None
+            } else {
+                Some(c.line.queue.lock().front().map(|d| d.at))
+            }
+        };
+        match next_due {
+            // A full batch: let other tasks run, then go on.
+            None => tokio::task::yield_now().await,
+            Some(Some(at)) => tokio::time::sleep_until(at).await,
+            Some(None) => wake.notified().await,
+        }
+    }
+}
+
 impl Carrier for Arc<SimulatedCarrier> {
     fn send(&self, msg: CarrierMessage, receipts: &Receipts) -> SendFuture {
         let c = &self.counters;
@@ -246,13 +355,99 @@ impl Carrier for Arc<SimulatedCarrier> {
                 if delay.is_zero() {
                     this.deliver(msg, &receipts);
                 } else {
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        this.deliver(msg, &receipts);
-                    });
+                    this.queue_receipt(Instant::now() + delay, msg, receipts);
                 }
             }
             outcome
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::carrier::{ReceiptSink, ReceiptToken};
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(u64, Instant)>>);
+
+    impl ReceiptSink for Recorder {
+        fn report(&self, token: ReceiptToken, receipt: Receipt) {
+            assert_eq!(receipt, Receipt::Delivered);
+            self.0.lock().push((token.0, Instant::now()));
+        }
+    }
+
+    fn message(token: u64) -> CarrierMessage {
+        CarrierMessage {
+            tenant: TenantId(0),
+            id: ChallengeId([token as u8; 16]),
+            channel: Channel::Email,
+            to: "ann@example.com".into(),
+            dial_plan: DialPlan::Direct,
+            sender: "otp@example.com".into(),
+            text: "123456".into(),
+            token: ReceiptToken(token),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn receipts_come_after_their_delay_in_order_and_a_full_line_loses_them() {
+        let cfg = SimulatedConfig {
+            latency_min_ms: 0,
+            latency_max_ms: 0,
+            receipt_delay_ms: 50,
+            ..SimulatedConfig::default()
+        };
+        let mut sim = SimulatedCarrier::new("sim", cfg, None);
+        sim.line_capacity = 3;
+        let sim = Arc::new(sim);
+        let recorder = Arc::new(Recorder::default());
+        let receipts = Receipts(recorder.clone());
+        let start = Instant::now();
+        for token in 1..=5 {
+            assert_eq!(
+                sim.send(message(token), &receipts).await,
+                SendOutcome::Accepted
+            );
+        }
+        let c = sim.counters();
+        assert_eq!(c.line_overflow.load(Ordering::Relaxed), 2);
+        assert_eq!(c.lost.load(Ordering::Relaxed), 2);
+        tokio::time::sleep(Duration::from_millis(49)).await;
+        assert!(recorder.0.lock().is_empty(), "no receipt before its delay");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let got = recorder.0.lock().clone();
+        assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(got.iter().all(|r| r.1 - start >= Duration::from_millis(50)));
+        // The line has room again once drained.
+        sim.send(message(6), &receipts).await;
+        tokio::time::sleep(Duration::from_millis(51)).await;
+        assert_eq!(recorder.0.lock().last().map(|r| r.0), Some(6));
+        assert_eq!(c.delivered.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drainer_ends_with_its_carrier() {
+        let cfg = SimulatedConfig {
+            latency_min_ms: 0,
+            latency_max_ms: 0,
+            ..SimulatedConfig::default()
+        };
+        let sim = Arc::new(SimulatedCarrier::new("sim", cfg, None));
+        let receipts = Receipts::discard();
+        sim.send(message(1), &receipts).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let weak = Arc::downgrade(&sim);
+        let wake = Arc::clone(&sim.line.wake);
+        // The carrier, the drainer and this test.
+        assert_eq!(Arc::strong_count(&wake), 3);
+        drop(sim);
+        assert!(
+            weak.upgrade().is_none(),
+            "the drainer does not keep the carrier"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(Arc::strong_count(&wake), 1, "the drainer has ended");
     }
 }
