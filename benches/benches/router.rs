@@ -15,7 +15,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use watchword_benches::huge_pages_off;
 use watchword_engine::delivery::{
     CarrierConfig, CarrierSlot, ChallengeLedger, DeliveryJob, Destination, Limit, Router,
-    RouterConfig, SimulatedConfig, TenantDelivery, normalize,
+    RouterConfig, SimulatedConfig, SlotHint, TenantDelivery, normalize,
 };
 use watchword_engine::{ChallengeId, Channel, Code, DeliveryState, SystemClock, TenantId};
 
@@ -23,12 +23,13 @@ use watchword_engine::{ChallengeId, Channel, Code, DeliveryState, SystemClock, T
 struct NoLedger;
 
 impl ChallengeLedger for NoLedger {
-    fn deliverable(&self, _id: ChallengeId) -> bool {
+    fn deliverable(&self, _id: ChallengeId, _hint: SlotHint) -> bool {
         true
     }
     fn delivery_update(
         &self,
         _id: ChallengeId,
+        _hint: SlotHint,
         _state: DeliveryState,
         _carrier: CarrierSlot,
         _carrier_name: &str,
@@ -92,6 +93,7 @@ async fn batch(router: Router, dest: Destination, iters: u64) -> Duration {
                     permit.send(DeliveryJob {
                         tenant: TenantId(0),
                         id: ChallengeId(id),
+                        slot_hint: SlotHint::NONE,
                         channel: Channel::Sms,
                         destination: dest.clone(),
                         code: Code::from_parts(123456, 6).unwrap(),

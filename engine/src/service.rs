@@ -405,6 +405,7 @@ impl Engine {
         permit.send(DeliveryJob {
             tenant,
             id: issued.id,
+            slot_hint: issued.slot_hint,
             channel: req.channel,
             destination,
             code: issued.code,
@@ -466,6 +467,7 @@ impl Engine {
         permit.send(DeliveryJob {
             tenant,
             id,
+            slot_hint: ticket.slot_hint,
             channel: ticket.channel,
             destination,
             code: ticket.code,

@@ -20,7 +20,7 @@ use std::time::Duration;
 use support::{Recording, TestLedger, tries_per_id};
 use watchword_engine::delivery::{
     BreakerState, Carrier, CarrierConfig, CarrierSlot, DeliveryJob, Limit, OutageMode, Router,
-    RouterConfig, SimulatedCarrier, SimulatedConfig, TenantDelivery, normalize,
+    RouterConfig, SimulatedCarrier, SimulatedConfig, SlotHint, TenantDelivery, normalize,
 };
 use watchword_engine::{ChallengeId, Channel, Code, DeliveryState, ManualClock, TenantId};
 
@@ -99,6 +99,7 @@ impl Rig {
         self.router.try_reserve().unwrap().send(DeliveryJob {
             tenant: TenantId(0),
             id,
+            slot_hint: SlotHint::NONE,
             channel: Channel::Sms,
             destination,
             code: Code::from_parts(123456, 6).unwrap(),

@@ -27,7 +27,7 @@ use support::TestLedger;
 use watchword_engine::delivery::{
     Carrier, CarrierConfig, CarrierKind, CarrierMessage, CarrierSlot, DeliveryJob, DialPlan,
     HttpCarrier, HttpConfig, Limit, Receipt, ReceiptToken, Receipts, Router, RouterConfig,
-    SendOutcome, TenantDelivery, normalize,
+    SendOutcome, SlotHint, TenantDelivery, normalize,
 };
 use watchword_engine::{ChallengeId, Channel, Code, DeliveryState, ManualClock, TenantId};
 
@@ -223,6 +223,7 @@ async fn a_server_that_never_answers_times_out_and_the_router_fails_over() {
             router.try_reserve().unwrap().send(DeliveryJob {
                 tenant: TenantId(0),
                 id,
+                slot_hint: SlotHint::NONE,
                 channel: Channel::Sms,
                 destination: normalize(Channel::Sms, "+1 425 555 1234", &t).unwrap(),
                 code: Code::from_parts(123456, 6).unwrap(),

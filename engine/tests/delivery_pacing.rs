@@ -15,7 +15,7 @@ use support::TestLedger;
 use tokio::time::Instant;
 use watchword_engine::delivery::{
     CarrierConfig, CarrierSlot, DeliveryJob, Limit, Router, RouterConfig, SimulatedConfig,
-    TenantDelivery, normalize,
+    SlotHint, TenantDelivery, normalize,
 };
 use watchword_engine::{Channel, Code, ManualClock, TenantId};
 
@@ -51,6 +51,7 @@ fn submit(router: &Router, ledger: &TestLedger, n: u64) {
         router.try_reserve().unwrap().send(DeliveryJob {
             tenant: TenantId(0),
             id,
+            slot_hint: SlotHint::NONE,
             channel: Channel::Sms,
             destination: destination.clone(),
             code: Code::from_parts(1234, 4).unwrap(),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use support::TestLedger;
 use watchword_engine::delivery::{
     CarrierConfig, CarrierSlot, DeliveryJob, Limit, Router, RouterConfig, SimulatedConfig,
-    TenantDelivery, normalize,
+    SlotHint, TenantDelivery, normalize,
 };
 use watchword_engine::{Channel, Code, DeliveryState, ManualClock, TenantId};
 
@@ -26,6 +26,7 @@ fn job(id: watchword_engine::ChallengeId, ch: Channel, raw: &str) -> DeliveryJob
     DeliveryJob {
         tenant: TenantId(0),
         id,
+        slot_hint: SlotHint::NONE,
         channel: ch,
         destination: normalize(ch, raw, &tenant()).unwrap(),
         code: Code::from_parts(424242, 6).unwrap(),

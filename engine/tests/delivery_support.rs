@@ -12,7 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use watchword_engine::delivery::{
-    Carrier, CarrierMessage, CarrierSlot, ChallengeLedger, Receipts, SendFuture,
+    Carrier, CarrierMessage, CarrierSlot, ChallengeLedger, Receipts, SendFuture, SlotHint,
 };
 use watchword_engine::{ChallengeId, DeliveryState};
 
@@ -98,7 +98,7 @@ pub fn id(n: u64) -> ChallengeId {
 }
 
 impl ChallengeLedger for TestLedger {
-    fn deliverable(&self, id: ChallengeId) -> bool {
+    fn deliverable(&self, id: ChallengeId, _hint: SlotHint) -> bool {
         self.recs
             .lock()
             .get(&id)
@@ -108,6 +108,7 @@ impl ChallengeLedger for TestLedger {
     fn delivery_update(
         &self,
         id: ChallengeId,
+        _hint: SlotHint,
         state: DeliveryState,
         _carrier: CarrierSlot,
         carrier_name: &str,
@@ -161,7 +162,7 @@ impl Carrier for Recording {
         self.seen.lock().push(Seen {
             id: msg.id,
             at: Instant::now(),
-            deliverable: self.ledger.deliverable(msg.id),
+            deliverable: self.ledger.deliverable(msg.id, SlotHint::NONE),
         });
         self.inner.send(msg, receipts)
     }

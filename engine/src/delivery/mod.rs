@@ -41,12 +41,23 @@ impl CarrierSlot {
     pub const NONE: CarrierSlot = CarrierSlot(u8::MAX);
 }
 
+/// Where the table keeps a challenge, carried beside its id so that the
+/// router's checks and updates skip the id index. The table checks it against
+/// the id before use: a stale or absent hint costs only the lookup it saves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SlotHint(pub u32);
+
+impl SlotHint {
+    /// No hint: the table looks the id up.
+    pub const NONE: SlotHint = SlotHint(u32::MAX);
+}
+
 /// What the router needs from the challenge table (implemented by
 /// `table::ChallengeTable`).
 pub trait ChallengeLedger: Send + Sync + 'static {
     /// Whether a message for `id` may still be sent now: the challenge exists,
     /// is pending and its deadline has not passed. Checked before every try.
-    fn deliverable(&self, id: ChallengeId) -> bool;
+    fn deliverable(&self, id: ChallengeId, hint: SlotHint) -> bool;
 
     /// Records where the latest message of `id` stands (and through which
     /// carrier), and emits the matching event (`Sent`, `Delivered`,
@@ -55,6 +66,7 @@ pub trait ChallengeLedger: Send + Sync + 'static {
     fn delivery_update(
         &self,
         id: ChallengeId,
+        hint: SlotHint,
         state: DeliveryState,
         carrier: CarrierSlot,
         carrier_name: &str,

@@ -30,7 +30,7 @@ use super::limits::{KeyedLimiter, Taken, key_of};
 use super::pace::Pacer;
 use super::simulated::{OutboxMessage, SimulatedCarrier};
 use super::template;
-use super::{CarrierSlot, ChallengeLedger};
+use super::{CarrierSlot, ChallengeLedger, SlotHint};
 use crate::clock::Clock;
 use crate::code::Code;
 use crate::types::{ChallengeId, Channel, DeliveryState, TenantId};
@@ -60,6 +60,8 @@ pub struct DeliveryJob {
     pub tenant: TenantId,
     /// The challenge.
     pub id: ChallengeId,
+    /// Where the table keeps it ([`SlotHint::NONE`] if unknown).
+    pub slot_hint: SlotHint,
     /// SMS, voice or e-mail.
     pub channel: Channel,
     /// Where.
@@ -225,6 +227,7 @@ enum BookState {
 
 struct BookEntry {
     id: ChallengeId,
+    hint: SlotHint,
     slot: CarrierSlot,
     state: BookState,
     reason: Option<String>,
@@ -264,11 +267,12 @@ impl ReceiptBook {
             .map_or("", String::as_str)
     }
 
-    fn register(&self, token: u64, id: ChallengeId, slot: CarrierSlot) {
+    fn register(&self, token: u64, id: ChallengeId, hint: SlotHint, slot: CarrierSlot) {
         self.shard(token).lock().map.insert(
             token,
             BookEntry {
                 id,
+                hint,
                 slot,
                 state: BookState::Waiting,
                 reason: None,
@@ -337,7 +341,7 @@ impl ReceiptBook {
             self.delivered.fetch_add(1, Ordering::Relaxed);
             self.outcome_delivered.increment(1);
             self.ledger
-                .delivery_update(e.id, DeliveryState::Delivered, e.slot, name, None);
+                .delivery_update(e.id, e.hint, DeliveryState::Delivered, e.slot, name, None);
         } else {
             self.failed.fetch_add(1, Ordering::Relaxed);
             self.outcome_failed.increment(1);
@@ -345,8 +349,14 @@ impl ReceiptBook {
                 .reason
                 .as_deref()
                 .unwrap_or("the carrier reported it undelivered");
-            self.ledger
-                .delivery_update(e.id, DeliveryState::Failed, e.slot, name, Some(reason));
+            self.ledger.delivery_update(
+                e.id,
+                e.hint,
+                DeliveryState::Failed,
+                e.slot,
+                name,
+                Some(reason),
+            );
         }
     }
 
@@ -873,7 +883,7 @@ async fn janitor(inner: Weak<Inner>, interval: Duration) {
 
 impl Inner {
     fn deliverable(&self, job: &DeliveryJob) -> bool {
-        self.clock.now_ms() < job.expires_at_ms && self.ledger.deliverable(job.id)
+        self.clock.now_ms() < job.expires_at_ms && self.ledger.deliverable(job.id, job.slot_hint)
     }
 
     fn throttle_left(&self, c: &CarrierRt) -> Option<Duration> {
@@ -981,8 +991,14 @@ impl Inner {
             .carriers
             .get(usize::from(slot.0))
             .map_or("", |c| c.name.as_str());
-        self.ledger
-            .delivery_update(job.id, DeliveryState::Failed, slot, name, Some(reason));
+        self.ledger.delivery_update(
+            job.id,
+            job.slot_hint,
+            DeliveryState::Failed,
+            slot,
+            name,
+            Some(reason),
+        );
     }
 
     /// One try through carrier `c`.
@@ -1023,7 +1039,7 @@ impl Inner {
             self.clock.now_ms(),
         );
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        self.book.register(token, job.id, c.slot);
+        self.book.register(token, job.id, job.slot_hint, c.slot);
         let msg = CarrierMessage {
             tenant: job.tenant,
             id: job.id,
@@ -1060,8 +1076,14 @@ impl Inner {
                 if c.breaker.success() {
                     tracing::info!(carrier = %c.name, "circuit breaker closed");
                 }
-                self.ledger
-                    .delivery_update(job.id, DeliveryState::Sent, c.slot, &c.name, None);
+                self.ledger.delivery_update(
+                    job.id,
+                    job.slot_hint,
+                    DeliveryState::Sent,
+                    c.slot,
+                    &c.name,
+                    None,
+                );
                 self.book.arm(token);
                 TryResult::Accepted
             }

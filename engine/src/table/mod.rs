@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::code::{Code, MAX_CODE_LEN, MIN_CODE_LEN};
-use crate::delivery::{CarrierSlot, ChallengeLedger};
+use crate::delivery::{CarrierSlot, ChallengeLedger, SlotHint};
 use crate::events::{Event, EventKind, EventSink};
 use crate::mask::mask_destination;
 use crate::types::{ChallengeId, ChallengeState, Channel, DeliveryState, TenantId, VerifyOutcome};
@@ -168,6 +168,8 @@ pub struct IssuedChallenge {
     pub expires_at_ms: u64,
     /// The pending challenge it replaced, if any.
     pub superseded: Option<ChallengeId>,
+    /// Where the table keeps it, for the router's updates.
+    pub slot_hint: SlotHint,
 }
 
 /// Why an issue was refused. Nothing was stored.
@@ -214,12 +216,15 @@ pub struct ResendTicket {
     pub last_carrier: CarrierSlot,
     /// Sends so far, this one included.
     pub sends: u8,
+    /// Where the table keeps it, for the router's updates.
+    pub slot_hint: SlotHint,
 }
 
 impl ResendTicket {
-    fn of(e: &Entry) -> Self {
+    fn of(e: &Entry, slot: u32) -> Self {
         Self {
             id: e.id,
+            slot_hint: SlotHint(slot),
             code: e.code(),
             channel: e.channel(),
             destination: e.destination().to_owned(),
@@ -567,7 +572,7 @@ impl ChallengeTable {
         let grace = self.grace_ms();
         let id_hash = self.id_hash(id);
 
-        let (issued, superseded) = {
+        let (issued, superseded, slot) = {
             let mut shard = self.lock_shard(shard_ix);
             let mut head = shard.newest_for_subject(hash, spec.tenant.0, spec.subject.as_bytes());
             let old = shard.find_same_target(head, spec, now);
@@ -597,7 +602,11 @@ impl ChallengeTable {
                 hash,
                 head,
             );
-            (self.event(EventKind::Issued, shard.entry(slot)), superseded)
+            (
+                self.event(EventKind::Issued, shard.entry(slot)),
+                superseded,
+                slot,
+            )
         };
 
         self.metrics.issued.increment(1);
@@ -622,6 +631,7 @@ impl ChallengeTable {
             code,
             expires_at_ms,
             superseded: superseded_id,
+            slot_hint: SlotHint(slot),
         })
     }
 
@@ -759,7 +769,7 @@ impl ChallengeTable {
             }
             e.sends = e.sends.saturating_add(1);
             e.delivery = DeliveryState::Queued as u8;
-            let ticket = ResendTicket::of(e);
+            let ticket = ResendTicket::of(e, slot);
             (ticket, self.event(EventKind::Resent, e))
         };
         if let Some(ev) = ev {
@@ -778,7 +788,7 @@ impl ChallengeTable {
         if e.tenant != tenant.0 || e.state() != ChallengeState::Pending || e.expires_at_ms <= now {
             return None;
         }
-        Some(ResendTicket::of(e))
+        Some(ResendTicket::of(e, slot))
     }
 
     /// Ends a pending challenge; `false` if there was none to end (unknown,
@@ -964,18 +974,21 @@ impl ChallengeTable {
 }
 
 impl ChallengeLedger for ChallengeTable {
-    fn deliverable(&self, id: ChallengeId) -> bool {
+    fn deliverable(&self, id: ChallengeId, hint: SlotHint) -> bool {
         let now = self.clock.now_ms();
         let shard = self.lock_shard(self.shard_of_id(id));
-        shard.find_id(self.id_hash(id), id).is_some_and(|slot| {
-            let e = shard.entry(slot);
-            e.state() == ChallengeState::Pending && e.expires_at_ms > now
-        })
+        shard
+            .find_id_hinted(id, hint.0, || self.id_hash(id))
+            .is_some_and(|slot| {
+                let e = shard.entry(slot);
+                e.state() == ChallengeState::Pending && e.expires_at_ms > now
+            })
     }
 
     fn delivery_update(
         &self,
         id: ChallengeId,
+        hint: SlotHint,
         state: DeliveryState,
         carrier: CarrierSlot,
         carrier_name: &str,
@@ -984,7 +997,7 @@ impl ChallengeLedger for ChallengeTable {
         let now = self.clock.now_ms();
         let ev = {
             let mut shard = self.lock_shard(self.shard_of_id(id));
-            let Some(slot) = shard.find_id(self.id_hash(id), id) else {
+            let Some(slot) = shard.find_id_hinted(id, hint.0, || self.id_hash(id)) else {
                 return;
             };
             let e = shard.entry_mut(slot);

@@ -525,6 +525,24 @@ impl Shard {
         })
     }
 
+    /// Like [`Self::find_id`], trying `hint` (a slot the id was once kept in)
+    /// before the index; `id_hash` is computed only if the hint misses.
+    pub(super) fn find_id_hinted(
+        &self,
+        id: ChallengeId,
+        hint: u32,
+        id_hash: impl FnOnce() -> u64,
+    ) -> Option<u32> {
+        let at_hint = self
+            .chunks
+            .get(hint as usize / CHUNK)
+            .map(|c| &c[hint as usize % CHUNK]);
+        if at_hint.is_some_and(|e| !e.is_vacant() && e.id == id) {
+            return Some(hint);
+        }
+        self.find_id(id_hash(), id)
+    }
+
     /// The head of the subject chain: its newest pending entry.
     pub(super) fn newest_for_subject(&self, hash: u64, tenant: u16, subject: &[u8]) -> Option<u32> {
         let chunks = &self.chunks;

@@ -634,17 +634,90 @@ fn sweep_works_in_slices_and_handles_long_ttls_and_late_sweeps() {
 fn delivery_updates_flow_to_status_and_never_go_back() {
     let (t, clock, sink) = table();
     let c = t.issue(&spec("lee", "+14255551234")).unwrap();
-    assert!(t.deliverable(c.id));
-    t.delivery_update(c.id, DeliveryState::Sent, CarrierSlot(2), "simA", None);
-    t.delivery_update(c.id, DeliveryState::Delivered, CarrierSlot(2), "simA", None);
-    t.delivery_update(c.id, DeliveryState::Sent, CarrierSlot(3), "simB", None);
+    assert!(t.deliverable(c.id, SlotHint::NONE));
+    t.delivery_update(
+        c.id,
+        SlotHint::NONE,
+        DeliveryState::Sent,
+        CarrierSlot(2),
+        "simA",
+        None,
+    );
+    t.delivery_update(
+        c.id,
+        SlotHint::NONE,
+        DeliveryState::Delivered,
+        CarrierSlot(2),
+        "simA",
+        None,
+    );
+    t.delivery_update(
+        c.id,
+        SlotHint::NONE,
+        DeliveryState::Sent,
+        CarrierSlot(3),
+        "simB",
+        None,
+    );
     let s = t.status(DEMO, c.id).unwrap();
     assert_eq!(s.delivery, DeliveryState::Delivered);
     assert_eq!(s.carrier, CarrierSlot(2));
     assert_eq!(sink.count(EventKind::Delivered), 1);
     clock.advance_s(300);
-    assert!(!t.deliverable(c.id));
-    assert!(!t.deliverable(ChallengeId([7; 16])));
+    assert!(!t.deliverable(c.id, SlotHint::NONE));
+    assert!(!t.deliverable(ChallengeId([7; 16]), SlotHint::NONE));
+}
+
+#[test]
+fn a_slot_hint_finds_its_challenge_and_a_stale_one_never_touches_another() {
+    let (t, _, sink) = table_with(TableConfig {
+        shards: 1,
+        tombstone_grace_s: 0,
+        ..TableConfig::default()
+    });
+    let first = t.issue(&spec("ann", "+14255550001")).unwrap();
+    assert!(t.deliverable(first.id, first.slot_hint));
+    // Approved without grace: forgotten at once, its slot free for the next.
+    assert_eq!(
+        t.verify(DEMO, first.id, &digits(first.code)),
+        VerifyOutcome::Approved
+    );
+    let second = t.issue(&spec("bob", "+14255550002")).unwrap();
+    assert_eq!(second.slot_hint, first.slot_hint, "the slot was reused");
+    // The stale hint now points at bob's challenge: ann's id must not match it.
+    assert!(!t.deliverable(first.id, first.slot_hint));
+    t.delivery_update(
+        first.id,
+        first.slot_hint,
+        DeliveryState::Delivered,
+        CarrierSlot(1),
+        "simA",
+        None,
+    );
+    let bob = t.status(DEMO, second.id).unwrap();
+    assert_eq!(bob.delivery, DeliveryState::Queued);
+    assert_eq!(sink.count(EventKind::Delivered), 0);
+    // A wrong hint (another live slot, or past the slab) falls back to the index.
+    let third = t.issue(&spec("cat", "+14255550003")).unwrap();
+    for hint in [second.slot_hint, SlotHint(1 << 30), SlotHint::NONE] {
+        assert!(t.deliverable(third.id, hint));
+    }
+    t.delivery_update(
+        third.id,
+        second.slot_hint,
+        DeliveryState::Sent,
+        CarrierSlot(1),
+        "simA",
+        None,
+    );
+    assert_eq!(
+        t.status(DEMO, third.id).unwrap().delivery,
+        DeliveryState::Sent
+    );
+    assert_eq!(
+        t.status(DEMO, second.id).unwrap().delivery,
+        DeliveryState::Queued
+    );
 }
 
 #[test]
