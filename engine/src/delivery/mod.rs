@@ -57,12 +57,15 @@ impl SlotHint {
 pub trait ChallengeLedger: Send + Sync + 'static {
     /// Whether a message for `id` may still be sent now: the challenge exists,
     /// is pending and its deadline has not passed. Checked before every try.
+    /// `hint` is where the table said it kept the challenge (never trusted
+    /// without the id matching).
     fn deliverable(&self, id: ChallengeId, hint: SlotHint) -> bool;
 
     /// Records where the latest message of `id` stands (and through which
     /// carrier), and emits the matching event (`Sent`, `Delivered`,
     /// `DeliveryFailed` with `reason`). A later state never goes back to an
     /// earlier one for the same send. Unknown or forgotten ids are ignored.
+    /// `hint` as for [`Self::deliverable`].
     fn delivery_update(
         &self,
         id: ChallengeId,

@@ -7,8 +7,8 @@
 //!
 //! Receipts due after `receipt_delay_ms` wait in one bounded FIFO per carrier
 //! (the delay is the carrier's constant, so arrival order is due order),
-//! drained by one task: a task and a timer per message cost a quarter of the
-//! gateway's CPU per ISSUE at saturation. A full line loses the receipt, as a
+//! drained by one task: a task and a timer per message cost about a fifth of
+//! the gateway's CPU per ISSUE at saturation. A full line loses the receipt, as a
 //! carrier that drops delivery reports does; the router's receipt timeout then
 //! ends the message as failed.
 
@@ -249,9 +249,7 @@ impl SimulatedCarrier {
         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
         receipts.report(token, Receipt::Delivered);
     }
-}
 
-impl SimulatedCarrier {
     /// Queues an accepted message's receipt for `at`; starts the drainer on first use.
     fn queue_receipt(self: &Arc<Self>, at: Instant, msg: CarrierMessage, receipts: Receipts) {
         let line = &self.line;

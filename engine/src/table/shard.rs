@@ -536,7 +536,7 @@ impl Shard {
         let at_hint = self
             .chunks
             .get(hint as usize / CHUNK)
-            .map(|c| &c[hint as usize % CHUNK]);
+            .and_then(|c| c.get(hint as usize % CHUNK));
         if at_hint.is_some_and(|e| !e.is_vacant() && e.id == id) {
             return Some(hint);
         }

@@ -28,6 +28,15 @@ fn table() -> (Arc<ChallengeTable>, Arc<ManualClock>, Arc<MemorySink>) {
     })
 }
 
+/// One shard and no tombstones: a finished challenge's slot is the next one reused.
+fn one_shard_without_tombstones() -> (Arc<ChallengeTable>, Arc<ManualClock>, Arc<MemorySink>) {
+    table_with(TableConfig {
+        shards: 1,
+        tombstone_grace_s: 0,
+        ..TableConfig::default()
+    })
+}
+
 fn spec<'a>(subject: &'a str, destination: &'a str) -> IssueSpec<'a> {
     IssueSpec {
         tenant: DEMO,
@@ -363,11 +372,7 @@ fn cancel_ends_it_and_tombstone_is_forgotten_after_grace() {
 
 #[test]
 fn without_grace_a_finished_challenge_is_forgotten_at_once_and_its_slot_reused() {
-    let (t, clock, sink) = table_with(TableConfig {
-        shards: 1,
-        tombstone_grace_s: 0,
-        ..TableConfig::default()
-    });
+    let (t, clock, sink) = one_shard_without_tombstones();
     // Approved, locked, cancelled and superseded: gone for STATUS at once,
     // with their events still emitted (read before the slot is freed).
     let approved = t.issue(&spec("ann", "+14255550001")).unwrap();
@@ -635,30 +640,14 @@ fn delivery_updates_flow_to_status_and_never_go_back() {
     let (t, clock, sink) = table();
     let c = t.issue(&spec("lee", "+14255551234")).unwrap();
     assert!(t.deliverable(c.id, SlotHint::NONE));
-    t.delivery_update(
-        c.id,
-        SlotHint::NONE,
-        DeliveryState::Sent,
-        CarrierSlot(2),
-        "simA",
-        None,
-    );
-    t.delivery_update(
-        c.id,
-        SlotHint::NONE,
-        DeliveryState::Delivered,
-        CarrierSlot(2),
-        "simA",
-        None,
-    );
-    t.delivery_update(
-        c.id,
-        SlotHint::NONE,
-        DeliveryState::Sent,
-        CarrierSlot(3),
-        "simB",
-        None,
-    );
+    // Sent, delivered, then a late "sent" from another carrier: ignored.
+    for (state, carrier, name) in [
+        (DeliveryState::Sent, CarrierSlot(2), "simA"),
+        (DeliveryState::Delivered, CarrierSlot(2), "simA"),
+        (DeliveryState::Sent, CarrierSlot(3), "simB"),
+    ] {
+        t.delivery_update(c.id, SlotHint::NONE, state, carrier, name, None);
+    }
     let s = t.status(DEMO, c.id).unwrap();
     assert_eq!(s.delivery, DeliveryState::Delivered);
     assert_eq!(s.carrier, CarrierSlot(2));
@@ -670,11 +659,7 @@ fn delivery_updates_flow_to_status_and_never_go_back() {
 
 #[test]
 fn a_slot_hint_finds_its_challenge_and_a_stale_one_never_touches_another() {
-    let (t, _, sink) = table_with(TableConfig {
-        shards: 1,
-        tombstone_grace_s: 0,
-        ..TableConfig::default()
-    });
+    let (t, _, sink) = one_shard_without_tombstones();
     let first = t.issue(&spec("ann", "+14255550001")).unwrap();
     assert!(t.deliverable(first.id, first.slot_hint));
     // Approved without grace: forgotten at once, its slot free for the next.
