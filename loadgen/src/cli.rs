@@ -168,6 +168,11 @@ pub struct CompareArgs {
     /// run (Watchword delivers every ISSUE after answering it) starts idle.
     #[arg(long, default_value = "5s", value_parser = dur)]
     pub settle: Duration,
+    /// Closed-loop rounds per row, alternating Watchword and Redis: the table
+    /// shows the medians and the median (and range) of the rounds' ratios. On
+    /// a shared machine one run of either side moves by 10% or more.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
     /// Write the rows as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -335,10 +340,16 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 ops: c.ops.clone(),
                 equal_rate: c.rate,
                 settle: c.settle,
+                rounds: c.rounds as usize,
             };
             eprintln!(
-                "compare: {} connections, depths {:?}, {:?} measured + {:?} warm-up per run, {:?} pause before each",
-                c.common.connections, c.depth, c.common.duration, c.common.warmup, c.settle
+                "compare: {} connections, depths {:?}, {:?} measured + {:?} warm-up per run, {:?} pause before each, {} closed-loop round(s) per row",
+                c.common.connections,
+                c.depth,
+                c.common.duration,
+                c.common.warmup,
+                c.settle,
+                c.rounds
             );
             let rows = compare(c.common.watchword(w, depth_max), Common::redis(r), &cfg).await?;
             print!("{}", table(&rows));
