@@ -55,6 +55,11 @@ fn digits(code: Code) -> Vec<u8> {
     d[..n].to_vec()
 }
 
+/// Verifies `c` with its own code.
+fn verify_right(t: &ChallengeTable, c: &IssuedChallenge) -> VerifyOutcome {
+    t.verify(DEMO, c.id, &digits(c.code))
+}
+
 fn wrong(code: Code) -> Vec<u8> {
     let mut d = digits(code);
     d[0] = if d[0] == b'9' { b'0' } else { d[0] + 1 };
@@ -65,14 +70,8 @@ fn wrong(code: Code) -> Vec<u8> {
 fn right_code_approves_once() {
     let (t, _, sink) = table();
     let c = t.issue(&spec("alice", "+14255551234")).unwrap();
-    assert_eq!(
-        t.verify(DEMO, c.id, &digits(c.code)),
-        VerifyOutcome::Approved
-    );
-    assert_eq!(
-        t.verify(DEMO, c.id, &digits(c.code)),
-        VerifyOutcome::Unknown
-    );
+    assert_eq!(verify_right(&t, &c), VerifyOutcome::Approved);
+    assert_eq!(verify_right(&t, &c), VerifyOutcome::Unknown);
     assert_eq!(t.pending(), 0);
     assert_eq!(sink.count(EventKind::Approved), 1);
     assert_eq!(
@@ -95,7 +94,7 @@ fn wrong_codes_count_down_then_lock() {
     }
     assert_eq!(t.verify(DEMO, c.id, &wrong(c.code)), VerifyOutcome::Locked);
     // Locked is final: even the right code is refused.
-    assert_eq!(t.verify(DEMO, c.id, &digits(c.code)), VerifyOutcome::Locked);
+    assert_eq!(verify_right(&t, &c), VerifyOutcome::Locked);
     assert_eq!(sink.count(EventKind::Rejected), 4);
     assert_eq!(sink.count(EventKind::Locked), 1);
     assert_eq!(t.pending(), 0);
@@ -113,10 +112,7 @@ fn wrong_length_and_non_digits_are_rejected_attempts() {
         t.verify(DEMO, c.id, b"abcdef"),
         VerifyOutcome::Rejected { attempts_left: 3 }
     );
-    assert_eq!(
-        t.verify(DEMO, c.id, &digits(c.code)),
-        VerifyOutcome::Approved
-    );
+    assert_eq!(verify_right(&t, &c), VerifyOutcome::Approved);
 }
 
 #[test]
@@ -124,14 +120,8 @@ fn expired_code_never_verifies_even_before_the_sweep() {
     let (t, clock, sink) = table();
     let c = t.issue(&spec("dave", "+14255551234")).unwrap();
     clock.advance_s(300);
-    assert_eq!(
-        t.verify(DEMO, c.id, &digits(c.code)),
-        VerifyOutcome::Expired
-    );
-    assert_eq!(
-        t.verify(DEMO, c.id, &digits(c.code)),
-        VerifyOutcome::Expired
-    );
+    assert_eq!(verify_right(&t, &c), VerifyOutcome::Expired);
+    assert_eq!(verify_right(&t, &c), VerifyOutcome::Expired);
     assert_eq!(sink.count(EventKind::Expired), 1);
     assert_eq!(t.pending(), 0);
 }
@@ -141,10 +131,7 @@ fn one_millisecond_before_expiry_still_verifies() {
     let (t, clock, _) = table();
     let c = t.issue(&spec("erin", "+14255551234")).unwrap();
     clock.advance_ms(300_000 - 1);
-    assert_eq!(
-        t.verify(DEMO, c.id, &digits(c.code)),
-        VerifyOutcome::Approved
-    );
+    assert_eq!(verify_right(&t, &c), VerifyOutcome::Approved);
 }
 
 #[test]
@@ -164,10 +151,7 @@ fn tenants_are_isolated() {
     );
     // Untouched by the other tenant's tries.
     assert_eq!(t.status(DEMO, c.id).unwrap().attempts_left, 5);
-    assert_eq!(
-        t.verify(DEMO, c.id, &digits(c.code)),
-        VerifyOutcome::Approved
-    );
+    assert_eq!(verify_right(&t, &c), VerifyOutcome::Approved);
 }
 
 #[test]
@@ -177,24 +161,15 @@ fn same_target_supersedes_other_targets_do_not() {
     let other_dest = t.issue(&spec("gina", "+14255550000")).unwrap();
     let b = t.issue(&spec("gina", "+14255551234")).unwrap();
     assert_eq!(b.superseded, Some(a.id));
-    assert_eq!(
-        t.verify(DEMO, a.id, &digits(a.code)),
-        VerifyOutcome::Unknown
-    );
+    assert_eq!(verify_right(&t, &a), VerifyOutcome::Unknown);
     assert_eq!(
         t.status(DEMO, a.id).unwrap().state,
         ChallengeState::Superseded
     );
     assert_eq!(sink.count(EventKind::Superseded), 1);
     assert_eq!(t.pending(), 2);
-    assert_eq!(
-        t.verify(DEMO, other_dest.id, &digits(other_dest.code)),
-        VerifyOutcome::Approved
-    );
-    assert_eq!(
-        t.verify(DEMO, b.id, &digits(b.code)),
-        VerifyOutcome::Approved
-    );
+    assert_eq!(verify_right(&t, &other_dest), VerifyOutcome::Approved);
+    assert_eq!(verify_right(&t, &b), VerifyOutcome::Approved);
 }
 
 #[test]
@@ -268,10 +243,7 @@ fn capacity_refuses_new_but_never_evicts() {
     let again = t.issue(&spec("u0", "+14255551234")).unwrap();
     assert_eq!(again.superseded, Some(held[0].id));
     for c in &held[1..] {
-        assert_eq!(
-            t.verify(DEMO, c.id, &digits(c.code)),
-            VerifyOutcome::Approved
-        );
+        assert_eq!(verify_right(&t, &c), VerifyOutcome::Approved);
     }
     assert!(t.issue(&spec("u9", "+14255551234")).is_ok());
 }
@@ -352,10 +324,7 @@ fn cancel_ends_it_and_tombstone_is_forgotten_after_grace() {
     let c = t.issue(&spec("kim", "+14255551234")).unwrap();
     assert!(t.cancel(DEMO, c.id));
     assert!(!t.cancel(DEMO, c.id));
-    assert_eq!(
-        t.verify(DEMO, c.id, &digits(c.code)),
-        VerifyOutcome::Unknown
-    );
+    assert_eq!(verify_right(&t, &c), VerifyOutcome::Unknown);
     assert_eq!(
         t.status(DEMO, c.id).unwrap().state,
         ChallengeState::Cancelled
@@ -376,10 +345,7 @@ fn without_grace_a_finished_challenge_is_forgotten_at_once_and_its_slot_reused()
     // Approved, locked, cancelled and superseded: gone for STATUS at once,
     // with their events still emitted (read before the slot is freed).
     let approved = t.issue(&spec("ann", "+14255550001")).unwrap();
-    assert_eq!(
-        t.verify(DEMO, approved.id, &digits(approved.code)),
-        VerifyOutcome::Approved
-    );
+    assert_eq!(verify_right(&t, &approved), VerifyOutcome::Approved);
     let locked = t.issue(&spec("bob", "+14255550002")).unwrap();
     for _ in 0..5 {
         t.verify(DEMO, locked.id, &wrong(locked.code));
@@ -411,10 +377,7 @@ fn without_grace_a_finished_challenge_is_forgotten_at_once_and_its_slot_reused()
     // Their slots are reused: a thousand cycles hold one slot's worth.
     for i in 0..1000 {
         let c = t.issue(&spec(&format!("u{i}"), "+14255551234")).unwrap();
-        assert_eq!(
-            t.verify(DEMO, c.id, &digits(c.code)),
-            VerifyOutcome::Approved
-        );
+        assert_eq!(verify_right(&t, &c), VerifyOutcome::Approved);
     }
     assert_eq!(t.len(), 1);
     // Expired by the sweeper, or on the way of a verify by subject: forgotten
@@ -476,10 +439,7 @@ fn the_id_index_shrinks_once_it_stayed_mostly_empty_for_a_whole_pass() {
     .unwrap();
     for i in 0..40_000 {
         let c = t.issue(&spec(&format!("wave{i}"), "+14255551234")).unwrap();
-        assert_eq!(
-            t.verify(DEMO, c.id, &digits(c.code)),
-            VerifyOutcome::Approved
-        );
+        assert_eq!(verify_right(&t, &c), VerifyOutcome::Approved);
     }
     clock.advance_s(61);
     t.sweep();
@@ -531,10 +491,7 @@ fn indexes_that_grow_past_thousands_of_entries_lose_nothing() {
         expected.insert(c.id, ChallengeState::Pending);
         newest.insert(subject.clone(), (c.id, c.code));
         if i % 7 == 0 {
-            assert_eq!(
-                t.verify(DEMO, c.id, &digits(c.code)),
-                VerifyOutcome::Approved
-            );
+            assert_eq!(verify_right(&t, &c), VerifyOutcome::Approved);
             expected.insert(c.id, ChallengeState::Approved);
             newest.remove(&subject);
         } else if i % 11 == 0 {
@@ -663,10 +620,7 @@ fn a_slot_hint_finds_its_challenge_and_a_stale_one_never_touches_another() {
     let first = t.issue(&spec("ann", "+14255550001")).unwrap();
     assert!(t.deliverable(first.id, first.slot_hint));
     // Approved without grace: forgotten at once, its slot free for the next.
-    assert_eq!(
-        t.verify(DEMO, first.id, &digits(first.code)),
-        VerifyOutcome::Approved
-    );
+    assert_eq!(verify_right(&t, &first), VerifyOutcome::Approved);
     let second = t.issue(&spec("bob", "+14255550002")).unwrap();
     assert_eq!(second.slot_hint, first.slot_hint, "the slot was reused");
     // The stale hint now points at bob's challenge: ann's id must not match it.
@@ -710,7 +664,7 @@ fn events_never_carry_the_code_or_full_destination() {
     let (t, _, sink) = table();
     let c = t.issue(&spec("mo", "+14255551234")).unwrap();
     t.verify(DEMO, c.id, &wrong(c.code));
-    t.verify(DEMO, c.id, &digits(c.code));
+    verify_right(&t, &c);
     let code = String::from_utf8(digits(c.code)).unwrap();
     for e in sink.events() {
         let text = format!("{e:?}");
@@ -792,10 +746,7 @@ fn many_threads_issue_and_verify_without_losing_count() {
                         t.verify(DEMO, c.id, &wrong(c.code));
                     }
                     if i % 2 == 0 {
-                        assert_eq!(
-                            t.verify(DEMO, c.id, &digits(c.code)),
-                            VerifyOutcome::Approved
-                        );
+                        assert_eq!(verify_right(&t, &c), VerifyOutcome::Approved);
                     }
                 }
             });
