@@ -243,7 +243,7 @@ fn capacity_refuses_new_but_never_evicts() {
     let again = t.issue(&spec("u0", "+14255551234")).unwrap();
     assert_eq!(again.superseded, Some(held[0].id));
     for c in &held[1..] {
-        assert_eq!(verify_right(&t, &c), VerifyOutcome::Approved);
+        assert_eq!(verify_right(&t, c), VerifyOutcome::Approved);
     }
     assert!(t.issue(&spec("u9", "+14255551234")).is_ok());
 }
@@ -746,7 +746,7 @@ fn many_threads_issue_and_verify_without_losing_count() {
                         t.verify(DEMO, c.id, &wrong(c.code));
                     }
                     if i % 2 == 0 {
-                        assert_eq!(verify_right(&t, &c), VerifyOutcome::Approved);
+                        assert_eq!(verify_right(t, &c), VerifyOutcome::Approved);
                     }
                 }
             });
