@@ -27,7 +27,7 @@ pub use config::{
 pub use destination::{Destination, ExtensionKind, InvalidDestination, normalize};
 pub use http::HttpCarrier;
 pub use router::{DeliveryJob, DeliveryPermit, QueueFull, RateLimited, Router, RouterStats};
-pub use simulated::{OutboxMessage, RECEIPT_LINE_CAPACITY, SimCounters, SimulatedCarrier};
+pub use simulated::{OutboxMessage, SimCounters, SimulatedCarrier};
 
 use crate::types::{ChallengeId, DeliveryState};
 

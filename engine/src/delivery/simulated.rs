@@ -72,7 +72,7 @@ pub struct SimCounters {
 
 /// Receipts a carrier holds at most while their delay runs (the router's
 /// receipt book holds about as many awaited receipts).
-pub const RECEIPT_LINE_CAPACITY: usize = 1 << 20;
+const RECEIPT_LINE_CAPACITY: usize = 1 << 20;
 
 /// A message accepted, waiting for its receipt delay.
 struct DueReceipt {
@@ -265,7 +265,11 @@ impl SimulatedCarrier {
             q.push_back(DueReceipt { at, msg, receipts });
             q.len() == 1
         };
-        if !line.drainer_started.swap(true, Ordering::AcqRel) {
+        // A plain load first: the swap's write would bounce the line between
+        // the workers on every receipt, though it succeeds only once.
+        if !line.drainer_started.load(Ordering::Acquire)
+            && !line.drainer_started.swap(true, Ordering::AcqRel)
+        {
             tokio::spawn(drain_receipts(Arc::downgrade(self), Arc::clone(&line.wake)));
         } else if was_empty {
             line.wake.notify_one();
@@ -281,21 +285,21 @@ async fn drain_receipts(carrier: Weak<SimulatedCarrier>, wake: Arc<Notify>) {
         let next_due = {
             let Some(c) = carrier.upgrade() else { return };
             let now = Instant::now();
-            {
+            // The head left after the pops is the next due: a receipt queued
+            // while this batch is delivered is due later than it, or, on an
+            // empty line, wakes the `notified` below (its permit is kept).
+            let head = {
                 let mut q = c.line.queue.lock();
                 while batch.len() < LINE_BATCH && q.front().is_some_and(|d| d.at <= now) {
                     batch.extend(q.pop_front());
                 }
-            }
+                q.front().map(|d| d.at)
+            };
             let more = batch.len() == LINE_BATCH;
             for d in batch.drain(..) {
                 c.deliver(d.msg, &d.receipts);
             }
-            if more {
-                None
-            } else {
-                Some(c.line.queue.lock().front().map(|d| d.at))
-            }
+            (!more).then_some(head)
         };
         match next_due {
             // A full batch: let other tasks run, then go on.
