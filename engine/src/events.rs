@@ -33,11 +33,15 @@ pub enum EventKind {
     Delivered,
     /// Every try of a message was exhausted or refused for good.
     DeliveryFailed,
+    /// A code was offered for a challenge that had already ended (used,
+    /// expired, locked, cancelled or superseded); nothing changed. The reason
+    /// says which end it had met.
+    Refused,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Issued,
         Self::Resent,
         Self::Approved,
@@ -49,6 +53,7 @@ impl EventKind {
         Self::Sent,
         Self::Delivered,
         Self::DeliveryFailed,
+        Self::Refused,
     ];
 
     /// Lower-case name, as written in the audit log and metric labels.
@@ -65,6 +70,7 @@ impl EventKind {
             Self::Sent => "sent",
             Self::Delivered => "delivered",
             Self::DeliveryFailed => "delivery_failed",
+            Self::Refused => "refused",
         }
     }
 }

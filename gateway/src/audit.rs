@@ -77,7 +77,8 @@ fn result_of(kind: EventKind) -> &'static str {
         EventKind::Rejected
         | EventKind::Expired
         | EventKind::Locked
-        | EventKind::DeliveryFailed => "failure",
+        | EventKind::DeliveryFailed
+        | EventKind::Refused => "failure",
         EventKind::Cancelled | EventKind::Superseded => "ended",
     }
 }

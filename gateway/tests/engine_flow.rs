@@ -130,6 +130,16 @@ async fn full_flow_issue_read_code_verify() {
     let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
     assert!(log.contains("\"event\":\"issued\""));
     assert!(log.contains("\"event\":\"approved\""));
+    // The two codes offered after the end (used, cancelled) are written too.
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"event\":\"refused\""))
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused[0].contains("\"result\":\"failure\""));
+    assert!(refused[0].contains("\"subject\":\"user-1\""));
+    assert!(refused[0].contains("\"reason\":\"challenge already used\""));
+    assert!(refused[1].contains("\"reason\":\"challenge cancelled\""));
     assert!(log.contains("203.0.113.7"));
     assert!(!log.contains(&code) && !log.contains(&code2));
     assert!(!log.contains("4255550134"));

@@ -733,14 +733,26 @@ impl ChallengeTable {
                     ev(EventKind::Expired, Some("validity period ended")),
                 )
             }
-            Transition::AlreadyFinished(state) => (
-                match state {
-                    ChallengeState::Expired => VerifyOutcome::Expired,
-                    ChallengeState::Locked => VerifyOutcome::Locked,
-                    _ => VerifyOutcome::Unknown,
-                },
-                None,
-            ),
+            // Every authentication attempt is audited (DOMAIN §3), also one
+            // against a challenge that had already ended: a run of them is
+            // what guessing looks like after a lock.
+            Transition::AlreadyFinished(state) => {
+                let (outcome, reason) = match state {
+                    ChallengeState::Expired => {
+                        (VerifyOutcome::Expired, "challenge already expired")
+                    }
+                    ChallengeState::Locked => {
+                        (VerifyOutcome::Locked, "challenge locked by wrong codes")
+                    }
+                    ChallengeState::Approved => (VerifyOutcome::Unknown, "challenge already used"),
+                    ChallengeState::Cancelled => (VerifyOutcome::Unknown, "challenge cancelled"),
+                    ChallengeState::Superseded => {
+                        (VerifyOutcome::Unknown, "challenge replaced by a newer one")
+                    }
+                    ChallengeState::Pending => (VerifyOutcome::Unknown, "challenge not pending"),
+                };
+                (outcome, ev(EventKind::Refused, Some(reason)))
+            }
         }
     }
 

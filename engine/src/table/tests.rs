@@ -100,6 +100,88 @@ fn wrong_codes_count_down_then_lock() {
     assert_eq!(t.pending(), 0);
 }
 
+/// A code offered after the challenge ended answers as before and changes
+/// nothing, but is audited: one `Refused` event naming the end it met.
+#[test]
+fn a_code_offered_after_the_end_is_audited_as_refused() {
+    type End = fn(&ChallengeTable, &ManualClock, &IssuedChallenge);
+    let cases: [(&str, End, VerifyOutcome, &str); 5] = [
+        (
+            "used",
+            |t, _, c| assert_eq!(verify_right(t, c), VerifyOutcome::Approved),
+            VerifyOutcome::Unknown,
+            "challenge already used",
+        ),
+        (
+            "locked",
+            |t, _, c| {
+                for _ in 0..5 {
+                    t.verify(DEMO, c.id, &wrong(c.code));
+                }
+            },
+            VerifyOutcome::Locked,
+            "challenge locked by wrong codes",
+        ),
+        (
+            "expired",
+            |t, clock, c| {
+                clock.advance_s(300);
+                assert_eq!(verify_right(t, c), VerifyOutcome::Expired);
+            },
+            VerifyOutcome::Expired,
+            "challenge already expired",
+        ),
+        (
+            "cancelled",
+            |t, _, c| assert!(t.cancel(DEMO, c.id)),
+            VerifyOutcome::Unknown,
+            "challenge cancelled",
+        ),
+        (
+            "superseded",
+            |t, _, _| {
+                t.issue(&spec("ulla", "+14255551234")).unwrap();
+            },
+            VerifyOutcome::Unknown,
+            "challenge replaced by a newer one",
+        ),
+    ];
+    for (name, end, answer, reason) in cases {
+        let (t, clock, sink) = table();
+        let c = t.issue(&spec("ulla", "+14255551234")).unwrap();
+        end(&t, &clock, &c);
+        let before = sink.events().len();
+        let (pending, state) = (t.pending(), t.status(DEMO, c.id).unwrap());
+        // Even the right code, twice: each try is one event.
+        assert_eq!(verify_right(&t, &c), answer, "{name}");
+        assert_eq!(verify_right(&t, &c), answer, "{name}");
+        let events = sink.events();
+        assert_eq!(events.len(), before + 2, "{name}");
+        for e in &events[before..] {
+            assert_eq!(e.kind, EventKind::Refused, "{name}");
+            assert_eq!(e.id, c.id, "{name}");
+            assert_eq!(e.subject, "ulla", "{name}");
+            assert_eq!(e.reason.as_deref(), Some(reason), "{name}");
+        }
+        assert_eq!(t.pending(), pending, "{name}");
+        assert_eq!(t.status(DEMO, c.id).unwrap(), state, "{name}");
+        // Another tenant's try at the same id learns nothing and is not
+        // written under this tenant's challenge.
+        assert_eq!(
+            t.verify(OTHER, c.id, &digits(c.code)),
+            VerifyOutcome::Unknown
+        );
+        assert_eq!(sink.events().len(), before + 2, "{name}");
+    }
+    // Without tombstones an ended challenge is forgotten at once: its id is
+    // unknown, and there is no subject left to write.
+    let (t, _, sink) = one_shard_without_tombstones();
+    let c = t.issue(&spec("ulla", "+14255551234")).unwrap();
+    assert_eq!(verify_right(&t, &c), VerifyOutcome::Approved);
+    assert_eq!(verify_right(&t, &c), VerifyOutcome::Unknown);
+    assert_eq!(sink.count(EventKind::Refused), 0);
+}
+
 #[test]
 fn wrong_length_and_non_digits_are_rejected_attempts() {
     let (t, _, _) = table();
