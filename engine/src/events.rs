@@ -1,5 +1,6 @@
-//! Challenge events: every state change of a challenge and of its delivery goes
-//! to an [`EventSink`] (the gateway's audit log, metrics, tests).
+//! Challenge events: every state change of a challenge and of its delivery, and
+//! every code offered to a challenge that had already ended, goes to an
+//! [`EventSink`] (the gateway's audit log, metrics, tests).
 //!
 //! An event carries what the audit trail needs (DOMAIN.md §3): tenant, subject,
 //! challenge id, channel, masked destination, result and reason. It never
