@@ -882,8 +882,9 @@ async fn janitor(inner: Weak<Inner>, interval: Duration) {
 }
 
 impl Inner {
-    fn deliverable(&self, job: &DeliveryJob) -> bool {
-        self.clock.now_ms() < job.expires_at_ms && self.ledger.deliverable(job.id, job.slot_hint)
+    /// Whether `job` may still be sent at `now_ms` (the engine clock's reading).
+    fn deliverable(&self, job: &DeliveryJob, now_ms: u64) -> bool {
+        now_ms < job.expires_at_ms && self.ledger.deliverable(job.id, job.slot_hint)
     }
 
     fn throttle_left(&self, c: &CarrierRt) -> Option<Duration> {
@@ -1013,8 +1014,10 @@ impl Inner {
             Channel::Sms => self.sender_set(c, job).take().await,
             _ => c.senders.senders[0].0.as_str(),
         };
-        // The last word before the send: is the challenge still pending?
-        if !self.deliverable(job) {
+        // The last word before the send: is the challenge still pending? The
+        // same reading of the clock dates the message's text.
+        let now_ms = self.clock.now_ms();
+        if !self.deliverable(job, now_ms) {
             if probe {
                 c.breaker.release_probe();
             }
@@ -1036,7 +1039,7 @@ impl Inner {
             &job.code,
             &job.service_name,
             job.expires_at_ms,
-            self.clock.now_ms(),
+            now_ms,
         );
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         self.book.register(token, job.id, job.slot_hint, c.slot);
@@ -1141,7 +1144,7 @@ async fn run_job(inner: Arc<Inner>, job: DeliveryJob, permit: OwnedSemaphorePerm
     loop {
         // try_send asks again right before each send; this check only spares
         // a wait or a pick for a challenge that ended while we slept.
-        if waited && !inner.deliverable(&job) {
+        if waited && !inner.deliverable(&job, inner.clock.now_ms()) {
             inner.fail(&job, last_slot, NOT_PENDING);
             break;
         }
