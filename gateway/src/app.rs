@@ -83,8 +83,8 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
     }
     // Before the table, the queues and the connections take their memory:
     // every 2 MiB they grew into stalled a worker while the kernel zeroed it
-    // (ISSUE at 26,000/s: service p99.9 9 to 15 ms with huge pages, 3.0 to
-    // 4.5 ms without). Redis turns them off for the same reason.
+    // (figures in README.md, Operations, "Memory pages"). Redis turns them off
+    // for the same reason.
     if !cfg.server.transparent_huge_pages
         && let Err(e) = watchword_engine::memory::transparent_huge_pages_off()
     {

@@ -70,7 +70,7 @@ pub struct CompareConfig {
 }
 
 /// The middle value (the mean of the two middle ones for an even count); 0 for none.
-pub fn median(values: &[f64]) -> f64 {
+fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -91,7 +91,7 @@ fn ratio_of(watchword: f64, redis: f64) -> f64 {
 
 /// The medians of both sides' maxima, and the median and range of the
 /// per-round ratios (round `i` pairs `watchword[i]` with `redis[i]`).
-pub fn summarize(watchword: &[f64], redis: &[f64]) -> (f64, f64, f64, (f64, f64)) {
+fn summarize(watchword: &[f64], redis: &[f64]) -> (f64, f64, f64, (f64, f64)) {
     let ratios: Vec<f64> = watchword
         .iter()
         .zip(redis)
