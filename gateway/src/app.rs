@@ -83,7 +83,7 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
     }
     // Before the table, the queues and the connections take their memory:
     // every 2 MiB they grew into stalled a worker while the kernel zeroed it
-    // (figures in README.md, Operations, "Memory pages"). Redis turns them off
+    // (docs/operations.md, "Memory pages"). Redis turns them off
     // for the same reason.
     if !cfg.server.transparent_huge_pages
         && let Err(e) = watchword_engine::memory::transparent_huge_pages_off()

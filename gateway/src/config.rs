@@ -54,7 +54,7 @@ pub struct ServerConfig {
     /// Seconds allowed for queued deliveries to drain at shutdown.
     pub shutdown_deadline_s: u64,
     /// Let the kernel back the process's memory with transparent huge pages
-    /// (Linux). Off by default: see README.md, Operations, "Memory pages".
+    /// (Linux). Off by default: see docs/operations.md, "Memory pages".
     pub transparent_huge_pages: bool,
 }
 
