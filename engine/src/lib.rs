@@ -11,7 +11,9 @@ pub mod delivery;
 pub mod events;
 pub mod mask;
 pub mod memory;
+pub mod secret;
 pub mod service;
+pub mod store;
 pub mod table;
 pub mod types;
 
