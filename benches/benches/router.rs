@@ -102,6 +102,7 @@ async fn batch(router: Router, dest: Destination, iters: u64) -> Duration {
                         service_name: "Acme".into(),
                         avoid_carrier: CarrierSlot::NONE,
                         operator_assistance: false,
+                        purpose: watchword_engine::delivery::MessagePurpose::Code,
                     });
                     while router.queue_depth() > 16_384 {
                         tokio::task::yield_now().await;

@@ -104,11 +104,43 @@ pub struct Event<'a> {
     pub client_ip: Option<&'a str>,
 }
 
+/// An audit record that is not a challenge's own state change: a decision
+/// of the user-level CHECK, or a change to the directory (a user or method
+/// created, confirmed, failed, deleted). Never a code, a PIN, a secret or a
+/// full destination.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    /// When, in Unix milliseconds, by the engine's clock.
+    pub at_ms: u64,
+    /// Whose.
+    pub tenant: TenantId,
+    /// What happened: `check`, `user_created`, `method_confirmed`, ...
+    pub event: &'a str,
+    /// `success`, `failure`, `challenge` or `info`.
+    pub result: &'a str,
+    /// The upstream user id.
+    pub subject: &'a str,
+    /// The method involved (`sms`, `call`, ...).
+    pub method: Option<&'a str>,
+    /// Its destination, masked.
+    pub destination: Option<MaskedDestination>,
+    /// The challenge involved.
+    pub challenge: Option<ChallengeId>,
+    /// Why, for denials (words such as `wrong_answer`).
+    pub reason: Option<&'a str>,
+    /// The end user's address as the upstream system saw it.
+    pub client_ip: Option<&'a str>,
+}
+
 /// Receives every event. Called outside every table lock; must not block for
 /// long (buffer, do not write synchronously) and must not panic.
 pub trait EventSink: Send + Sync + 'static {
     /// Takes one event.
     fn record(&self, event: &Event<'_>);
+
+    /// Takes one record of a decision or a directory change. The default
+    /// drops it.
+    fn record_other(&self, _record: &Record<'_>) {}
 
     /// Whether this sink wants events at all; `false` lets the table skip
     /// copying them out. Asked once, when the table is built.
@@ -179,12 +211,35 @@ impl From<&Event<'_>> for OwnedEvent {
 #[derive(Debug, Default)]
 pub struct MemorySink {
     events: parking_lot::Mutex<Vec<OwnedEvent>>,
+    records: parking_lot::Mutex<Vec<OwnedRecord>>,
+}
+
+/// An owned copy of a [`Record`], for tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedRecord {
+    /// What happened.
+    pub event: String,
+    /// Its result.
+    pub result: String,
+    /// The upstream user id.
+    pub subject: String,
+    /// The method.
+    pub method: Option<String>,
+    /// The masked destination.
+    pub destination: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
 }
 
 impl MemorySink {
     /// Every event recorded so far, in order.
     pub fn events(&self) -> Vec<OwnedEvent> {
         self.events.lock().clone()
+    }
+
+    /// Every record (decisions, directory changes) so far, in order.
+    pub fn records(&self) -> Vec<OwnedRecord> {
+        self.records.lock().clone()
     }
 
     /// How many events of `kind` were recorded.
@@ -196,5 +251,16 @@ impl MemorySink {
 impl EventSink for MemorySink {
     fn record(&self, event: &Event<'_>) {
         self.events.lock().push(OwnedEvent::from(event));
+    }
+
+    fn record_other(&self, r: &Record<'_>) {
+        self.records.lock().push(OwnedRecord {
+            event: r.event.to_owned(),
+            result: r.result.to_owned(),
+            subject: r.subject.to_owned(),
+            method: r.method.map(str::to_owned),
+            destination: r.destination.map(|d| d.as_str().to_owned()),
+            reason: r.reason.map(str::to_owned),
+        });
     }
 }

@@ -5,9 +5,12 @@
 //! does I/O. Nothing in this crate logs, counts or returns a code or a full
 //! destination.
 
+pub mod calls;
+pub mod check;
 pub mod clock;
 pub mod code;
 pub mod delivery;
+pub mod directory;
 pub mod events;
 pub mod mask;
 pub mod memory;
@@ -17,9 +20,10 @@ pub mod store;
 pub mod table;
 pub mod types;
 
+pub use check::{ChallengeInfo, CheckRequest, CheckResult, CheckStep, RejectReason};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use code::Code;
-pub use events::{Event, EventKind, EventSink, MemorySink, NullSink, OwnedEvent};
+pub use events::{Event, EventKind, EventSink, MemorySink, NullSink, OwnedEvent, Record};
 pub use mask::{MaskedDestination, mask_destination};
 pub use service::{
     Engine, EngineConfig, EngineError, IssueParams, Issued, Resent, StatusView, TenantPolicy,

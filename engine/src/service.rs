@@ -16,12 +16,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use parking_lot::Mutex;
+
+use crate::calls::{CallBook, SubscriberGuard};
+use crate::check::PendingConfirmation;
 use crate::clock::Clock;
 use crate::code::{MAX_CODE_LEN, MIN_CODE_LEN};
 use crate::delivery::{
-    CarrierSlot, ChallengeLedger, DeliveryJob, DeliveryPermit, Destination, OutboxMessage, Router,
-    RouterConfig, TenantDelivery, normalize,
+    CarrierSlot, ChallengeLedger, DeliveryJob, DeliveryPermit, Destination, Handsets,
+    MessagePurpose, OutboxMessage, Router, RouterConfig, TenantDelivery, normalize,
 };
+use crate::directory::{Directory, DirectoryError, MethodId};
 use crate::events::EventSink;
 use crate::mask::{MaskedDestination, mask_destination};
 use crate::table::{
@@ -50,6 +55,9 @@ pub struct TenantPolicy {
     pub locale: String,
     /// The service name written in messages.
     pub service_name: String,
+    /// Hours after its confirmation before an added or changed phone number
+    /// or address counts for help-desk caller verification (seed 000: 48).
+    pub contact_hold_hours: u32,
 }
 
 impl Default for TenantPolicy {
@@ -63,6 +71,7 @@ impl Default for TenantPolicy {
             operator_assistance: false,
             locale: "en".into(),
             service_name: "Watchword".into(),
+            contact_hold_hours: 48,
         }
     }
 }
@@ -218,6 +227,10 @@ pub enum EngineError {
     /// An unexpected fault (INTERNAL).
     #[error("{0}")]
     Internal(String),
+    /// A directory operation was refused (no such user or method, a
+    /// conflict, a bad field, or the store cannot take writes).
+    #[error("{0}")]
+    Directory(#[from] DirectoryError),
 }
 
 impl From<IssueError> for EngineError {
@@ -237,19 +250,30 @@ struct TenantRuntime {
     delivery: TenantDelivery,
 }
 
-struct Inner {
-    table: Arc<ChallengeTable>,
+/// Calls in progress at most (each also holds a challenge in the table).
+const MAX_CALLS: usize = 100_000;
+
+pub(crate) struct Inner {
+    pub(crate) table: Arc<ChallengeTable>,
     router: Router,
     tenants: Vec<TenantRuntime>,
     by_name: HashMap<String, TenantId>,
     shutting_down: AtomicBool,
+    pub(crate) directory: Arc<Directory>,
+    pub(crate) calls: Arc<CallBook>,
+    /// Pending registrations of sms and e-mail methods: the challenge whose
+    /// code confirms each. Bounded by the table's capacity; purged with the
+    /// challenges' expiry.
+    pub(crate) confirmations: Mutex<HashMap<(TenantId, MethodId), PendingConfirmation>>,
+    pub(crate) sink: Arc<dyn EventSink>,
+    clock: Arc<dyn Clock>,
     _sweeper: Sweeper,
 }
 
 /// The engine: cheap to clone, shared by every connection.
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -269,6 +293,19 @@ impl Engine {
         config: EngineConfig,
         clock: Arc<dyn Clock>,
         sink: Arc<dyn EventSink>,
+    ) -> Result<Engine, String> {
+        let names = config.tenants.iter().map(|t| t.name.clone()).collect();
+        Self::start_with_directory(config, clock, sink, Directory::in_memory(names))
+    }
+
+    /// Like [`Engine::start`], with the users and methods of `directory`
+    /// (loaded from its store, which takes every write). Its tenants must be
+    /// the configuration's, in the same order.
+    pub fn start_with_directory(
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+        sink: Arc<dyn EventSink>,
+        directory: Directory,
     ) -> Result<Engine, String> {
         if config.tenants.is_empty() {
             return Err("tenants: at least one tenant is required".into());
@@ -295,22 +332,49 @@ impl Engine {
             });
         }
         let table = Arc::new(
-            ChallengeTable::new(config.table, clock.clone(), sink).map_err(|e| e.to_string())?,
+            ChallengeTable::new(config.table, clock.clone(), sink.clone())
+                .map_err(|e| e.to_string())?,
         );
         let ledger: Arc<dyn ChallengeLedger> = table.clone();
-        let router = Router::start(config.router, ledger, clock).map_err(|e| e.to_string())?;
+        let router =
+            Router::start(config.router, ledger, clock.clone()).map_err(|e| e.to_string())?;
+        let calls = Arc::new(CallBook::new(table.clone(), tenants.len(), MAX_CALLS));
+        let handsets: Arc<dyn Handsets> = calls.clone();
+        router.attach_handsets(Arc::downgrade(&handsets));
         let sweeper = Sweeper::spawn(table.clone())
             .map_err(|e| format!("cannot start the sweeper thread: {e}"))?;
-        Ok(Engine {
+        let engine = Engine {
             inner: Arc::new(Inner {
                 table,
                 router,
                 tenants,
                 by_name,
                 shutting_down: AtomicBool::new(false),
+                directory: Arc::new(directory),
+                calls,
+                confirmations: Mutex::default(),
+                sink,
+                clock,
                 _sweeper: sweeper,
             }),
-        })
+        };
+        tokio::spawn(janitor(Arc::downgrade(&engine.inner)));
+        Ok(engine)
+    }
+
+    /// Now, by the engine's clock (Unix ms).
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// The directory of users and methods.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.inner.directory
+    }
+
+    /// Confirmation calls in progress.
+    pub fn calls(&self) -> &Arc<CallBook> {
+        &self.inner.calls
     }
 
     /// The id of the tenant called `name`.
@@ -372,6 +436,22 @@ impl Engine {
 
     /// Creates a challenge and queues its message.
     pub fn issue(&self, tenant: TenantId, req: &IssueParams<'_>) -> Result<Issued, EngineError> {
+        self.issue_for(tenant, req, MessagePurpose::Code)
+    }
+
+    /// [`Engine::issue`] for a code, or for a confirmation call (voice only),
+    /// which the call book records before it rings.
+    pub(crate) fn issue_for(
+        &self,
+        tenant: TenantId,
+        req: &IssueParams<'_>,
+        purpose: MessagePurpose,
+    ) -> Result<Issued, EngineError> {
+        if purpose == MessagePurpose::CallConfirmation && req.channel != Channel::Voice {
+            return Err(EngineError::Internal(
+                "a confirmation call goes by voice".into(),
+            ));
+        }
         if self.inner.shutting_down.load(Ordering::Relaxed) {
             return Err(EngineError::ShuttingDown);
         }
@@ -401,6 +481,21 @@ impl Engine {
         ChallengeTable::validate(&spec)?;
         let permit = self.admit_send(tenant, t, req.subject, req.channel, &destination)?;
         let issued = self.inner.table.issue(&spec)?;
+        if purpose == MessagePurpose::CallConfirmation
+            && let Err(e) = self.inner.calls.register(
+                tenant,
+                issued.id,
+                req.subject,
+                issued.code,
+                issued.expires_at_ms,
+            )
+        {
+            self.inner.table.cancel(tenant, issued.id);
+            return Err(EngineError::Capacity {
+                retry_after_ms: 1000,
+                message: e.to_string(),
+            });
+        }
         let masked_destination = mask_destination(destination.as_str());
         permit.send(DeliveryJob {
             tenant,
@@ -418,6 +513,7 @@ impl Engine {
             service_name: t.policy.service_name.clone(),
             avoid_carrier: CarrierSlot::NONE,
             operator_assistance: t.policy.operator_assistance,
+            purpose,
         });
         Ok(Issued {
             id: issued.id,
@@ -476,6 +572,11 @@ impl Engine {
             service_name: t.policy.service_name.clone(),
             avoid_carrier: ticket.last_carrier,
             operator_assistance: t.policy.operator_assistance,
+            purpose: if self.inner.calls.watch(tenant, id).is_some() {
+                MessagePurpose::CallConfirmation
+            } else {
+                MessagePurpose::Code
+            },
         });
         Ok(Resent {
             sends_left,
@@ -509,9 +610,18 @@ impl Engine {
     }
 
     /// A feed of every message the simulated carriers deliver (all tenants;
-    /// the caller filters). `None` when no simulated carrier is configured.
-    pub fn outbox_subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Arc<OutboxMessage>>> {
-        self.inner.router.outbox_subscribe()
+    /// the caller filters), and the guard that counts `tenant` as holding
+    /// its handsets while it lives (simulated carriers do not answer calls by
+    /// themselves then). `None` when no simulated carrier is configured.
+    pub fn outbox_subscribe(
+        &self,
+        tenant: TenantId,
+    ) -> Option<(
+        tokio::sync::broadcast::Receiver<Arc<OutboxMessage>>,
+        SubscriberGuard,
+    )> {
+        let rx = self.inner.router.outbox_subscribe()?;
+        Some((rx, self.inner.calls.subscriber(tenant)))
     }
 
     /// From now on ISSUE and RESEND answer [`EngineError::ShuttingDown`].
@@ -527,6 +637,26 @@ impl Engine {
     /// Waits for queued deliveries to finish, up to `deadline`.
     pub async fn drain(&self, deadline: Duration) {
         self.inner.router.drain(deadline).await;
+    }
+}
+
+/// Every 5 s: forgets calls and pending registrations whose challenge ended
+/// more than a minute ago. Ends with the engine.
+async fn janitor(inner: std::sync::Weak<Inner>) {
+    const GRACE_MS: u64 = 60_000;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let now = inner.clock.now_ms();
+        inner.calls.purge(now, GRACE_MS);
+        let table = &inner.table;
+        inner.confirmations.lock().retain(|(tenant, _), p| {
+            table
+                .status(*tenant, p.challenge)
+                .is_some_and(|s| s.expires_at_ms.saturating_add(GRACE_MS) > now)
+        });
     }
 }
 

@@ -108,6 +108,7 @@ impl Rig {
             service_name: "Acme".into(),
             avoid_carrier: avoid,
             operator_assistance: false,
+            purpose: watchword_engine::delivery::MessagePurpose::Code,
         });
         id
     }

@@ -107,6 +107,7 @@ fn msg(n: u64) -> CarrierMessage {
         channel: Channel::Voice,
         to: "+14255551234".into(),
         dial_plan: DialPlan::Tones("5678".into()),
+        purpose: watchword_engine::delivery::MessagePurpose::Code,
         sender: "+15550100001".into(),
         text: "Your code is 1, 2, 3".into(),
         token: ReceiptToken(n),
@@ -232,6 +233,7 @@ async fn a_server_that_never_answers_times_out_and_the_router_fails_over() {
                 service_name: "Acme".into(),
                 avoid_carrier: CarrierSlot::NONE,
                 operator_assistance: false,
+                purpose: watchword_engine::delivery::MessagePurpose::Code,
             });
             id
         })

@@ -60,6 +60,7 @@ fn submit(router: &Router, ledger: &TestLedger, n: u64) {
             service_name: "Acme".into(),
             avoid_carrier: CarrierSlot::NONE,
             operator_assistance: false,
+            purpose: watchword_engine::delivery::MessagePurpose::Code,
         });
     }
 }

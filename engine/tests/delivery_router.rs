@@ -35,6 +35,7 @@ fn job(id: watchword_engine::ChallengeId, ch: Channel, raw: &str) -> DeliveryJob
         service_name: "Acme".into(),
         avoid_carrier: CarrierSlot::NONE,
         operator_assistance: false,
+        purpose: watchword_engine::delivery::MessagePurpose::Code,
     }
 }
 

@@ -65,7 +65,7 @@ async fn next_for(
 async fn issue_deliver_verify() {
     let (engine, sink) = engine();
     let demo = engine.tenant_id("demo").unwrap();
-    let mut outbox = engine.outbox_subscribe().expect("simulated carriers");
+    let (mut outbox, _handsets) = engine.outbox_subscribe(demo).expect("simulated carriers");
     let issued = engine
         .issue(demo, &params("alice", "(425) 555-1234"))
         .unwrap();
@@ -104,7 +104,9 @@ async fn issue_deliver_verify() {
 async fn resend_sends_the_same_code_and_the_sixth_send_is_rate_limited() {
     let (engine, _) = engine();
     let demo = engine.tenant_id("demo").unwrap();
-    let mut outbox = engine.outbox_subscribe().unwrap();
+    let (mut outbox, _handsets) = engine
+        .outbox_subscribe(watchword_engine::TenantId(0))
+        .unwrap();
     let issued = engine
         .issue(demo, &params("bob", "+1 425 555 0101"))
         .unwrap();
@@ -178,7 +180,9 @@ async fn tenants_use_their_own_defaults_and_cannot_see_each_other() {
     let (engine, _) = engine();
     let demo = engine.tenant_id("demo").unwrap();
     let other = engine.tenant_id("other").unwrap();
-    let mut outbox = engine.outbox_subscribe().unwrap();
+    let (mut outbox, _handsets) = engine
+        .outbox_subscribe(watchword_engine::TenantId(0))
+        .unwrap();
     // A French national number, with the tenant's default country.
     let issued = engine
         .issue(other, &params("dora", "04 25 55 51 23"))
@@ -206,7 +210,9 @@ async fn tenants_use_their_own_defaults_and_cannot_see_each_other() {
 async fn shutdown_refuses_new_issues_but_still_verifies() {
     let (engine, _) = engine();
     let demo = engine.tenant_id("demo").unwrap();
-    let mut outbox = engine.outbox_subscribe().unwrap();
+    let (mut outbox, _handsets) = engine
+        .outbox_subscribe(watchword_engine::TenantId(0))
+        .unwrap();
     let issued = engine.issue(demo, &params("erin", "+14255550103")).unwrap();
     let code = code_in(&next_for(&mut outbox, issued.id).await.text, 6);
     engine.begin_shutdown();

@@ -22,6 +22,10 @@ use watchword_engine::{
     Channel, Engine, EngineConfig, EventSink, NullSink, SystemClock, TenantPolicy,
 };
 
+use watchword_engine::directory::Directory;
+use watchword_engine::secret::MasterKey;
+use watchword_engine::store::{SqliteStore, StoreOptions};
+
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::server::{Shutdown, accept_loop, graceful_shutdown};
@@ -33,6 +37,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The metrics listener's address.
     pub metrics_addr: SocketAddr,
+    /// The HTTP API's address, when it is on.
+    pub http_addr: Option<SocketAddr>,
     /// The engine (for tools and tests).
     pub engine: Engine,
     signals: Shutdown,
@@ -68,6 +74,7 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
                 operator_assistance: t.operator_assistance,
                 locale: t.locale.clone(),
                 service_name: t.service_name.clone(),
+                contact_hold_hours: t.contact_hold_hours,
             })
             .collect(),
     }
@@ -102,6 +109,20 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         (Some(c), Some(k)) => Some(crate::tls::server_acceptor(c, k)?),
         _ => None,
     };
+    let http_listener = if cfg.http.listen.is_empty() {
+        None
+    } else {
+        Some(
+            TcpListener::bind(&cfg.http.listen)
+                .await
+                .map_err(|e| format!("http.listen {}: {e}", cfg.http.listen))?,
+        )
+    };
+    let http_addr = match &http_listener {
+        Some(l) => Some(l.local_addr().map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let directory = open_directory(&cfg).await?;
     let audit = if cfg.audit.enabled {
         let names = cfg.tenants.iter().map(|t| t.name.clone()).collect();
         Some(
@@ -118,7 +139,8 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
     // The recorder first: the engine registers its metric handles when it
     // starts, and handles taken before the recorder exists count nowhere.
     let handle = crate::metrics::install();
-    let engine = Engine::start(engine_config(&cfg), SystemClock::shared(), sink)?;
+    let engine =
+        Engine::start_with_directory(engine_config(&cfg), SystemClock::shared(), sink, directory)?;
     // Load the phone-number metadata now (process-wide, once), so the first
     // ISSUE does not pay for it (about a second in debug builds).
     let _ = tokio::task::spawn_blocking(|| {
@@ -137,6 +159,21 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
     ));
     let signals = Shutdown::default();
     let tracker = TaskTracker::new();
+    let http_stop = CancellationToken::new();
+    if let Some(l) = http_listener {
+        let state = Arc::new(crate::http::ApiState::new(
+            &cfg,
+            engine.clone(),
+            ready.clone(),
+        ));
+        tokio::spawn(crate::http::serve(
+            l,
+            tls.clone(),
+            crate::http::router(state),
+            http_stop.clone(),
+            tracker.clone(),
+        ));
+    }
     tokio::spawn(accept_loop(
         listener,
         cfg.server_settings(),
@@ -145,7 +182,7 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         signals.clone(),
         tracker.clone(),
     ));
-    tracing::info!(%addr, %metrics_addr, tls = cfg.server.tls_cert.is_some(), "watchword gateway listening");
+    tracing::info!(%addr, %metrics_addr, http = ?http_addr, tls = cfg.server.tls_cert.is_some(), "watchword gateway listening");
     let deadline = Duration::from_secs(cfg.server.shutdown_deadline_s);
     let done = {
         let engine = engine.clone();
@@ -154,6 +191,9 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
             signals.shutdown.cancelled().await;
             tracing::info!("shutting down: no new connections, ISSUE answers SHUTTING_DOWN");
             ready.store(false, Ordering::Relaxed);
+            // Held HTTP requests finish (a CHECK on a call: 25 s at most),
+            // new connections are refused; the tracker waits for both.
+            http_stop.cancel();
             graceful_shutdown(&engine, &signals, &tracker, deadline).await;
             tracing::info!("connections closed; flushing the audit log");
             if let Some(a) = audit {
@@ -166,8 +206,68 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
     Ok(Running {
         addr,
         metrics_addr,
+        http_addr,
         engine,
         signals,
         done,
     })
+}
+
+/// The master key `cfg` names; in the development profile without one, a key
+/// made (once) as `master.key` inside the data directory, with a warning.
+pub fn master_key(cfg: &Config) -> Result<MasterKey, String> {
+    let st = &cfg.storage;
+    match &st.master_key {
+        Some(path) => {
+            MasterKey::load(path).map_err(|e| format!("storage.master_key {}: {e}", path.display()))
+        }
+        None => {
+            let path = st.path.join("master.key");
+            if path.exists() {
+                MasterKey::load(&path).map_err(|e| format!("{}: {e}", path.display()))
+            } else {
+                std::fs::create_dir_all(&st.path)
+                    .map_err(|e| format!("storage.path {}: {e}", st.path.display()))?;
+                tracing::warn!(
+                    path = %path.display(),
+                    "development profile: made a master key INSIDE the data directory; \
+                     a copy of that directory reveals every secret. In production set \
+                     storage.master_key to a file made by `watchword keygen` elsewhere"
+                );
+                MasterKey::create(&path).map_err(|e| format!("{}: {e}", path.display()))
+            }
+        }
+    }
+}
+
+/// Opens the store and loads the directory (in memory only when
+/// `storage.path` is empty).
+async fn open_directory(cfg: &Config) -> Result<Directory, String> {
+    let names: Vec<String> = cfg.tenants.iter().map(|t| t.name.clone()).collect();
+    if cfg.storage.path.as_os_str().is_empty() {
+        tracing::warn!("storage.path is empty: users and methods live in memory only");
+        return Ok(Directory::in_memory(names));
+    }
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let key = master_key(&cfg)?;
+        let opts = StoreOptions {
+            queue_ops: cfg.storage.queue_ops,
+            ..StoreOptions::default()
+        };
+        let store = SqliteStore::open(&cfg.storage.path, &key, opts)
+            .map_err(|e| format!("storage.path {}: {e}", cfg.storage.path.display()))?;
+        let (dir, report) = Directory::load(names, Arc::new(store))?;
+        tracing::info!(
+            users = report.users,
+            methods = report.methods,
+            skipped_unknown_tenant = report.skipped_unknown_tenant,
+            ms = started.elapsed().as_millis() as u64,
+            "directory loaded"
+        );
+        Ok(dir)
+    })
+    .await
+    .map_err(|e| format!("loading the directory failed: {e}"))?
 }

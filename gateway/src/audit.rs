@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
 
-use watchword_engine::{Event, EventKind, EventSink};
+use watchword_engine::{Event, EventKind, EventSink, Record};
 
 use crate::config::AuditConfig;
 
@@ -197,6 +197,10 @@ impl EventSink for AuditLog {
     fn record(&self, e: &Event<'_>) {
         self.push(self.line(e));
     }
+
+    fn record_other(&self, r: &Record<'_>) {
+        self.push(self.record_line(r));
+    }
 }
 
 /// The most a line holds besides its variable strings: the names, quotes and
@@ -260,6 +264,48 @@ impl AuditLog {
             field(&mut l, "carrier", carrier);
         }
         if let Some(ip) = e.client_ip.filter(|ip| !ip.is_empty()) {
+            field(&mut l, "client_ip", ip);
+        }
+        l.push('}');
+        l
+    }
+}
+
+impl AuditLog {
+    /// One JSON object for a decision or a directory change, its fields in
+    /// the order of an event's line: ts_ms, server, server_ip, tenant, event,
+    /// result, subject, then challenge, method, destination, reason and
+    /// client_ip when present.
+    fn record_line(&self, r: &Record<'_>) -> String {
+        let tenant = self
+            .tenants
+            .get(usize::from(r.tenant.0))
+            .map_or("?", String::as_str);
+        let mut l = String::with_capacity(LINE_FIXED_BYTES + r.subject.len() + tenant.len());
+        let mut num = itoa::Buffer::new();
+        l.push_str("{\"ts_ms\":");
+        l.push_str(num.format(r.at_ms));
+        field(&mut l, "server", &self.server);
+        field(&mut l, "server_ip", &self.server_ip);
+        field(&mut l, "tenant", tenant);
+        field(&mut l, "event", r.event);
+        field(&mut l, "result", r.result);
+        field(&mut l, "subject", r.subject);
+        if let Some(id) = r.challenge {
+            l.push_str(",\"challenge\":\"");
+            l.push_str(std::str::from_utf8(&id.hex()).unwrap_or_default());
+            l.push('"');
+        }
+        if let Some(m) = r.method {
+            field(&mut l, "method", m);
+        }
+        if let Some(d) = &r.destination {
+            field(&mut l, "destination", d.as_str());
+        }
+        if let Some(reason) = r.reason {
+            field(&mut l, "reason", reason);
+        }
+        if let Some(ip) = r.client_ip.filter(|ip| !ip.is_empty()) {
             field(&mut l, "client_ip", ip);
         }
         l.push('}');

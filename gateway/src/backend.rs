@@ -8,11 +8,34 @@
 //! never contain a code, a key or a full destination.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use watchword_engine::TenantId;
 
-use crate::protocol::{Delivered, Request, Response};
+use crate::protocol::{CheckRequest, Delivered, Request, Response, Status};
+
+/// An answer that comes later (a CHECK held on a ringing call).
+pub type Later = Pin<Box<dyn Future<Output = Response> + Send + 'static>>;
+
+/// What a backend gives for a request: the answer, or a future of it.
+pub enum Reply {
+    /// Answered now.
+    Now(Response),
+    /// Answered when the future completes (the server bounds how many a
+    /// connection holds, and answers SHUTTING_DOWN to those still held at
+    /// close).
+    Later(Later),
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Now(r) => f.debug_tuple("Now").field(r).finish(),
+            Reply::Later(_) => f.write_str("Later"),
+        }
+    }
+}
 
 /// What one read of an outbox feed gives.
 #[derive(Debug)]
@@ -45,8 +68,20 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// OUTBOX_SUBSCRIBE are the server's own and never reach here.
     fn handle(&self, tenant: TenantId, req: Request) -> Response;
 
-    /// A new outbox subscription, or `None` when no simulated carrier runs.
-    fn outbox_subscribe(&self) -> Option<Self::Feed>;
+    /// The user-level decision (CHECK): answered now, or later when it is
+    /// held on a ringing call. The default answers UNSUPPORTED.
+    fn check(&self, tenant: TenantId, req: CheckRequest) -> Reply {
+        let _ = (tenant, req);
+        Reply::Now(Response::error(
+            Status::Unsupported,
+            0,
+            "this server does not support CHECK",
+        ))
+    }
+
+    /// A new outbox subscription of `tenant` (which then holds its simulated
+    /// handsets), or `None` when no simulated carrier runs.
+    fn outbox_subscribe(&self, tenant: TenantId) -> Option<Self::Feed>;
 
     /// From now on, ISSUE (and RESEND) answer SHUTTING_DOWN.
     fn begin_shutdown(&self);

@@ -23,8 +23,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use watchword_engine::{ChallengeId, VerifyOutcome};
 
 use crate::frame::{self, FrameError};
+use crate::protocol::{CheckReply, Op, PUSH_DELIVERED, Request, Response, Status, VERSION};
 pub use crate::protocol::{Delivered, IssueRequest, StatusReply};
-use crate::protocol::{Op, PUSH_DELIVERED, Request, Response, Status, VERSION};
 
 /// How many DELIVERED pushes wait in the receiver returned by
 /// [`Client::subscribe_outbox`]. When it is full, further pushes are dropped
@@ -397,6 +397,42 @@ impl Client {
                 expires_at_ms,
             }),
             other => Err(protocol(format!("unexpected answer to RESEND: {other:?}"))),
+        }
+    }
+
+    /// CHECK: the user-level decision. `answer` and `state` may be empty.
+    /// A CHECK on a ringing call's state is held by the server for up to 25 s.
+    pub async fn check(
+        &self,
+        subject: &str,
+        answer: &str,
+        state: &str,
+        client_ip: &str,
+    ) -> Result<CheckReply, ClientError> {
+        let req = Request::Check(crate::protocol::CheckRequest {
+            subject: subject.to_owned(),
+            answer: answer.to_owned(),
+            state: state.to_owned(),
+            client_ip: client_ip.to_owned(),
+        });
+        match self.call(req).await? {
+            Response::Checked(c) => Ok(c),
+            other => Err(protocol(format!("unexpected answer to CHECK: {other:?}"))),
+        }
+    }
+
+    /// CALL_ANSWER: a simulated handset answers the confirmation call `id`
+    /// with `digits` (`#` confirms; simulator tenants only).
+    pub async fn call_answer(&self, id: ChallengeId, digits: &str) -> Result<(), ClientError> {
+        let req = Request::CallAnswer {
+            id,
+            digits: digits.to_owned(),
+        };
+        match self.call(req).await? {
+            Response::Empty => Ok(()),
+            other => Err(protocol(format!(
+                "unexpected answer to CALL_ANSWER: {other:?}"
+            ))),
         }
     }
 

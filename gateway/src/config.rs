@@ -102,6 +102,53 @@ pub struct TenantConfig {
     pub locale: String,
     /// The service name written in messages.
     pub service_name: String,
+    /// Hours after a contact's confirmation before it counts for help-desk
+    /// caller verification.
+    pub contact_hold_hours: u32,
+    /// Keys of the HTTP API, each with its role.
+    pub http_keys: Vec<HttpKey>,
+}
+
+/// What an HTTP API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpRole {
+    /// `POST /v1/check` only.
+    Client,
+    /// Check, help desk, and reading users.
+    Helpdesk,
+    /// Everything.
+    Admin,
+}
+
+impl HttpRole {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Helpdesk => "helpdesk",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// One HTTP API key. Its `Debug` output redacts the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpKey {
+    /// The bearer token (16..=1024 bytes in production; 8 in development).
+    pub key: String,
+    /// What it may do.
+    pub role: HttpRole,
+}
+
+impl std::fmt::Debug for HttpKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpKey")
+            .field("key", &"<redacted>")
+            .field("role", &self.role)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for TenantConfig {
@@ -117,6 +164,8 @@ impl std::fmt::Debug for TenantConfig {
             .field("operator_assistance", &self.operator_assistance)
             .field("locale", &self.locale)
             .field("service_name", &self.service_name)
+            .field("contact_hold_hours", &self.contact_hold_hours)
+            .field("http_keys", &self.http_keys)
             .finish()
     }
 }
@@ -134,6 +183,64 @@ impl Default for TenantConfig {
             operator_assistance: false,
             locale: "en".into(),
             service_name: "Watchword".into(),
+            contact_hold_hours: 48,
+            http_keys: vec![
+                HttpKey {
+                    key: "demo-admin-key".into(),
+                    role: HttpRole::Admin,
+                },
+                HttpKey {
+                    key: "demo-helpdesk-key".into(),
+                    role: HttpRole::Helpdesk,
+                },
+                HttpKey {
+                    key: "demo-client-key".into(),
+                    role: HttpRole::Client,
+                },
+            ],
+        }
+    }
+}
+
+/// `[storage]`: the directory's embedded database and the master key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The data directory (created on first start; the database is
+    /// `watchword.db` in it). Empty: users live in memory only and every
+    /// change is lost at exit (tests).
+    pub path: PathBuf,
+    /// The master key file (`watchword keygen FILE`), outside the data
+    /// directory. Unset in the development profile: a key is made as
+    /// `master.key` inside the data directory, with a warning.
+    pub master_key: Option<PathBuf>,
+    /// Directory writes queued for the disk before writes are refused.
+    pub queue_ops: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("watchword-data"),
+            master_key: None,
+            queue_ops: 65_536,
+        }
+    }
+}
+
+/// `[http]`: the HTTP API listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `ip:port`; empty turns the HTTP API off. TLS follows
+    /// `server.tls_cert` and `server.tls_key`.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9401".into(),
         }
     }
 }
@@ -183,6 +290,10 @@ pub struct Config {
     pub router: RouterConfig,
     /// `[audit]`.
     pub audit: AuditConfig,
+    /// `[storage]`.
+    pub storage: StorageConfig,
+    /// `[http]`.
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -225,8 +336,10 @@ impl Config {
                 capacity: 1_000_000,
                 ..TableConfig::default()
             },
-            router: RouterConfig::default(),
+            router: RouterConfig::development(),
             audit: AuditConfig::default(),
+            storage: StorageConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 
@@ -254,6 +367,12 @@ impl Config {
                 "audit" => {
                     section(value, &key, &mut errors, &mut cfg.audit);
                 }
+                "storage" => {
+                    section(value, &key, &mut errors, &mut cfg.storage);
+                }
+                "http" => {
+                    section(value, &key, &mut errors, &mut cfg.http);
+                }
                 "tenants" => match value {
                     toml::Value::Array(items) => {
                         for (i, item) in items.into_iter().enumerate() {
@@ -273,7 +392,7 @@ impl Config {
                 },
                 other => errors.push(err(
                     other,
-                    "unknown section (expected server, tenants, table, router, audit)",
+                    "unknown section (expected server, tenants, table, router, audit, storage, http)",
                 )),
             }
         }
@@ -315,6 +434,9 @@ impl Config {
         };
         addr("server.listen", &s.listen);
         addr("server.metrics_listen", &s.metrics_listen);
+        if !self.http.listen.is_empty() {
+            addr("http.listen", &self.http.listen);
+        }
         if s.name.is_empty() || s.name.len() > 255 {
             errors.push(err("server.name", "must be 1..=255 bytes"));
         }
@@ -393,6 +515,32 @@ impl Config {
             if t.max_attempts == 0 {
                 errors.push(err(at("max_attempts"), "must be at least 1"));
             }
+            if t.contact_hold_hours > 24 * 365 {
+                errors.push(err(
+                    at("contact_hold_hours"),
+                    "must be at most 8760 (a year)",
+                ));
+            }
+            for (j, k) in t.http_keys.iter().enumerate() {
+                if k.key.len() < 8 || k.key.len() > 1024 {
+                    errors.push(err(
+                        format!("tenants[{i}].http_keys[{j}].key"),
+                        "a key must be 8..=1024 bytes (its value is not shown)",
+                    ));
+                }
+                let used = self.tenants.iter().enumerate().any(|(o, ot)| {
+                    ot.http_keys
+                        .iter()
+                        .enumerate()
+                        .any(|(ok, other)| (o, ok) < (i, j) && other.key == k.key)
+                });
+                if used {
+                    errors.push(err(
+                        format!("tenants[{i}].http_keys[{j}].key"),
+                        "this key is already used (an HTTP key names its tenant, so it must be unique)",
+                    ));
+                }
+            }
             if t.default_country.len() != 2
                 || !t.default_country.bytes().all(|b| b.is_ascii_uppercase())
             {
@@ -404,6 +552,23 @@ impl Config {
                     ),
                 ));
             }
+        }
+        let st = &self.storage;
+        if let Some(k) = &st.master_key {
+            if !st.path.as_os_str().is_empty() && k.starts_with(&st.path) {
+                errors.push(err(
+                    "storage.master_key",
+                    "must be outside storage.path: a copied data directory must not carry its key",
+                ));
+            }
+        } else if s.profile == Profile::Production && !st.path.as_os_str().is_empty() {
+            errors.push(err(
+                "storage.master_key",
+                "required in production: create one with `watchword keygen FILE` outside the data directory",
+            ));
+        }
+        if st.queue_ops == 0 {
+            errors.push(err("storage.queue_ops", "must be at least 1"));
         }
         if let Err(e) = self.table.validate() {
             errors.push(err("table", e.to_string()));
@@ -537,6 +702,12 @@ fn section_comment(header: &str) -> Option<&'static str> {
         "[router.limits.country]" => "Sends per destination country (max 0 = off).",
         "[router.retry]" => "Tries per message and their time budget.",
         "[audit]" => "The append-only JSON Lines audit log (never a code, key or full number).",
+        "[storage]" => {
+            "The directory of users and methods: an embedded SQLite database in `path`,\n\
+             its secrets sealed with the master key (a file outside `path`)."
+        }
+        "[http]" => "The HTTP API (docs/http-api.md); TLS follows server.tls_cert/tls_key.",
+        "[[tenants.http_keys]]" => "An HTTP API key and its role: client, helpdesk or admin.",
         _ => return None,
     })
 }
@@ -576,6 +747,19 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
         }
         ("[[tenants]]", "locale") => "Message language when a request gives none (BCP 47).",
         ("[[tenants]]", "service_name") => "The service name written in messages.",
+        ("[[tenants]]", "contact_hold_hours") => {
+            "Hours after confirmation before a new phone or address counts for\n\
+             help-desk caller verification (seed 000: 48)."
+        }
+        ("[[tenants.http_keys]]", "key") => {
+            "The bearer token (replace the demo keys anywhere real)."
+        }
+        ("[[tenants.http_keys]]", "role") => {
+            "client (check only), helpdesk (check, help desk, read users) or admin."
+        }
+        ("[storage]", "path") => "Data directory; empty keeps users in memory only (lost at exit).",
+        ("[storage]", "queue_ops") => "Writes queued for the disk before the API answers 503.",
+        ("[http]", "listen") => "HTTP API address, ip:port; empty turns it off.",
         ("[table]", "shards") => "Lock shards; 0 picks (cores x 16) rounded up to a power of two.",
         ("[table]", "capacity") => "Most pending challenges; beyond it ISSUE answers CAPACITY.",
         ("[table]", "tombstone_grace_s") => {

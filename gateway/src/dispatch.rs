@@ -10,19 +10,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
+use watchword_engine::calls::SubscriberGuard;
 use watchword_engine::delivery::OutboxMessage;
-use watchword_engine::{Engine, EngineError, IssueParams, TenantId};
+use watchword_engine::directory::DirectoryError;
+use watchword_engine::{
+    CheckRequest, CheckResult, CheckStep, Engine, EngineError, IssueParams, TenantId,
+};
 
-use crate::backend::{Backend, FeedItem, OutboxFeed};
-use crate::protocol::{Delivered, Request, Response, Status, StatusReply};
+use crate::backend::{Backend, FeedItem, OutboxFeed, Reply};
+use crate::protocol::{
+    CheckReply, CheckRequest as ProtoCheck, Delivered, Request, Response, Status, StatusReply,
+};
 
-/// The engine's outbox broadcast as a feed.
+/// The engine's outbox broadcast as a feed, and the guard that counts its
+/// tenant as holding the simulated handsets while it lives.
 #[derive(Debug)]
-pub struct EngineFeed(broadcast::Receiver<Arc<OutboxMessage>>);
+pub struct EngineFeed {
+    rx: broadcast::Receiver<Arc<OutboxMessage>>,
+    _holds_handsets: SubscriberGuard,
+}
 
 impl OutboxFeed for EngineFeed {
     async fn recv(&mut self) -> FeedItem {
-        match self.0.recv().await {
+        match self.rx.recv().await {
             Ok(m) => FeedItem::Message(
                 m.tenant,
                 Delivered {
@@ -63,6 +73,56 @@ pub fn error_response(e: EngineError) -> Response {
             tracing::error!(message = %m, "engine fault");
             Response::error(Status::Internal, 0, "internal error; see the server log")
         }
+        EngineError::Directory(d) => match d {
+            DirectoryError::NotFound(m) => Response::error(Status::NotFound, 0, m),
+            DirectoryError::InvalidArgument(m) | DirectoryError::Conflict(m) => {
+                Response::error(Status::InvalidArgument, 0, m)
+            }
+            DirectoryError::Unavailable {
+                retry_after_ms,
+                message,
+            } => Response::error(Status::Capacity, retry_after_ms, message),
+        },
+    }
+}
+
+/// The protocol's CHECK answer for a decision.
+pub fn check_reply(r: CheckResult) -> CheckReply {
+    match r {
+        CheckResult::Accept => CheckReply {
+            result: 0,
+            reason: 0,
+            attempts_left: 0,
+            state: String::new(),
+            method: 0,
+            masked_destination: String::new(),
+            expires_at_ms: 0,
+            message: String::new(),
+        },
+        CheckResult::Reject {
+            reason,
+            attempts_left,
+            state,
+        } => CheckReply {
+            result: 1,
+            reason: reason.wire(),
+            attempts_left,
+            state,
+            method: 0,
+            masked_destination: String::new(),
+            expires_at_ms: 0,
+            message: String::new(),
+        },
+        CheckResult::Challenge(c) => CheckReply {
+            result: 2,
+            reason: 0,
+            attempts_left: 0,
+            state: c.state,
+            method: c.method.wire(),
+            masked_destination: c.masked_destination,
+            expires_at_ms: c.expires_at_ms,
+            message: c.message,
+        },
     }
 }
 
@@ -124,6 +184,18 @@ impl Backend for Engine {
                 }),
                 Err(e) => error_response(e),
             },
+            Request::CallAnswer { id, digits } => match self.call_answer(tenant, id, &digits) {
+                Ok(()) => Response::Empty,
+                Err(e) => error_response(e),
+            },
+            Request::Check(c) => match Backend::check(self, tenant, c) {
+                Reply::Now(r) => r,
+                Reply::Later(_) => Response::error(
+                    Status::Internal,
+                    0,
+                    "a held CHECK reached the synchronous dispatcher",
+                ),
+            },
             Request::Hello { .. } | Request::Ping | Request::OutboxSubscribe => Response::error(
                 Status::Internal,
                 0,
@@ -132,8 +204,27 @@ impl Backend for Engine {
         }
     }
 
-    fn outbox_subscribe(&self) -> Option<EngineFeed> {
-        Engine::outbox_subscribe(self).map(EngineFeed)
+    fn check(&self, tenant: TenantId, req: ProtoCheck) -> Reply {
+        let r = CheckRequest {
+            subject: &req.subject,
+            answer: &req.answer,
+            state: &req.state,
+            client_ip: &req.client_ip,
+        };
+        match Engine::check(self, tenant, &r) {
+            Ok(CheckStep::Done(result)) => Reply::Now(Response::Checked(check_reply(result))),
+            Ok(CheckStep::WaitCall(wait)) => Reply::Later(Box::pin(async move {
+                Response::Checked(check_reply(wait.finish().await))
+            })),
+            Err(e) => Reply::Now(error_response(e)),
+        }
+    }
+
+    fn outbox_subscribe(&self, tenant: TenantId) -> Option<EngineFeed> {
+        Engine::outbox_subscribe(self, tenant).map(|(rx, guard)| EngineFeed {
+            rx,
+            _holds_handsets: guard,
+        })
     }
 
     fn begin_shutdown(&self) {

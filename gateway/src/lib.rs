@@ -16,6 +16,7 @@ pub mod config;
 pub mod connection;
 pub mod dispatch;
 pub mod frame;
+pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
@@ -25,4 +26,4 @@ pub use client::{
     Client, ClientConfig, ClientError, ClientTls, Delivered, IssueReply, IssueRequest, ResendReply,
     StatusReply, VerifyReply,
 };
-pub use protocol::{Op, Status};
+pub use protocol::{CheckReply, Op, Status};

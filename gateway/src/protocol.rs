@@ -42,13 +42,17 @@ pub enum Op {
     Cancel = 0x14,
     /// 0x15: where a challenge stands.
     Status = 0x15,
+    /// 0x20: the user-level decision (accept, reject or challenge).
+    Check = 0x20,
     /// 0x30: receive DELIVERED pushes (simulator tenants only).
     OutboxSubscribe = 0x30,
+    /// 0x32: a simulated handset answers a confirmation call (simulator only).
+    CallAnswer = 0x32,
 }
 
 impl Op {
     /// Every op, in wire order.
-    pub const ALL: [Op; 9] = [
+    pub const ALL: [Op; 11] = [
         Op::Hello,
         Op::Ping,
         Op::Issue,
@@ -57,7 +61,9 @@ impl Op {
         Op::Resend,
         Op::Cancel,
         Op::Status,
+        Op::Check,
         Op::OutboxSubscribe,
+        Op::CallAnswer,
     ];
 
     /// The op for a wire value, or `None` for an unknown op.
@@ -81,7 +87,9 @@ impl Op {
             Op::Resend => "resend",
             Op::Cancel => "cancel",
             Op::Status => "status",
+            Op::Check => "check",
             Op::OutboxSubscribe => "outbox_subscribe",
+            Op::CallAnswer => "call_answer",
         }
     }
 }
@@ -233,6 +241,61 @@ pub enum Request {
     },
     /// OUTBOX_SUBSCRIBE.
     OutboxSubscribe,
+    /// CHECK.
+    Check(CheckRequest),
+    /// CALL_ANSWER.
+    CallAnswer {
+        /// The call's challenge.
+        id: ChallengeId,
+        /// The keys pressed (may hold a PIN: never log them).
+        digits: String,
+    },
+}
+
+/// The fields of a CHECK. Its `Debug` output redacts the answer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CheckRequest {
+    /// The upstream user id.
+    pub subject: String,
+    /// What the person typed (a code, PIN+code, a method keyword, or empty).
+    pub answer: String,
+    /// Empty, or the state of an earlier CHALLENGE.
+    pub state: String,
+    /// The end user's address, for the audit trail.
+    pub client_ip: String,
+}
+
+impl std::fmt::Debug for CheckRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckRequest")
+            .field("subject", &self.subject)
+            .field("answer", &"<redacted>")
+            .field("state", &self.state)
+            .field("client_ip", &self.client_ip)
+            .finish()
+    }
+}
+
+/// The OK payload of CHECK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReply {
+    /// 0 ACCEPT, 1 REJECT, 2 CHALLENGE.
+    pub result: u8,
+    /// For REJECT: 1 wrong answer, 2 locked, 3 expired, 4 unknown or disabled
+    /// user, 5 no usable method, 6 call not confirmed, 7 state unknown.
+    pub reason: u8,
+    /// Wrong answers still allowed.
+    pub attempts_left: u8,
+    /// The state to send back (CHALLENGE, or REJECT of a wrong answer).
+    pub state: String,
+    /// 1 sms, 2 voice, 3 email, 4 token, 5 call (CHALLENGE), else 0.
+    pub method: u8,
+    /// Where the code went, masked.
+    pub masked_destination: String,
+    /// The challenge's expiry, Unix ms (CHALLENGE), else 0.
+    pub expires_at_ms: u64,
+    /// What to tell the person.
+    pub message: String,
 }
 
 impl std::fmt::Debug for Request {
@@ -262,6 +325,12 @@ impl std::fmt::Debug for Request {
             Request::Status { id } => f.debug_struct("Status").field("id", id).finish(),
             Request::Ping => f.write_str("Ping"),
             Request::OutboxSubscribe => f.write_str("OutboxSubscribe"),
+            Request::Check(c) => f.debug_tuple("Check").field(c).finish(),
+            Request::CallAnswer { id, .. } => f
+                .debug_struct("CallAnswer")
+                .field("id", id)
+                .field("digits", &"<redacted>")
+                .finish(),
         }
     }
 }
@@ -279,6 +348,8 @@ impl Request {
             Request::Cancel { .. } => Op::Cancel,
             Request::Status { .. } => Op::Status,
             Request::OutboxSubscribe => Op::OutboxSubscribe,
+            Request::Check(_) => Op::Check,
+            Request::CallAnswer { .. } => Op::CallAnswer,
         }
     }
 
@@ -336,6 +407,16 @@ impl Request {
             Op::Cancel => Request::Cancel { id: r.id("id")? },
             Op::Status => Request::Status { id: r.id("id")? },
             Op::OutboxSubscribe => Request::OutboxSubscribe,
+            Op::Check => Request::Check(CheckRequest {
+                subject: r.str("subject")?,
+                answer: r.str("answer")?,
+                state: r.str("state")?,
+                client_ip: r.str("client_ip")?,
+            }),
+            Op::CallAnswer => Request::CallAnswer {
+                id: r.id("id")?,
+                digits: r.str("digits")?,
+            },
         };
         r.end()?;
         Ok(req)
@@ -374,6 +455,16 @@ impl Request {
             }
             Request::Resend { id } | Request::Cancel { id } | Request::Status { id } => {
                 buf.put_slice(&id.0);
+            }
+            Request::Check(c) => {
+                put_str(buf, &c.subject);
+                put_str(buf, &c.answer);
+                put_str(buf, &c.state);
+                put_str(buf, &c.client_ip);
+            }
+            Request::CallAnswer { id, digits } => {
+                buf.put_slice(&id.0);
+                put_str(buf, digits);
             }
         }
         frame::finish(buf, start);
@@ -438,6 +529,8 @@ pub enum Response {
     },
     /// OK to STATUS.
     Status(StatusReply),
+    /// OK to CHECK.
+    Checked(CheckReply),
     /// Any non-OK status.
     Error {
         /// The status (never OK).
@@ -508,6 +601,16 @@ impl Response {
                 put_str(buf, &s.carrier);
                 buf.put_u64(s.expires_at_ms);
             }
+            Response::Checked(c) => {
+                buf.put_u8(c.result);
+                buf.put_u8(c.reason);
+                buf.put_u8(c.attempts_left);
+                put_str(buf, &c.state);
+                buf.put_u8(c.method);
+                put_str(buf, &c.masked_destination);
+                buf.put_u64(c.expires_at_ms);
+                put_str(buf, &c.message);
+            }
             Response::Error {
                 retry_after_ms,
                 message,
@@ -539,7 +642,17 @@ impl Response {
                     server_name: r.str("server_name").map_err(m)?,
                     max_frame: r.u32("max_frame").map_err(m)?,
                 },
-                Op::Ping | Op::Cancel | Op::OutboxSubscribe => Response::Empty,
+                Op::Ping | Op::Cancel | Op::OutboxSubscribe | Op::CallAnswer => Response::Empty,
+                Op::Check => Response::Checked(CheckReply {
+                    result: r.u8("result").map_err(m)?,
+                    reason: r.u8("reason").map_err(m)?,
+                    attempts_left: r.u8("attempts_left").map_err(m)?,
+                    state: r.str("state").map_err(m)?,
+                    method: r.u8("method").map_err(m)?,
+                    masked_destination: r.str("masked_destination").map_err(m)?,
+                    expires_at_ms: r.u64("expires_at_ms").map_err(m)?,
+                    message: r.str("message").map_err(m)?,
+                }),
                 Op::Issue => Response::Issued {
                     id: r.id("id").map_err(m)?,
                     expires_at_ms: r.u64("expires_at_ms").map_err(m)?,

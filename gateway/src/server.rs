@@ -33,7 +33,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use watchword_engine::TenantId;
 
-use crate::backend::{Backend, FeedItem, OutboxFeed};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+
+use crate::backend::{Backend, FeedItem, OutboxFeed, Reply};
 use crate::connection::Connection;
 use crate::frame::{DEFAULT_MAX_FRAME, FrameError, RawFrame};
 use crate::metrics as m;
@@ -252,6 +255,13 @@ enum Next {
     Close,
 }
 
+/// A held answer: the request's op, id and start, and its response when ready.
+type HeldAnswer = (u8, u32, Instant, Response);
+/// The answers a connection holds (CHECKs on ringing calls); at most
+/// `max_in_flight` with the batch being answered.
+type Held =
+    FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = HeldAnswer> + Send>>>;
+
 async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
     mut conn: Connection<S>,
     shared: Arc<Shared<B>>,
@@ -260,6 +270,7 @@ async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
     let settings = &shared.settings;
     let mut session: Option<Session> = None;
     let mut feed: Option<B::Feed> = None;
+    let mut held: Held = FuturesUnordered::new();
     let mut deadline = hello_deadline;
     let budget = settings.max_in_flight.max(1);
     // One timer for the connection's life, re-armed only when it fires early
@@ -271,12 +282,19 @@ async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
         // Answer up to `budget` whole frames already buffered.
         let mut answered = 0;
         let mut close = false;
-        while answered < budget {
+        let room = budget.saturating_sub(held.len());
+        while answered < room {
             match conn.next_frame() {
                 Ok(Some(frame)) => {
                     answered += 1;
-                    if let Next::Close = answer(&shared, &mut session, &mut feed, frame, &mut conn)
-                    {
+                    if let Next::Close = answer(
+                        &shared,
+                        &mut session,
+                        &mut feed,
+                        frame,
+                        &mut conn,
+                        &mut held,
+                    ) {
                         close = true;
                         break;
                     }
@@ -305,17 +323,30 @@ async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
         if conn.flush().await.is_err() {
             return;
         }
-        if answered == budget {
+        if answered == room && room > 0 {
             // More may be buffered: answer it before reading again.
             tokio::task::yield_now().await;
             continue;
         }
         if shared.close.is_cancelled() {
+            // Held answers end at once on close (SHUTTING_DOWN): send them.
+            while let Some(h) = held.next().await {
+                write_held(&shared, h, &mut conn);
+            }
+            let _ = conn.flush().await;
             conn.close().await;
             return;
         }
+        let full = held.len() >= budget;
         tokio::select! {
-            r = conn.read_more() => match r {
+            Some(h) = held.next(), if !held.is_empty() => {
+                write_held(&shared, h, &mut conn);
+                // Batch whatever else is ready.
+                while let Some(h) = now_or_never(held.next()).flatten() {
+                    write_held(&shared, h, &mut conn);
+                }
+            }
+            r = conn.read_more(), if !full => match r {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             },
@@ -403,19 +434,52 @@ async fn recv_feed<F: OutboxFeed>(feed: &mut Option<F>) -> FeedItem {
     }
 }
 
-/// Answers one frame into the write buffer.
+/// Writes one held answer that became ready.
+fn write_held<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared<B>,
+    (op_byte, req_id, started, resp): HeldAnswer,
+    conn: &mut Connection<S>,
+) {
+    let status = resp.status();
+    resp.encode(op_byte, req_id, conn.out());
+    shared
+        .metrics
+        .request(Op::from_u8(op_byte), status, Some(started.elapsed()));
+}
+
+/// Answers one frame into the write buffer, or holds it (a CHECK on a
+/// ringing call) in `held`.
 fn answer<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared<B>,
     session: &mut Option<Session>,
     feed: &mut Option<B::Feed>,
     frame: RawFrame,
     conn: &mut Connection<S>,
+    held: &mut Held,
 ) -> Next {
     let started = Instant::now();
     let req_id = frame.req_id;
     let op_byte = frame.op;
     let known = Op::from_u8(op_byte);
-    let (resp, next) = answer_inner(shared, session, feed, frame);
+    let (reply, next) = answer_inner(shared, session, feed, frame);
+    let resp = match reply {
+        Reply::Now(r) => r,
+        Reply::Later(later) => {
+            let close = shared.close.clone();
+            held.push(Box::pin(async move {
+                let resp = tokio::select! {
+                    r = later => r,
+                    _ = close.cancelled() => Response::error(
+                        Status::ShuttingDown,
+                        1000,
+                        "the server is shutting down; check again on another node",
+                    ),
+                };
+                (op_byte, req_id, started, resp)
+            }));
+            return next;
+        }
+    };
     let status = resp.status();
     if let Response::Error { message, .. } = &resp
         && matches!(status, Status::Internal)
@@ -434,22 +498,27 @@ fn answer_inner<B: Backend>(
     session: &mut Option<Session>,
     feed: &mut Option<B::Feed>,
     frame: RawFrame,
-) -> (Response, Next) {
+) -> (Reply, Next) {
     let op_known = Op::from_u8(frame.op);
     // Before a successful HELLO, only HELLO is allowed.
     if session.is_none() && op_known != Some(Op::Hello) {
         return (
-            Response::error(
+            Reply::Now(Response::error(
                 Status::Unauthenticated,
                 0,
                 "HELLO must be the first request; closing",
-            ),
+            )),
             Next::Close,
         );
     }
     let req = match Request::decode(frame.op, &frame.payload) {
         Ok(r) => r,
-        Err(e) => return (Response::error(e.status, 0, e.message), Next::Continue),
+        Err(e) => {
+            return (
+                Reply::Now(Response::error(e.status, 0, e.message)),
+                Next::Continue,
+            );
+        }
     };
     match req {
         Request::Hello {
@@ -460,7 +529,10 @@ fn answer_inner<B: Backend>(
             if version != VERSION {
                 let msg = format!("protocol version {version} is not supported (only {VERSION})");
                 *session = None;
-                return (Response::error(Status::Unsupported, 0, msg), Next::Close);
+                return (
+                    Reply::Now(Response::error(Status::Unsupported, 0, msg)),
+                    Next::Close,
+                );
             }
             match authenticate(shared, &tenant, &key) {
                 Some(s) => {
@@ -470,39 +542,59 @@ fn answer_inner<B: Backend>(
                         server_name: shared.settings.server_name.clone(),
                         max_frame: shared.settings.max_frame,
                     };
-                    (resp, Next::Continue)
+                    (Reply::Now(resp), Next::Continue)
                 }
                 None => {
                     *session = None;
                     let msg = "unknown tenant or wrong key; closing";
                     (
-                        Response::error(Status::Unauthenticated, 0, msg),
+                        Reply::Now(Response::error(Status::Unauthenticated, 0, msg)),
                         Next::Close,
                     )
                 }
             }
         }
-        Request::Ping => (Response::Empty, Next::Continue),
+        Request::Ping => (Reply::Now(Response::Empty), Next::Continue),
         Request::OutboxSubscribe => {
             let s = session.expect("checked above");
             if s.role != Role::Simulator {
                 let msg = "OUTBOX_SUBSCRIBE needs a tenant with role simulator";
-                return (Response::error(Status::Forbidden, 0, msg), Next::Continue);
+                return (
+                    Reply::Now(Response::error(Status::Forbidden, 0, msg)),
+                    Next::Continue,
+                );
             }
             if feed.is_none() {
-                match shared.backend.outbox_subscribe() {
+                match shared.backend.outbox_subscribe(s.tenant) {
                     Some(f) => *feed = Some(f),
                     None => {
                         let msg = "this gateway runs no simulated carriers";
-                        return (Response::error(Status::Forbidden, 0, msg), Next::Continue);
+                        return (
+                            Reply::Now(Response::error(Status::Forbidden, 0, msg)),
+                            Next::Continue,
+                        );
                     }
                 }
             }
-            (Response::Empty, Next::Continue)
+            (Reply::Now(Response::Empty), Next::Continue)
+        }
+        Request::CallAnswer { .. } if session.is_some_and(|s| s.role != Role::Simulator) => {
+            let msg = "CALL_ANSWER needs a tenant with role simulator";
+            (
+                Reply::Now(Response::error(Status::Forbidden, 0, msg)),
+                Next::Continue,
+            )
+        }
+        Request::Check(c) => {
+            let s = session.expect("checked above");
+            (shared.backend.check(s.tenant, c), Next::Continue)
         }
         other => {
             let s = session.expect("checked above");
-            (shared.backend.handle(s.tenant, other), Next::Continue)
+            (
+                Reply::Now(shared.backend.handle(s.tenant, other)),
+                Next::Continue,
+            )
         }
     }
 }

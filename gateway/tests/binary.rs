@@ -72,8 +72,9 @@ async fn serve_then_sigterm_exits_zero_with_the_audit_log_flushed() {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
              [[tenants]]\nname = \"demo\"\nkeys = [\"demo-key\"]\nrole = \"simulator\"\n\
-             [audit]\npath = {:?}\n",
-            audit.display().to_string()
+             [audit]\npath = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = {:?}\n",
+            audit.display().to_string(),
+            dir.path().join("data").display().to_string()
         ),
     )
     .unwrap();

@@ -23,6 +23,8 @@ fn config(dir: &std::path::Path) -> Config {
     cfg.server.metrics_listen = "127.0.0.1:0".into();
     cfg.audit.path = dir.join("audit.jsonl");
     cfg.audit.flush_interval_ms = 20;
+    cfg.http.listen = "127.0.0.1:0".into();
+    cfg.storage.path = dir.join("data");
     cfg.tenants.push(TenantConfig {
         name: "acme".into(),
         keys: vec!["acme-key-1".into()],

@@ -35,6 +35,37 @@ impl DialPlan {
     }
 }
 
+/// What a message is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MessagePurpose {
+    /// It carries a one-time code to be typed back.
+    #[default]
+    Code,
+    /// A confirmation call: the person answers and presses `#` (or `PIN#`).
+    /// Its text holds no code. Voice channel only.
+    CallConfirmation,
+}
+
+/// What a simulated handset did with a confirmation call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandsetAnswer {
+    /// The person answered and keyed these digits (`#`, `PIN#`, anything
+    /// else declines; empty is a hang-up).
+    Digits(String),
+    /// Nobody answered before the carrier's ring timeout.
+    NotAnswered,
+}
+
+/// Where simulated carriers report what their handsets did with confirmation
+/// calls, and ask whether somebody plays the tenant's handsets (a subscriber
+/// to the outbox) or the carrier may answer by itself (`auto_answer`).
+pub trait Handsets: Send + Sync + 'static {
+    /// Whether some connection of `tenant` is subscribed to the outbox now.
+    fn subscribed(&self, tenant: TenantId) -> bool;
+    /// The outcome of the confirmation call `id`.
+    fn answer(&self, tenant: TenantId, id: ChallengeId, answer: HandsetAnswer);
+}
+
 /// Identifies one send for its later receipt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReceiptToken(pub u64);
@@ -52,6 +83,8 @@ pub struct CarrierMessage {
     pub to: String,
     /// For voice: how to reach an extension.
     pub dial_plan: DialPlan,
+    /// A code to type back, or a call to answer.
+    pub purpose: MessagePurpose,
     /// Sender id, caller id or from address.
     pub sender: String,
     /// The text (holds the code: never log it).

@@ -61,6 +61,19 @@ impl Default for RouterConfig {
     }
 }
 
+impl RouterConfig {
+    /// The default carriers with their simulated handsets answering
+    /// confirmation calls by themselves (`#` after 2 s) while nobody holds
+    /// the tenant's handsets, so the development profile's demo works alone.
+    pub fn development() -> Self {
+        let mut c = Self::default();
+        for carrier in &mut c.carriers {
+            carrier.simulated.auto_answer = Some(AutoAnswer::default());
+        }
+        c
+    }
+}
+
 /// Which implementation a carrier uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -202,6 +215,33 @@ pub struct SimulatedConfig {
     pub receipt_delay_ms: u64,
     /// Scheduled outages.
     pub outages: Vec<OutageConfig>,
+    /// A confirmation call nobody answers ends as not answered after this
+    /// long, ms.
+    pub ring_timeout_ms: u64,
+    /// The carrier's handsets answer confirmation calls by themselves, but
+    /// only while no connection of the tenant is subscribed to the outbox
+    /// (whoever plays the handsets decides). Off unless set.
+    pub auto_answer: Option<AutoAnswer>,
+}
+
+/// How a simulated handset answers a confirmation call by itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AutoAnswer {
+    /// The keys pressed: `#` confirms, `PIN#` confirms with a PIN, other
+    /// digits decline, empty hangs up.
+    pub digits: String,
+    /// Time from the ring to the answer, ms.
+    pub delay_ms: u64,
+}
+
+impl Default for AutoAnswer {
+    fn default() -> Self {
+        Self {
+            digits: "#".into(),
+            delay_ms: 2_000,
+        }
+    }
 }
 
 impl Default for SimulatedConfig {
@@ -216,6 +256,8 @@ impl Default for SimulatedConfig {
             lost_rate: 0.0,
             receipt_delay_ms: 20,
             outages: Vec::new(),
+            ring_timeout_ms: 45_000,
+            auto_answer: None,
         }
     }
 }

@@ -18,7 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::carrier::{
-    Carrier, CarrierMessage, DialPlan, Receipt, Receipts, SendFuture, SendOutcome,
+    Carrier, CarrierMessage, DialPlan, MessagePurpose, Receipt, Receipts, SendFuture, SendOutcome,
 };
 use super::config::{HttpConfig, RouterConfigError};
 
@@ -51,6 +51,8 @@ struct Body<'a> {
     from: &'a str,
     text: &'a str,
     dial_plan: &'a str,
+    /// "code", or "call_confirmation" (the carrier's IVR collects the keys).
+    purpose: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     extension: Option<&'a str>,
 }
@@ -129,6 +131,10 @@ impl Carrier for HttpCarrier {
             from: &msg.sender,
             text: &msg.text,
             dial_plan: plan,
+            purpose: match msg.purpose {
+                MessagePurpose::Code => "code",
+                MessagePurpose::CallConfirmation => "call_confirmation",
+            },
             extension: ext,
         };
         let json = match serde_json::to_vec(&body) {

@@ -17,12 +17,13 @@ mod template;
 
 pub use breaker::BreakerState;
 pub use carrier::{
-    Carrier, CarrierMessage, DialPlan, Receipt, ReceiptToken, Receipts, SendFuture, SendOutcome,
+    Carrier, CarrierMessage, DialPlan, HandsetAnswer, Handsets, MessagePurpose, Receipt,
+    ReceiptToken, Receipts, SendFuture, SendOutcome,
 };
 pub use config::{
-    BreakerConfig, CarrierConfig, CarrierKind, HttpConfig, Limit, LimitsConfig, OutageConfig,
-    OutageMode, PrefixLimit, RetryConfig, RouterConfig, RouterConfigError, SenderPool,
-    SenderPoolsConfig, SimulatedConfig, TenantDelivery,
+    AutoAnswer, BreakerConfig, CarrierConfig, CarrierKind, HttpConfig, Limit, LimitsConfig,
+    OutageConfig, OutageMode, PrefixLimit, RetryConfig, RouterConfig, RouterConfigError,
+    SenderPool, SenderPoolsConfig, SimulatedConfig, TenantDelivery,
 };
 pub use destination::{Destination, ExtensionKind, InvalidDestination, normalize};
 pub use http::HttpCarrier;

@@ -21,7 +21,8 @@ use tokio::time::Instant;
 
 use super::breaker::{Admit, Breaker, BreakerState};
 use super::carrier::{
-    Carrier, CarrierMessage, DialPlan, Receipt, ReceiptSink, ReceiptToken, Receipts, SendOutcome,
+    Carrier, CarrierMessage, DialPlan, MessagePurpose, Receipt, ReceiptSink, ReceiptToken,
+    Receipts, SendOutcome,
 };
 use super::config::{CarrierConfig, CarrierKind, RetryConfig, RouterConfig, RouterConfigError};
 use super::destination::{Destination, ExtensionKind};
@@ -78,6 +79,8 @@ pub struct DeliveryJob {
     pub avoid_carrier: CarrierSlot,
     /// The tenant routes voice extensions through an operator.
     pub operator_assistance: bool,
+    /// A code to type back, or a confirmation call (voice only).
+    pub purpose: MessagePurpose,
 }
 
 /// Counts since start (tests, tools, the health endpoint).
@@ -791,6 +794,14 @@ impl Router {
             .map(|(_, s)| Arc::clone(s))
     }
 
+    /// Gives every simulated carrier the place where its handsets answer
+    /// confirmation calls (see [`SimulatedCarrier::attach_handsets`]).
+    pub fn attach_handsets(&self, handsets: std::sync::Weak<dyn super::Handsets>) {
+        for (_, s) in &self.inner.sims {
+            s.attach_handsets(handsets.clone());
+        }
+    }
+
     /// The breaker state of the named carrier.
     pub fn breaker_state(&self, name: &str) -> Option<BreakerState> {
         self.inner
@@ -1034,6 +1045,7 @@ impl Inner {
             _ => DialPlan::Direct,
         };
         let text = template::render(
+            job.purpose,
             job.channel,
             &job.locale,
             &job.code,
@@ -1049,6 +1061,7 @@ impl Inner {
             channel: job.channel,
             to: job.destination.address().to_owned(),
             dial_plan,
+            purpose: job.purpose,
             sender: sender.to_owned(),
             text,
             token: ReceiptToken(token),

@@ -23,7 +23,8 @@ use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 use super::carrier::{
-    Carrier, CarrierMessage, DialPlan, Receipt, Receipts, SendFuture, SendOutcome,
+    Carrier, CarrierMessage, DialPlan, HandsetAnswer, Handsets, MessagePurpose, Receipt, Receipts,
+    SendFuture, SendOutcome,
 };
 use super::config::{OutageMode, SimulatedConfig};
 use crate::types::{ChallengeId, Channel, TenantId};
@@ -109,6 +110,8 @@ pub struct SimulatedCarrier {
     line: ReceiptLine,
     line_capacity: usize,
     line_full: metrics::Counter,
+    /// Where confirmation calls are answered (set once by the engine).
+    handsets: std::sync::OnceLock<Weak<dyn Handsets>>,
 }
 
 impl Drop for SimulatedCarrier {
@@ -148,7 +151,47 @@ impl SimulatedCarrier {
                 "carrier" => name.to_owned(),
                 "reason" => "line_full"
             ),
+            handsets: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Where this carrier's handsets answer confirmation calls. Set once; a
+    /// second call is ignored. Without it, a call is delivered and never
+    /// answered.
+    pub fn attach_handsets(&self, handsets: Weak<dyn Handsets>) {
+        let _ = self.handsets.set(handsets);
+    }
+
+    /// A confirmation call rang: the carrier answers it by itself after
+    /// `auto_answer.delay_ms` when nobody of the tenant holds the handsets
+    /// (no outbox subscriber), and reports it not answered after
+    /// `ring_timeout_ms` otherwise (a later answer from a subscriber wins;
+    /// the engine keeps the first outcome).
+    fn ring(&self, tenant: TenantId, id: ChallengeId) {
+        let Some(handsets) = self.handsets.get().cloned() else {
+            return;
+        };
+        let Some(h) = handsets.upgrade() else { return };
+        let auto = self
+            .cfg
+            .auto_answer
+            .as_ref()
+            .filter(|_| !h.subscribed(tenant))
+            .map(|a| (Duration::from_millis(a.delay_ms), a.digits.clone()));
+        let (after, answer) = match auto {
+            Some((delay, digits)) => (delay, HandsetAnswer::Digits(digits)),
+            None => (
+                Duration::from_millis(self.cfg.ring_timeout_ms),
+                HandsetAnswer::NotAnswered,
+            ),
+        };
+        drop(h);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Some(h) = handsets.upgrade() {
+                h.answer(tenant, id, answer);
+            }
+        });
     }
 
     /// Switches an outage on (`Some`) or off (`None`) now.
@@ -215,6 +258,9 @@ impl SimulatedCarrier {
             tracing::debug!(carrier = %self.name, dial_plan = msg.dial_plan.kind(), "simulated voice call");
         }
         let token = msg.token;
+        if msg.purpose == MessagePurpose::CallConfirmation {
+            self.ring(msg.tenant, msg.id);
+        }
         let Some(outbox) = self.outbox.as_ref().filter(|o| o.receiver_count() > 0) else {
             // Nobody is holding the phones: delivered all the same.
             self.counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -387,6 +433,7 @@ mod tests {
             channel: Channel::Email,
             to: "ann@example.com".into(),
             dial_plan: DialPlan::Direct,
+            purpose: super::super::carrier::MessagePurpose::Code,
             sender: "otp@example.com".into(),
             text: "123456".into(),
             token: ReceiptToken(token),

@@ -7,6 +7,7 @@
 
 use std::fmt::Write as _;
 
+use super::carrier::MessagePurpose;
 use crate::code::Code;
 use crate::types::Channel;
 
@@ -105,6 +106,7 @@ fn sms(lang: Lang, code: &str, service: &str, minutes: u64) -> String {
 /// Renders the text for `channel`. For voice, the code is read digit by digit,
 /// twice. `service` is shortened if an SMS would not fit one segment.
 pub(crate) fn render(
+    purpose: MessagePurpose,
     channel: Channel,
     locale: &str,
     code: &Code,
@@ -116,6 +118,16 @@ pub(crate) fn render(
     let (buf, n) = code.digits();
     let code = std::str::from_utf8(&buf[..n]).unwrap_or("");
     let minutes = minutes_left(expires_at_ms, now_ms);
+    if purpose == MessagePurpose::CallConfirmation {
+        return match lang {
+            Lang::En => format!(
+                "Hello. This is {service}. Someone is signing in or registering this phone with your account. To confirm, press the pound key. If it was not you, hang up."
+            ),
+            Lang::Fr => format!(
+                "Bonjour. Ici {service}. Quelqu'un se connecte ou enregistre ce téléphone sur votre compte. Pour confirmer, appuyez sur la touche dièse. Si ce n'est pas vous, raccrochez."
+            ),
+        };
+    }
     match channel {
         Channel::Sms => {
             let text = sms(lang, code, service, minutes);
@@ -172,12 +184,28 @@ mod tests {
 
     #[test]
     fn english_and_french_sms_carry_code_service_and_minutes() {
-        let en = render(Channel::Sms, "en-US", &code(), "Acme VPN", 300_000, 0);
+        let en = render(
+            MessagePurpose::Code,
+            Channel::Sms,
+            "en-US",
+            &code(),
+            "Acme VPN",
+            300_000,
+            0,
+        );
         assert_eq!(
             en,
             "123456 is your Acme VPN verification code. It expires in 5 min."
         );
-        let fr = render(Channel::Sms, "fr-CA", &code(), "Acme VPN", 250_000, 0);
+        let fr = render(
+            MessagePurpose::Code,
+            Channel::Sms,
+            "fr-CA",
+            &code(),
+            "Acme VPN",
+            250_000,
+            0,
+        );
         assert!(fr.starts_with("123456 est votre code"), "{fr}");
         assert!(fr.contains("5 min"));
         assert_eq!(sms_cost(&fr).1, 160, "é is GSM-7");
@@ -186,11 +214,27 @@ mod tests {
     #[test]
     fn long_or_unicode_service_names_still_fit_one_segment() {
         let long = "A".repeat(300);
-        let t = render(Channel::Sms, "en", &code(), &long, 60_000, 0);
+        let t = render(
+            MessagePurpose::Code,
+            Channel::Sms,
+            "en",
+            &code(),
+            &long,
+            60_000,
+            0,
+        );
         assert!(fits_one_segment(&t));
         assert!(t.contains("123456"));
         let uni = "服务".repeat(40);
-        let t = render(Channel::Sms, "fr", &code(), &uni, 60_000, 0);
+        let t = render(
+            MessagePurpose::Code,
+            Channel::Sms,
+            "fr",
+            &code(),
+            &uni,
+            60_000,
+            0,
+        );
         assert!(fits_one_segment(&t), "{t}");
         assert_eq!(sms_cost(&t).1, 70);
         assert!(t.contains("123456"));
@@ -214,10 +258,53 @@ mod tests {
     }
 
     #[test]
+    fn a_confirmation_call_asks_for_pound_and_carries_no_code() {
+        for lang in ["en", "fr"] {
+            let t = render(
+                MessagePurpose::CallConfirmation,
+                Channel::Voice,
+                lang,
+                &code(),
+                "Acme",
+                60_000,
+                0,
+            );
+            assert!(!t.contains("123456") && !t.contains("1, 2, 3"), "{t}");
+            assert!(t.contains("Acme"));
+        }
+        let en = render(
+            MessagePurpose::CallConfirmation,
+            Channel::Voice,
+            "en",
+            &code(),
+            "Acme",
+            60_000,
+            0,
+        );
+        assert!(en.contains("press the pound key"), "{en}");
+    }
+
+    #[test]
     fn voice_reads_digits_and_email_has_a_subject() {
-        let v = render(Channel::Voice, "en", &code(), "Acme", 60_000, 0);
+        let v = render(
+            MessagePurpose::Code,
+            Channel::Voice,
+            "en",
+            &code(),
+            "Acme",
+            60_000,
+            0,
+        );
         assert!(v.contains("1, 2, 3, 4, 5, 6"));
-        let e = render(Channel::Email, "fr", &code(), "Acme", 60_000, 0);
+        let e = render(
+            MessagePurpose::Code,
+            Channel::Email,
+            "fr",
+            &code(),
+            "Acme",
+            60_000,
+            0,
+        );
         assert!(e.starts_with("Subject: Votre code"));
         assert!(e.contains("123456"));
     }

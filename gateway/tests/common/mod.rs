@@ -69,7 +69,7 @@ impl Backend for Fake {
             _ => Response::error(Status::NotFound, 0, "no such challenge"),
         }
     }
-    fn outbox_subscribe(&self) -> Option<FakeFeed> {
+    fn outbox_subscribe(&self, _tenant: TenantId) -> Option<FakeFeed> {
         Some(FakeFeed(self.outbox.subscribe()))
     }
     fn begin_shutdown(&self) {

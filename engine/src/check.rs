@@ -1,0 +1,813 @@
+//! The one decision of DOMAIN.md §7 ("may this user in?"), called by every
+//! front end (the protocol's CHECK, the HTTP API's `/v1/check`, RADIUS), and
+//! the registration of a user's methods, which confirms a phone or an address
+//! before it counts.
+//!
+//! A CHECK state is the text `ws1` and the 32 hex digits of the challenge's
+//! id: 128 random bits the table drew, bound to the tenant (another tenant's
+//! table look-up finds nothing) and to the subject (checked here), single-use
+//! because the challenge is consumed when it verifies (or, for a call, when
+//! its outcome is taken), and it expires with the challenge.
+//!
+//! Every decision writes one audit record with its result and reason. This
+//! module must never return or record a code, a PIN or a full destination,
+//! and never hold a lock across an `.await` (the only await is a call's
+//! outcome, on a watch channel).
+
+use std::time::Duration;
+
+use crate::calls::{CallHandle, CallOutcome};
+use crate::delivery::MessagePurpose;
+use crate::directory::{
+    DirectoryError, Durable, Method, MethodId, MethodState, MethodType, validate_subject,
+};
+use crate::events::Record;
+use crate::mask::mask_destination;
+use crate::service::{Engine, EngineError, IssueParams};
+use crate::types::{ChallengeId, TenantId, VerifyOutcome};
+
+/// Longest answer and state a CHECK takes, bytes (protocol v1).
+pub const MAX_CHECK_FIELD: usize = 64;
+/// Longest a CHECK on a ringing call is held before it answers the same
+/// CHALLENGE again.
+pub const CALL_HOLD: Duration = Duration::from_secs(25);
+
+/// One CHECK as a front end decoded it.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckRequest<'a> {
+    /// The upstream user id.
+    pub subject: &'a str,
+    /// What the person typed: a code, a method keyword, or empty.
+    pub answer: &'a str,
+    /// Empty, or the state of an earlier CHALLENGE.
+    pub state: &'a str,
+    /// The end user's address, for the audit trail.
+    pub client_ip: &'a str,
+}
+
+/// Why a CHECK rejected. Wire values as in protocol v1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// The answer did not match.
+    WrongAnswer = 1,
+    /// Too many wrong answers: the challenge (or token) is locked.
+    Locked = 2,
+    /// The challenge's time ran out.
+    Expired = 3,
+    /// No such user, or the user is disabled.
+    UnknownUser = 4,
+    /// The user has no active method that can serve the request.
+    NoMethod = 5,
+    /// The confirmation call was declined, hung up or not answered.
+    CallNotConfirmed = 6,
+    /// The state is unknown, used, or not this user's.
+    UnknownState = 7,
+}
+
+impl RejectReason {
+    /// The wire value.
+    pub fn wire(self) -> u8 {
+        self as u8
+    }
+
+    /// The word used by the HTTP API and the audit trail.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::WrongAnswer => "wrong_answer",
+            Self::Locked => "locked",
+            Self::Expired => "expired",
+            Self::UnknownUser => "unknown_user",
+            Self::NoMethod => "no_method",
+            Self::CallNotConfirmed => "call_not_confirmed",
+            Self::UnknownState => "unknown_state",
+        }
+    }
+}
+
+/// A challenge started by a CHECK.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChallengeInfo {
+    /// The single-use state to send back with the answer.
+    pub state: String,
+    /// The method the challenge runs on.
+    pub method: MethodType,
+    /// Where it went, masked ("" for a token).
+    pub masked_destination: String,
+    /// When it expires, Unix ms.
+    pub expires_at_ms: u64,
+    /// What to tell the person.
+    pub message: String,
+}
+
+/// The decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckResult {
+    /// Let the user in.
+    Accept,
+    /// Do not.
+    Reject {
+        /// Why.
+        reason: RejectReason,
+        /// Wrong answers still allowed (wrong answers only; else 0).
+        attempts_left: u8,
+        /// For a wrong answer, the same state again (the challenge goes on);
+        /// otherwise empty.
+        state: String,
+    },
+    /// Ask the person for an answer.
+    Challenge(ChallengeInfo),
+}
+
+impl CheckResult {
+    fn reject(reason: RejectReason) -> Self {
+        Self::Reject {
+            reason,
+            attempts_left: 0,
+            state: String::new(),
+        }
+    }
+
+    /// `accept`, `reject` or `challenge`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::Reject { .. } => "reject",
+            Self::Challenge(_) => "challenge",
+        }
+    }
+}
+
+/// A decision made at once, or one that waits for a call's outcome.
+#[derive(Debug)]
+pub enum CheckStep {
+    /// The decision.
+    Done(CheckResult),
+    /// Await [`CallWait::finish`] (at most [`CALL_HOLD`]).
+    WaitCall(CallWait),
+}
+
+/// A CHECK held on a ringing call.
+#[derive(Debug)]
+pub struct CallWait {
+    engine: Engine,
+    tenant: TenantId,
+    id: ChallengeId,
+    call: CallHandle,
+    again: ChallengeInfo,
+    client_ip: String,
+}
+
+impl CallWait {
+    /// Waits for the call's outcome, at most [`CALL_HOLD`] and never past
+    /// the challenge's expiry; then decides.
+    pub async fn finish(self) -> CheckResult {
+        let CallWait {
+            engine,
+            tenant,
+            id,
+            mut call,
+            again,
+            client_ip,
+        } = self;
+        let now = engine.now_ms();
+        let left = Duration::from_millis(call.expires_at_ms.saturating_sub(now));
+        let outcome = tokio::time::timeout(
+            left.min(CALL_HOLD),
+            call.outcome.wait_for(|o| *o != CallOutcome::Ringing),
+        )
+        .await;
+        let taken = match outcome {
+            Ok(_) => engine.inner.calls.take(tenant, id),
+            Err(_) if engine.now_ms() >= call.expires_at_ms => {
+                engine.inner.calls.expire(tenant, id)
+            }
+            Err(_) => {
+                // Still ringing: the same challenge again, to wait in a loop.
+                let result = CheckResult::Challenge(again);
+                engine.audit_check(tenant, &call.subject, &result, On::call(id, &client_ip));
+                return result;
+            }
+        };
+        let result = match taken {
+            Some(CallOutcome::Confirmed) => CheckResult::Accept,
+            Some(_) => CheckResult::reject(RejectReason::CallNotConfirmed),
+            // Another CHECK took the outcome first: this state is used.
+            None => CheckResult::reject(RejectReason::UnknownState),
+        };
+        engine.audit_check(tenant, &call.subject, &result, On::call(id, &client_ip));
+        result
+    }
+}
+
+/// What a decision was about, for its audit record.
+pub(crate) struct On<'a> {
+    method: Option<MethodType>,
+    challenge: Option<ChallengeId>,
+    destination: Option<crate::mask::MaskedDestination>,
+    client_ip: &'a str,
+}
+
+impl<'a> On<'a> {
+    fn call(id: ChallengeId, client_ip: &'a str) -> Self {
+        Self {
+            method: Some(MethodType::Call),
+            challenge: Some(id),
+            destination: None,
+            client_ip,
+        }
+    }
+}
+
+/// The state text for a challenge id.
+pub fn state_of(id: ChallengeId) -> String {
+    let hex = id.hex();
+    let mut s = String::with_capacity(35);
+    s.push_str("ws1");
+    s.push_str(std::str::from_utf8(&hex).unwrap_or(""));
+    s
+}
+
+/// The challenge id a state names, if it is well formed.
+pub fn parse_state(state: &str) -> Option<ChallengeId> {
+    let hex = state.strip_prefix("ws1")?;
+    if hex.len() != 32 {
+        return None;
+    }
+    let v = u128::from_str_radix(hex, 16).ok()?;
+    Some(ChallengeId(v.to_be_bytes()))
+}
+
+/// What a method's registration answers to a code typed back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfirmOutcome {
+    /// The code matched: the method is active.
+    Confirmed(Method),
+    /// Wrong code; the method stays pending.
+    WrongCode {
+        /// Wrong codes still allowed.
+        attempts_left: u8,
+    },
+    /// The confirmation ended (locked, expired, lost at a restart): the
+    /// method failed; register it again.
+    Failed {
+        /// The method, failed.
+        method: Method,
+        /// Why, in words.
+        reason: &'static str,
+    },
+}
+
+/// A method's registration waiting for its confirmation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PendingConfirmation {
+    pub(crate) challenge: ChallengeId,
+}
+
+impl Engine {
+    /// The decision of DOMAIN.md §7 for one CHECK. Errors are the protocol's
+    /// (INVALID_ARGUMENT for oversized fields; RATE_LIMITED, NO_ROUTE,
+    /// CAPACITY when starting a challenge is refused).
+    pub fn check(
+        &self,
+        tenant: TenantId,
+        req: &CheckRequest<'_>,
+    ) -> Result<CheckStep, EngineError> {
+        validate_subject(req.subject).map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+        for (field, v) in [("answer", req.answer), ("state", req.state)] {
+            if v.len() > MAX_CHECK_FIELD {
+                return Err(EngineError::InvalidArgument(format!(
+                    "{field}: at most {MAX_CHECK_FIELD} bytes, got {}",
+                    v.len()
+                )));
+            }
+        }
+        if !req.state.is_empty() {
+            return Ok(self.check_state(tenant, req));
+        }
+        let picked = self.inner.directory.with_user(tenant, req.subject, |u| {
+            if !u.enabled {
+                return Err(RejectReason::UnknownUser);
+            }
+            let keyword = MethodType::parse(req.answer.trim())
+                .filter(|t| MethodType::REGISTRABLE.contains(t));
+            if !req.answer.is_empty() && keyword.is_none() {
+                // An answer without a state is checked against the user's
+                // tokens (and PIN, per policy); without any, nothing can
+                // check it.
+                return Err(RejectReason::NoMethod);
+            }
+            let m = u.pick_method(keyword).ok_or(RejectReason::NoMethod)?;
+            Ok((m.kind, m.destination.clone(), u.locale.clone()))
+        });
+        let (kind, destination, locale) = match picked {
+            None => {
+                return Ok(self.decided(
+                    tenant,
+                    req,
+                    CheckResult::reject(RejectReason::UnknownUser),
+                    None,
+                    None,
+                ));
+            }
+            Some(Err(reason)) => {
+                return Ok(self.decided(tenant, req, CheckResult::reject(reason), None, None));
+            }
+            Some(Ok(x)) => x,
+        };
+        let channel = kind
+            .channel()
+            .ok_or_else(|| EngineError::Internal("a picked method has no channel".into()))?;
+        let purpose = if kind == MethodType::Call {
+            MessagePurpose::CallConfirmation
+        } else {
+            MessagePurpose::Code
+        };
+        let params = IssueParams {
+            subject: req.subject,
+            channel,
+            destination: &destination,
+            code_len: 0,
+            ttl_s: 0,
+            locale: locale.as_deref().unwrap_or(""),
+            client_ip: req.client_ip,
+        };
+        let issued = self.issue_for(tenant, &params, purpose)?;
+        let masked = issued.masked_destination.as_str().to_owned();
+        let message = challenge_message(kind, &masked);
+        let result = CheckResult::Challenge(ChallengeInfo {
+            state: state_of(issued.id),
+            method: kind,
+            masked_destination: masked,
+            expires_at_ms: issued.expires_at_ms,
+            message,
+        });
+        Ok(self.decided_to(
+            tenant,
+            req,
+            result,
+            Some(kind),
+            Some(issued.id),
+            Some(issued.masked_destination),
+        ))
+    }
+
+    fn decided(
+        &self,
+        tenant: TenantId,
+        req: &CheckRequest<'_>,
+        result: CheckResult,
+        method: Option<MethodType>,
+        challenge: Option<ChallengeId>,
+    ) -> CheckStep {
+        self.decided_to(tenant, req, result, method, challenge, None)
+    }
+
+    fn decided_to(
+        &self,
+        tenant: TenantId,
+        req: &CheckRequest<'_>,
+        result: CheckResult,
+        method: Option<MethodType>,
+        challenge: Option<ChallengeId>,
+        destination: Option<crate::mask::MaskedDestination>,
+    ) -> CheckStep {
+        let on = On {
+            method,
+            challenge,
+            destination,
+            client_ip: req.client_ip,
+        };
+        self.audit_check(tenant, req.subject, &result, on);
+        CheckStep::Done(result)
+    }
+
+    fn check_state(&self, tenant: TenantId, req: &CheckRequest<'_>) -> CheckStep {
+        let Some(id) = parse_state(req.state) else {
+            return self.decided(
+                tenant,
+                req,
+                CheckResult::reject(RejectReason::UnknownState),
+                None,
+                None,
+            );
+        };
+        if let Some(call) = self.inner.calls.watch(tenant, id) {
+            if *call.subject != *req.subject {
+                return self.decided(
+                    tenant,
+                    req,
+                    CheckResult::reject(RejectReason::UnknownState),
+                    None,
+                    None,
+                );
+            }
+            let masked = self
+                .inner
+                .table
+                .peek_pending(tenant, id)
+                .map(|t| mask_destination(&t.destination).as_str().to_owned())
+                .unwrap_or_default();
+            let again = ChallengeInfo {
+                state: req.state.to_owned(),
+                method: MethodType::Call,
+                message: challenge_message(MethodType::Call, &masked),
+                masked_destination: masked,
+                expires_at_ms: call.expires_at_ms,
+            };
+            return CheckStep::WaitCall(CallWait {
+                engine: self.clone(),
+                tenant,
+                id,
+                call,
+                again,
+                client_ip: req.client_ip.to_owned(),
+            });
+        }
+        // A pending challenge of another subject is not this user's state:
+        // refused without counting an attempt against it.
+        let pending = self.inner.table.peek_pending(tenant, id);
+        if pending.as_ref().is_some_and(|t| t.subject != req.subject) {
+            return self.decided(
+                tenant,
+                req,
+                CheckResult::reject(RejectReason::UnknownState),
+                None,
+                None,
+            );
+        }
+        let method = pending.as_ref().map(|t| match t.channel {
+            crate::types::Channel::Sms => MethodType::Sms,
+            crate::types::Channel::Voice => MethodType::Voice,
+            crate::types::Channel::Email => MethodType::Email,
+        });
+        let result = match self.inner.table.verify(tenant, id, req.answer.as_bytes()) {
+            VerifyOutcome::Approved => CheckResult::Accept,
+            VerifyOutcome::Rejected { attempts_left } => CheckResult::Reject {
+                reason: RejectReason::WrongAnswer,
+                attempts_left,
+                state: req.state.to_owned(),
+            },
+            VerifyOutcome::Expired => CheckResult::reject(RejectReason::Expired),
+            VerifyOutcome::Locked => CheckResult::reject(RejectReason::Locked),
+            VerifyOutcome::Unknown => CheckResult::reject(RejectReason::UnknownState),
+        };
+        self.decided(tenant, req, result, method, Some(id))
+    }
+
+    pub(crate) fn audit_check(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        result: &CheckResult,
+        on: On<'_>,
+    ) {
+        let On {
+            method,
+            challenge,
+            destination,
+            client_ip,
+        } = on;
+        let (word, reason) = match result {
+            CheckResult::Accept => ("success", None),
+            CheckResult::Reject { reason, .. } => ("failure", Some(reason.word())),
+            CheckResult::Challenge(_) => ("challenge", None),
+        };
+        self.inner.sink.record_other(&Record {
+            at_ms: self.now_ms(),
+            tenant,
+            event: "check",
+            result: word,
+            subject,
+            method: method.map(MethodType::name),
+            destination,
+            challenge,
+            reason,
+            client_ip: (!client_ip.is_empty()).then_some(client_ip),
+        });
+    }
+
+    /// Records a directory change in the audit trail (`user_created`,
+    /// `method_deleted`, ...); a reason makes it a failure.
+    pub fn audit_directory(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        event: &str,
+        method: Option<&Method>,
+        reason: Option<&str>,
+    ) {
+        self.inner.sink.record_other(&Record {
+            at_ms: self.now_ms(),
+            tenant,
+            event,
+            result: if reason.is_some() {
+                "failure"
+            } else {
+                "success"
+            },
+            subject,
+            method: method.map(|m| m.kind.name()),
+            destination: method.map(Method::masked),
+            challenge: None,
+            reason,
+            client_ip: None,
+        });
+    }
+
+    /// Registers a method for a user and starts its confirmation: a code by
+    /// SMS or e-mail, or a call to answer with `#` for `voice` and `call`.
+    /// The method is `pending` until then, and fails if it is not confirmed
+    /// before its confirmation challenge expires.
+    pub fn add_method(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        kind: MethodType,
+        destination: &str,
+    ) -> Result<Durable<Method>, EngineError> {
+        validate_subject(subject).map_err(EngineError::from)?;
+        if !MethodType::REGISTRABLE.contains(&kind) {
+            return Err(EngineError::InvalidArgument(format!(
+                "type: {} methods are not registered here; use sms, voice, email or call",
+                kind.name()
+            )));
+        }
+        let channel = kind
+            .channel()
+            .ok_or_else(|| EngineError::Internal("no channel".into()))?;
+        let policy = self
+            .tenant_policy(tenant)
+            .ok_or_else(|| EngineError::Internal("unknown tenant".into()))?;
+        let normalized = crate::delivery::normalize(channel, destination, &policy_delivery(policy))
+            .map_err(|e| EngineError::InvalidArgument(format!("destination: {e}")))?;
+        let locale = self
+            .inner
+            .directory
+            .with_user(tenant, subject, |u| u.locale.clone())
+            .ok_or(EngineError::Directory(DirectoryError::NotFound(
+                "no such user",
+            )))?;
+        let purpose = if kind.confirmed_by_call() {
+            MessagePurpose::CallConfirmation
+        } else {
+            MessagePurpose::Code
+        };
+        let params = IssueParams {
+            subject,
+            channel,
+            destination: normalized.as_str(),
+            code_len: 0,
+            ttl_s: 0,
+            locale: locale.as_deref().unwrap_or(""),
+            client_ip: "",
+        };
+        let issued = self.issue_for(tenant, &params, purpose)?;
+        let now = self.now_ms();
+        let method = Method {
+            id: MethodId::random(),
+            kind,
+            state: MethodState::Pending,
+            destination: normalized.as_str().into(),
+            created_at_ms: now,
+            confirmed_at_ms: 0,
+            effective_at_ms: 0,
+            confirm_deadline_ms: issued.expires_at_ms,
+        };
+        let added = match self
+            .inner
+            .directory
+            .add_method(tenant, subject, method, now)
+        {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = self.inner.table.cancel(tenant, issued.id);
+                self.inner.calls.forget(issued.id);
+                return Err(e.into());
+            }
+        };
+        let m = added.value().clone();
+        self.audit_directory(tenant, subject, "method_added", Some(&m), None);
+        if kind.confirmed_by_call() {
+            self.watch_registration_call(tenant, subject, m.id, issued.id);
+        } else {
+            self.inner.confirmations.lock().insert(
+                (tenant, m.id),
+                PendingConfirmation {
+                    challenge: issued.id,
+                },
+            );
+        }
+        Ok(added)
+    }
+
+    /// Waits (in a task) for a registration call's outcome and writes it to
+    /// the method: active when confirmed, failed otherwise.
+    fn watch_registration_call(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        method: MethodId,
+        id: ChallengeId,
+    ) {
+        let Some(mut call) = self.inner.calls.watch(tenant, id) else {
+            return;
+        };
+        let weak = std::sync::Arc::downgrade(&self.inner);
+        let subject = subject.to_owned();
+        let left = Duration::from_millis(call.expires_at_ms.saturating_sub(self.now_ms()));
+        tokio::spawn(async move {
+            let _ =
+                tokio::time::timeout(left, call.outcome.wait_for(|o| *o != CallOutcome::Ringing))
+                    .await;
+            let Some(inner) = weak.upgrade() else { return };
+            let engine = Engine { inner };
+            let outcome = engine
+                .inner
+                .calls
+                .take(tenant, id)
+                .or_else(|| engine.inner.calls.expire(tenant, id));
+            let confirmed = outcome == Some(CallOutcome::Confirmed);
+            let reason = match outcome {
+                Some(CallOutcome::Confirmed) => None,
+                Some(CallOutcome::Declined) => Some("call declined"),
+                _ => Some("call not answered"),
+            };
+            let _ = engine.finish_registration(tenant, &subject, method, confirmed, reason);
+        });
+    }
+
+    /// Writes a registration's end to the method.
+    fn finish_registration(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        id: MethodId,
+        confirmed: bool,
+        reason: Option<&'static str>,
+    ) -> Result<Durable<Method>, DirectoryError> {
+        let now = self.now_ms();
+        let hold_ms = self
+            .tenant_policy(tenant)
+            .map_or(48, |p| u64::from(p.contact_hold_hours))
+            * 3_600_000;
+        let done = self
+            .inner
+            .directory
+            .update_method(tenant, subject, id, |m| {
+                if m.state != MethodState::Pending {
+                    return false;
+                }
+                if confirmed {
+                    m.state = MethodState::Active;
+                    m.confirmed_at_ms = now;
+                    m.effective_at_ms = now + hold_ms;
+                } else {
+                    m.state = MethodState::Failed;
+                }
+                true
+            })?;
+        let event = if confirmed {
+            "method_confirmed"
+        } else {
+            "method_failed"
+        };
+        self.audit_directory(tenant, subject, event, Some(done.value()), reason);
+        Ok(done)
+    }
+
+    /// Checks the code typed back for a pending `sms` or `email` method.
+    pub fn confirm_method(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        id: MethodId,
+        code: &str,
+    ) -> Result<Durable<ConfirmOutcome>, EngineError> {
+        let now = self.now_ms();
+        let method = self
+            .inner
+            .directory
+            .with_user(tenant, subject, |u| u.method(id).cloned())
+            .ok_or(EngineError::Directory(DirectoryError::NotFound(
+                "no such user",
+            )))?
+            .ok_or(EngineError::Directory(DirectoryError::NotFound(
+                "no such method",
+            )))?;
+        if method.kind.confirmed_by_call() {
+            return Err(EngineError::Directory(DirectoryError::Conflict(format!(
+                "a {} method is confirmed by answering its call with #, not by a code",
+                method.kind.name()
+            ))));
+        }
+        match method.state {
+            MethodState::Pending => {}
+            other => {
+                return Err(EngineError::Directory(DirectoryError::Conflict(format!(
+                    "the method is {}, not pending",
+                    other.name()
+                ))));
+            }
+        }
+        let pending = self.inner.confirmations.lock().get(&(tenant, id)).copied();
+        let outcome = match pending {
+            None => VerifyOutcome::Unknown,
+            Some(_) if now >= method.confirm_deadline_ms => VerifyOutcome::Expired,
+            Some(p) => self
+                .inner
+                .table
+                .verify(tenant, p.challenge, code.as_bytes()),
+        };
+        let (confirmed, reason) = match outcome {
+            VerifyOutcome::Rejected { attempts_left } => {
+                return Ok(Durable::ready(ConfirmOutcome::WrongCode { attempts_left }));
+            }
+            VerifyOutcome::Approved => (true, None),
+            VerifyOutcome::Locked => (false, Some("too many wrong codes")),
+            VerifyOutcome::Expired => (false, Some("the confirmation expired")),
+            VerifyOutcome::Unknown => (
+                false,
+                Some("the confirmation ended (superseded, or lost at a restart)"),
+            ),
+        };
+        self.inner.confirmations.lock().remove(&(tenant, id));
+        let done = self
+            .finish_registration(tenant, subject, id, confirmed, reason)
+            .map_err(EngineError::from)?;
+        Ok(done.map(|m| {
+            if confirmed {
+                ConfirmOutcome::Confirmed(m)
+            } else {
+                ConfirmOutcome::Failed {
+                    method: m,
+                    reason: reason.unwrap_or("failed"),
+                }
+            }
+        }))
+    }
+
+    /// What a simulated handset keyed for the call `id` (CALL_ANSWER).
+    pub fn call_answer(
+        &self,
+        tenant: TenantId,
+        id: ChallengeId,
+        digits: &str,
+    ) -> Result<(), EngineError> {
+        if digits.len() > MAX_CHECK_FIELD {
+            return Err(EngineError::InvalidArgument(format!(
+                "digits: at most {MAX_CHECK_FIELD} bytes, got {}",
+                digits.len()
+            )));
+        }
+        let answer = crate::delivery::HandsetAnswer::Digits(digits.to_owned());
+        if self.inner.calls.answer(tenant, id, &answer) {
+            Ok(())
+        } else {
+            Err(EngineError::NotFound)
+        }
+    }
+}
+
+fn policy_delivery(p: &crate::service::TenantPolicy) -> crate::delivery::TenantDelivery {
+    crate::delivery::TenantDelivery {
+        default_country: p.default_country.clone(),
+        operator_assistance: p.operator_assistance,
+        service_name: p.service_name.clone(),
+        default_locale: p.locale.clone(),
+    }
+}
+
+/// The sentence shown to the person for a challenge.
+pub fn challenge_message(kind: MethodType, masked: &str) -> String {
+    match kind {
+        MethodType::Sms | MethodType::Email => format!("Enter the code sent to {masked}"),
+        MethodType::Voice => format!("Enter the code read out in the call to {masked}"),
+        MethodType::Call => "Answer the call and press #".to_owned(),
+        MethodType::Token => "Enter the code from your token".to_owned(),
+        MethodType::Pin => "Enter your PIN".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_and_refuse_anything_else() {
+        let id = ChallengeId(*b"0123456789abcdef");
+        let s = state_of(id);
+        assert_eq!(s.len(), 35);
+        assert!(s.bytes().all(|b| b.is_ascii_graphic()));
+        assert_eq!(parse_state(&s), Some(id));
+        for bad in [
+            "",
+            "ws1",
+            "ws2303132333435363738396162636465666",
+            &s[..34],
+            &format!("{s}0"),
+            "ws1zz3132333435363738396162636465",
+        ] {
+            assert_eq!(parse_state(bad), None, "{bad}");
+        }
+    }
+}

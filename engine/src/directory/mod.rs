@@ -1,0 +1,779 @@
+//! The directory: every tenant's users and their methods, held in memory for
+//! the hot path and kept in step with a durable [`DirectoryStore`].
+//!
+//! Reads (CHECK, the protocol, the API's GETs) never touch the disk: each
+//! tenant's users live in one ordered map behind a read-write lock, loaded
+//! once at start. A write takes the tenant's write lock, computes the new
+//! rows, hands them to the store's group-commit queue (non-blocking; a full
+//! queue refuses the write before anything changes) and changes the map, all
+//! in one critical section, so the store sees the tenant's writes in the
+//! order memory did. The caller answers only after [`Durable::wait`]: an
+//! acknowledged write has reached the disk. A failed commit turns the store
+//! read-only (every later write is refused) until a restart reloads memory
+//! from disk.
+//!
+//! This module must never hold a lock across an `.await`, block on the disk
+//! inside a lock, or put a full destination in an error or a `Debug` output.
+
+pub mod model;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+pub use model::{Method, MethodId, MethodState, MethodType, User};
+
+use crate::store::{DirectoryStore, Loaded, StoreError, StoreOp, Ticket};
+use crate::types::TenantId;
+
+/// Longest subject, bytes (as ISSUE's).
+pub const MAX_SUBJECT_LEN: usize = 256;
+/// Longest display name, bytes.
+pub const MAX_DISPLAY_NAME_LEN: usize = 256;
+/// Longest locale tag, bytes.
+pub const MAX_LOCALE_LEN: usize = 35;
+/// Most methods one user may register.
+pub const MAX_METHODS_PER_USER: usize = 16;
+
+/// Why a directory operation was refused. Messages name the field and the
+/// reason, never a destination.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DirectoryError {
+    /// No such user or method for this tenant.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// A field's value is not acceptable.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The request conflicts with what is stored.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store cannot take writes now (queue full, or read-only after a
+    /// failed commit).
+    #[error("{message}")]
+    Unavailable {
+        /// Suggested wait before a retry, ms (0: do not retry here).
+        retry_after_ms: u32,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl From<StoreError> for DirectoryError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Full => Self::Unavailable {
+                retry_after_ms: 100,
+                message: "the directory's write queue is full".into(),
+            },
+            other => Self::Unavailable {
+                retry_after_ms: 0,
+                message: format!("the directory store cannot take writes: {other}"),
+            },
+        }
+    }
+}
+
+/// A change made in memory whose disk write may still be under way.
+#[must_use = "answer only after `wait`: the write is durable then"]
+pub struct Durable<T> {
+    value: T,
+    ticket: Option<Ticket>,
+}
+
+impl<T> std::fmt::Debug for Durable<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable")
+            .field("pending", &self.ticket.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Durable<T> {
+    /// A value with nothing to wait for (no store, or nothing changed).
+    pub fn ready(value: T) -> Self {
+        Self {
+            value,
+            ticket: None,
+        }
+    }
+
+    /// The value, before durability is known (for tools that do not answer anyone).
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+
+    /// Maps the value, keeping the pending write.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Durable<U> {
+        Durable {
+            value: f(self.value),
+            ticket: self.ticket,
+        }
+    }
+
+    /// Waits until the write reached the disk.
+    pub async fn wait(self) -> Result<T, DirectoryError> {
+        if let Some(t) = self.ticket {
+            t.wait().await?;
+        }
+        Ok(self.value)
+    }
+
+    /// [`Durable::wait`] for threads outside the runtime.
+    pub fn wait_blocking(self) -> Result<T, DirectoryError> {
+        if let Some(t) = self.ticket {
+            t.wait_blocking()?;
+        }
+        Ok(self.value)
+    }
+}
+
+/// A change to a user's own fields; `None` keeps the field, `Some(None)`
+/// clears an optional one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserPatch {
+    /// A name to show.
+    pub display_name: Option<Option<String>>,
+    /// The user's address.
+    pub email: Option<Option<String>>,
+    /// Message language.
+    pub locale: Option<Option<String>>,
+    /// Enabled or not (a new user is enabled unless this says otherwise).
+    pub enabled: Option<bool>,
+    /// The method type challenges start on.
+    pub default_method: Option<Option<MethodType>>,
+}
+
+/// What a load at start found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Users loaded.
+    pub users: usize,
+    /// Methods loaded.
+    pub methods: usize,
+    /// Rows of tenants no longer configured (kept on disk, not served).
+    pub skipped_unknown_tenant: usize,
+}
+
+type UserMap = BTreeMap<Box<str>, User>;
+
+/// Every tenant's users and methods.
+pub struct Directory {
+    tenants: Vec<String>,
+    maps: Box<[RwLock<UserMap>]>,
+    store: Option<Arc<dyn DirectoryStore>>,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("tenants", &self.tenants.len())
+            .field("users", &self.len())
+            .field("durable", &self.store.is_some())
+            .finish()
+    }
+}
+
+/// Checks a subject as every front end must: 1..=256 bytes, no control characters.
+pub fn validate_subject(subject: &str) -> Result<(), DirectoryError> {
+    if subject.is_empty() || subject.len() > MAX_SUBJECT_LEN {
+        return Err(DirectoryError::InvalidArgument(format!(
+            "subject: must be 1 to {MAX_SUBJECT_LEN} bytes, got {}",
+            subject.len()
+        )));
+    }
+    if subject.chars().any(char::is_control) {
+        return Err(DirectoryError::InvalidArgument(
+            "subject: must not contain control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_text(field: &str, v: &str, max: usize) -> Result<(), DirectoryError> {
+    if v.is_empty() || v.len() > max || v.chars().any(char::is_control) {
+        return Err(DirectoryError::InvalidArgument(format!(
+            "{field}: must be 1 to {max} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Directory {
+    /// An empty directory for these tenants (by [`TenantId`] order), kept only
+    /// in memory (tests, benchmarks).
+    pub fn in_memory(tenants: Vec<String>) -> Directory {
+        let maps = tenants.iter().map(|_| RwLock::default()).collect();
+        Directory {
+            tenants,
+            maps,
+            store: None,
+        }
+    }
+
+    /// Loads every stored user and method of the configured tenants from
+    /// `store`, which then takes every write.
+    pub fn load(
+        tenants: Vec<String>,
+        store: Arc<dyn DirectoryStore>,
+    ) -> Result<(Directory, LoadReport), String> {
+        let mut dir = Directory::in_memory(tenants);
+        let mut report = LoadReport::default();
+        let mut error = None;
+        let index: std::collections::HashMap<String, usize> = dir
+            .tenants
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        store
+            .load(&mut |row| {
+                if error.is_some() {
+                    return;
+                }
+                match row {
+                    Loaded::User(u) => {
+                        let Some(&t) = index.get(&u.tenant) else {
+                            report.skipped_unknown_tenant += 1;
+                            return;
+                        };
+                        match User::from_stored(u) {
+                            Ok(user) => {
+                                dir.maps[t].get_mut().insert(user.subject.clone(), user);
+                                report.users += 1;
+                            }
+                            Err(e) => error = Some(e),
+                        }
+                    }
+                    Loaded::Method(m) => {
+                        let Some(&t) = index.get(&m.tenant) else {
+                            report.skipped_unknown_tenant += 1;
+                            return;
+                        };
+                        let subject = m.subject.clone();
+                        match Method::from_stored(m) {
+                            Ok(method) => match dir.maps[t].get_mut().get_mut(subject.as_str()) {
+                                Some(user) => {
+                                    user.methods.push(method);
+                                    report.methods += 1;
+                                }
+                                None => {
+                                    error = Some(format!(
+                                        "method {} belongs to no stored user",
+                                        method.id
+                                    ))
+                                }
+                            },
+                            Err(e) => error = Some(e),
+                        }
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        if let Some(e) = error {
+            return Err(format!("the directory store holds a bad row: {e}"));
+        }
+        for map in dir.maps.iter_mut() {
+            for user in map.get_mut().values_mut() {
+                user.methods.sort_by_key(|m| (m.created_at_ms, m.id));
+                user.methods.shrink_to_fit();
+            }
+        }
+        dir.store = Some(store);
+        Ok((dir, report))
+    }
+
+    /// Users of every tenant.
+    pub fn len(&self) -> usize {
+        self.maps.iter().map(|m| m.read().len()).sum()
+    }
+
+    /// Whether no tenant has a user.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Users of one tenant.
+    pub fn tenant_len(&self, tenant: TenantId) -> usize {
+        self.map(tenant).map_or(0, |m| m.read().len())
+    }
+
+    /// Whether writes reach a durable store.
+    pub fn is_durable(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Writes queued for the store now.
+    pub fn store_queued(&self) -> usize {
+        self.store.as_ref().map_or(0, |s| s.queued())
+    }
+
+    fn map(&self, tenant: TenantId) -> Option<&RwLock<UserMap>> {
+        self.maps.get(usize::from(tenant.0))
+    }
+
+    fn tenant_name(&self, tenant: TenantId) -> &str {
+        self.tenants
+            .get(usize::from(tenant.0))
+            .map_or("", String::as_str)
+    }
+
+    /// Calls `f` with the user under the tenant's read lock (keep it short).
+    ///
+    /// Locking behaviour: takes the tenant's read lock for the call.
+    pub fn with_user<R>(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        f: impl FnOnce(&User) -> R,
+    ) -> Option<R> {
+        let map = self.map(tenant)?.read();
+        map.get(subject).map(f)
+    }
+
+    /// A copy of the user.
+    pub fn user(&self, tenant: TenantId, subject: &str) -> Option<User> {
+        self.with_user(tenant, subject, User::clone)
+    }
+
+    /// Up to `limit` users whose subject sorts after `after`, in subject
+    /// order, and the subject to continue after when more remain.
+    pub fn list(&self, tenant: TenantId, after: &str, limit: usize) -> (Vec<User>, Option<String>) {
+        let Some(map) = self.map(tenant) else {
+            return (Vec::new(), None);
+        };
+        let map = map.read();
+        use std::ops::Bound;
+        let mut range = map.range::<str, _>((Bound::Excluded(after), Bound::Unbounded));
+        let users: Vec<User> = range.by_ref().take(limit).map(|(_, u)| u.clone()).collect();
+        let next = (range.next().is_some() && !users.is_empty())
+            .then(|| users.last().map(|u| u.subject.to_string()))
+            .flatten();
+        (users, next)
+    }
+
+    /// Applies one change to the tenant's map: `change` gets the map and
+    /// returns the value and the rows to write, or refuses. The rows go to
+    /// the store's queue before the map changes, in one critical section.
+    ///
+    /// Locking behaviour: takes the tenant's write lock for the call; never
+    /// waits on the disk (the store's queue is non-blocking).
+    fn write<R>(
+        &self,
+        tenant: TenantId,
+        change: impl FnOnce(&UserMap, &str) -> Result<(R, Vec<StoreOp>, Edit), DirectoryError>,
+    ) -> Result<Durable<R>, DirectoryError> {
+        let map = self
+            .map(tenant)
+            .ok_or(DirectoryError::NotFound("no such tenant"))?;
+        let name = self.tenant_name(tenant);
+        let mut map = map.write();
+        let (value, ops, edit) = change(&map, name)?;
+        let ticket = match (&self.store, ops.is_empty()) {
+            (Some(store), false) => Some(store.submit(ops)?),
+            _ => None,
+        };
+        match edit {
+            Edit::Put(user) => {
+                map.insert(user.subject.clone(), user);
+            }
+            Edit::Remove(subject) => {
+                map.remove(subject.as_str());
+            }
+            Edit::None => {}
+        }
+        Ok(Durable { value, ticket })
+    }
+
+    /// Creates or updates a user (a merge: fields the patch leaves out keep
+    /// their value). Answers the user and whether it was created.
+    pub fn put_user(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        patch: &UserPatch,
+        now_ms: u64,
+    ) -> Result<Durable<(User, bool)>, DirectoryError> {
+        validate_subject(subject)?;
+        validate_patch(patch)?;
+        self.write(tenant, |map, tenant_name| {
+            let (mut user, created) = match map.get(subject) {
+                Some(u) => (u.clone(), false),
+                None => (
+                    User {
+                        subject: subject.into(),
+                        display_name: None,
+                        email: None,
+                        locale: None,
+                        enabled: true,
+                        default_method: None,
+                        methods: Vec::new(),
+                        created_at_ms: now_ms,
+                        updated_at_ms: now_ms,
+                    },
+                    true,
+                ),
+            };
+            let before = user.clone();
+            if let Some(v) = &patch.display_name {
+                user.display_name = v.as_deref().map(Into::into);
+            }
+            if let Some(v) = &patch.email {
+                user.email = v.as_deref().map(Into::into);
+            }
+            if let Some(v) = &patch.locale {
+                user.locale = v.as_deref().map(Into::into);
+            }
+            if let Some(v) = patch.enabled {
+                user.enabled = v;
+            }
+            if let Some(v) = patch.default_method {
+                user.default_method = v;
+            }
+            if !created && user == before {
+                // Nothing changed: nothing to write.
+                return Ok(((user, false), Vec::new(), Edit::None));
+            }
+            user.updated_at_ms = now_ms;
+            let ops = vec![StoreOp::PutUser(user.to_stored(tenant_name))];
+            Ok(((user.clone(), created), ops, Edit::Put(user)))
+        })
+    }
+
+    /// Deletes a user with its methods (and, in the store, its tokens and PIN).
+    pub fn delete_user(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+    ) -> Result<Durable<User>, DirectoryError> {
+        validate_subject(subject)?;
+        self.write(tenant, |map, tenant_name| {
+            let user = map
+                .get(subject)
+                .ok_or(DirectoryError::NotFound("no such user"))?
+                .clone();
+            let ops = vec![StoreOp::DeleteUser {
+                tenant: tenant_name.to_owned(),
+                subject: subject.to_owned(),
+            }];
+            Ok((user, ops, Edit::Remove(subject.to_owned())))
+        })
+    }
+
+    /// Registers a method for an existing user.
+    pub fn add_method(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        method: Method,
+        now_ms: u64,
+    ) -> Result<Durable<Method>, DirectoryError> {
+        validate_subject(subject)?;
+        self.write(tenant, |map, tenant_name| {
+            let mut user = map
+                .get(subject)
+                .ok_or(DirectoryError::NotFound("no such user"))?
+                .clone();
+            if user.methods.len() >= MAX_METHODS_PER_USER {
+                return Err(DirectoryError::Conflict(format!(
+                    "a user has at most {MAX_METHODS_PER_USER} methods; delete one first"
+                )));
+            }
+            if user.methods.iter().any(|m| {
+                m.kind == method.kind
+                    && m.destination == method.destination
+                    && m.state != MethodState::Failed
+            }) {
+                return Err(DirectoryError::Conflict(format!(
+                    "this user already has a {} method to that destination",
+                    method.kind.name()
+                )));
+            }
+            user.updated_at_ms = now_ms;
+            let ops = vec![StoreOp::PutMethod(method.to_stored(tenant_name, subject))];
+            user.methods.push(method.clone());
+            Ok((method, ops, Edit::Put(user)))
+        })
+    }
+
+    /// Changes one method with `change`, which says whether it changed
+    /// anything; an unchanged method writes nothing.
+    pub fn update_method(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        id: MethodId,
+        change: impl FnOnce(&mut Method) -> bool,
+    ) -> Result<Durable<Method>, DirectoryError> {
+        self.write(tenant, |map, tenant_name| {
+            let mut user = map
+                .get(subject)
+                .ok_or(DirectoryError::NotFound("no such user"))?
+                .clone();
+            let m = user
+                .methods
+                .iter_mut()
+                .find(|m| m.id == id)
+                .ok_or(DirectoryError::NotFound("no such method"))?;
+            if !change(m) {
+                let m = m.clone();
+                return Ok((m, Vec::new(), Edit::None));
+            }
+            let m = m.clone();
+            let ops = vec![StoreOp::PutMethod(m.to_stored(tenant_name, subject))];
+            Ok((m, ops, Edit::Put(user)))
+        })
+    }
+
+    /// Deletes one method.
+    pub fn delete_method(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        id: MethodId,
+    ) -> Result<Durable<Method>, DirectoryError> {
+        self.write(tenant, |map, tenant_name| {
+            let mut user = map
+                .get(subject)
+                .ok_or(DirectoryError::NotFound("no such user"))?
+                .clone();
+            let at = user
+                .methods
+                .iter()
+                .position(|m| m.id == id)
+                .ok_or(DirectoryError::NotFound("no such method"))?;
+            let m = user.methods.remove(at);
+            let ops = vec![StoreOp::DeleteMethod {
+                tenant: tenant_name.to_owned(),
+                subject: subject.to_owned(),
+                id: id.0,
+            }];
+            Ok((m, ops, Edit::Put(user)))
+        })
+    }
+}
+
+/// What a write does to the map once its rows are queued.
+enum Edit {
+    Put(User),
+    Remove(String),
+    None,
+}
+
+fn validate_patch(p: &UserPatch) -> Result<(), DirectoryError> {
+    if let Some(Some(v)) = &p.display_name {
+        validate_text("display_name", v, MAX_DISPLAY_NAME_LEN)?;
+    }
+    if let Some(Some(v)) = &p.email
+        && !email_address::EmailAddress::is_valid(v)
+    {
+        return Err(DirectoryError::InvalidArgument(
+            "email: not a valid e-mail address".into(),
+        ));
+    }
+    if let Some(Some(v)) = &p.locale
+        && (v.is_empty()
+            || v.len() > MAX_LOCALE_LEN
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
+        return Err(DirectoryError::InvalidArgument(format!(
+            "locale: must be a BCP 47 tag such as \"en\" or \"fr-CA\" (1 to {MAX_LOCALE_LEN} letters, digits and '-')"
+        )));
+    }
+    if let Some(Some(t)) = p.default_method
+        && matches!(t, MethodType::Pin)
+    {
+        return Err(DirectoryError::InvalidArgument(
+            "default_method: must be one of sms, voice, email, call, token".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: TenantId = TenantId(0);
+
+    fn dir() -> Directory {
+        Directory::in_memory(vec!["a".into(), "b".into()])
+    }
+
+    fn sms(dest: &str) -> Method {
+        Method {
+            id: MethodId::random(),
+            kind: MethodType::Sms,
+            state: MethodState::Pending,
+            destination: dest.into(),
+            created_at_ms: 5,
+            confirmed_at_ms: 0,
+            effective_at_ms: 0,
+            confirm_deadline_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn put_merges_and_reports_creation() {
+        let d = dir();
+        let p = UserPatch {
+            display_name: Some(Some("Ann".into())),
+            ..UserPatch::default()
+        };
+        let (u, created) = d
+            .put_user(T, "ann", &p, 10)
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+        assert!(created && u.enabled && u.created_at_ms == 10);
+        let p2 = UserPatch {
+            locale: Some(Some("fr".into())),
+            ..UserPatch::default()
+        };
+        let (u, created) = d
+            .put_user(T, "ann", &p2, 20)
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+        assert!(!created);
+        assert_eq!(
+            u.display_name.as_deref(),
+            Some("Ann"),
+            "a field left out keeps its value"
+        );
+        assert_eq!(u.locale.as_deref(), Some("fr"));
+        assert_eq!((u.created_at_ms, u.updated_at_ms), (10, 20));
+        let clear = UserPatch {
+            display_name: Some(None),
+            ..UserPatch::default()
+        };
+        let (u, _) = d
+            .put_user(T, "ann", &clear, 30)
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+        assert_eq!(u.display_name, None);
+    }
+
+    #[test]
+    fn tenants_never_see_each_other() {
+        let d = dir();
+        let _ = d.put_user(T, "ann", &UserPatch::default(), 1).unwrap();
+        assert!(d.user(TenantId(1), "ann").is_none());
+        assert_eq!(
+            d.delete_user(TenantId(1), "ann").unwrap_err(),
+            DirectoryError::NotFound("no such user")
+        );
+        assert!(d.user(T, "ann").is_some());
+        assert!(
+            d.user(TenantId(7), "ann").is_none(),
+            "an unknown tenant has nobody"
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_refused_with_their_name() {
+        let d = dir();
+        let long = "x".repeat(257);
+        for (subject, patch, field) in [
+            ("", UserPatch::default(), "subject"),
+            (long.as_str(), UserPatch::default(), "subject"),
+            ("a\nb", UserPatch::default(), "subject"),
+            (
+                "ann",
+                UserPatch {
+                    email: Some(Some("not an address".into())),
+                    ..UserPatch::default()
+                },
+                "email",
+            ),
+            (
+                "ann",
+                UserPatch {
+                    locale: Some(Some("en US".into())),
+                    ..UserPatch::default()
+                },
+                "locale",
+            ),
+        ] {
+            match d.put_user(T, subject, &patch, 1) {
+                Err(DirectoryError::InvalidArgument(m)) => assert!(m.starts_with(field), "{m}"),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn list_pages_in_subject_order() {
+        let d = dir();
+        for s in ["d", "a", "c", "b", "e"] {
+            let _ = d.put_user(T, s, &UserPatch::default(), 1).unwrap();
+        }
+        let (page, next) = d.list(T, "", 2);
+        let names: Vec<_> = page.iter().map(|u| &*u.subject).collect();
+        assert_eq!((names, next.as_deref()), (vec!["a", "b"], Some("b")));
+        let (page, next) = d.list(T, "b", 2);
+        assert_eq!(page.len(), 2);
+        assert_eq!(next.as_deref(), Some("d"));
+        let (page, next) = d.list(T, "d", 2);
+        assert_eq!((page.len(), next), (1, None));
+    }
+
+    #[test]
+    fn methods_are_added_updated_and_deleted_with_their_user() {
+        let d = dir();
+        let _ = d.put_user(T, "ann", &UserPatch::default(), 1).unwrap();
+        assert_eq!(
+            d.add_method(TenantId(0), "bob", sms("+14255550100"), 2)
+                .unwrap_err(),
+            DirectoryError::NotFound("no such user")
+        );
+        let m = d
+            .add_method(T, "ann", sms("+14255550100"), 2)
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+        assert!(matches!(
+            d.add_method(T, "ann", sms("+14255550100"), 2),
+            Err(DirectoryError::Conflict(_))
+        ));
+        let m2 = d
+            .update_method(T, "ann", m.id, |m| {
+                m.state = MethodState::Active;
+                true
+            })
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+        assert_eq!(m2.state, MethodState::Active);
+        assert_eq!(
+            d.user(T, "ann").unwrap().methods[0].state,
+            MethodState::Active
+        );
+        let _ = d.delete_method(T, "ann", m.id).unwrap();
+        assert!(d.user(T, "ann").unwrap().methods.is_empty());
+        assert_eq!(
+            d.delete_method(T, "ann", m.id).unwrap_err(),
+            DirectoryError::NotFound("no such method")
+        );
+    }
+
+    #[test]
+    fn a_user_holds_a_bounded_number_of_methods() {
+        let d = dir();
+        let _ = d.put_user(T, "ann", &UserPatch::default(), 1).unwrap();
+        for i in 0..MAX_METHODS_PER_USER {
+            let _ = d
+                .add_method(T, "ann", sms(&format!("+1425555{i:04}")), 2)
+                .unwrap();
+        }
+        assert!(matches!(
+            d.add_method(T, "ann", sms("+14255559999"), 2),
+            Err(DirectoryError::Conflict(_))
+        ));
+    }
+}

@@ -1,0 +1,605 @@
+//! The directory and the one decision end to end, through the engine and its
+//! simulated carriers: registering methods (a code typed back, a call
+//! answered with #), every CHECK path (challenge, accept, each reject reason,
+//! a state replayed, a state of another user, a call confirmed, declined and
+//! not answered), and the audit records they leave.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::Receiver;
+use watchword_engine::calls::SubscriberGuard;
+use watchword_engine::check::{ConfirmOutcome, parse_state};
+use watchword_engine::delivery::{AutoAnswer, OutboxMessage, RouterConfig};
+use watchword_engine::directory::{MethodState, MethodType, UserPatch};
+use watchword_engine::{
+    ChallengeId, CheckRequest, CheckResult, CheckStep, Engine, EngineConfig, EngineError,
+    MemorySink, RejectReason, SystemClock, TenantId, TenantPolicy,
+};
+
+const DEMO: TenantId = TenantId(0);
+const OTHER: TenantId = TenantId(1);
+
+struct Rig {
+    engine: Engine,
+    sink: Arc<MemorySink>,
+    outbox: Receiver<Arc<OutboxMessage>>,
+    _handsets: SubscriberGuard,
+}
+
+/// An engine whose handsets are held by the test (no auto answer), with a
+/// short ring timeout.
+fn rig_with(router: RouterConfig) -> Rig {
+    let sink = Arc::new(MemorySink::default());
+    let mut config = EngineConfig {
+        router,
+        ..EngineConfig::default()
+    };
+    config.tenants.push(TenantPolicy {
+        name: "other".into(),
+        ..TenantPolicy::default()
+    });
+    let engine = Engine::start(config, SystemClock::shared(), sink.clone()).unwrap();
+    let (outbox, guard) = engine.outbox_subscribe(DEMO).unwrap();
+    Rig {
+        engine,
+        sink,
+        outbox,
+        _handsets: guard,
+    }
+}
+
+fn rig() -> Rig {
+    let mut router = RouterConfig::default();
+    for c in &mut router.carriers {
+        c.simulated.ring_timeout_ms = 300;
+    }
+    rig_with(router)
+}
+
+async fn next_for(rx: &mut Receiver<Arc<OutboxMessage>>, id: ChallengeId) -> Arc<OutboxMessage> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let m = rx.recv().await.expect("outbox open");
+            if m.id == id {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("the message arrives")
+}
+
+fn code_in(text: &str) -> String {
+    text.split(|c: char| !c.is_ascii_digit())
+        .find(|run| run.len() == 6)
+        .expect("a code in the text")
+        .to_owned()
+}
+
+fn user(r: &Rig, tenant: TenantId, subject: &str) {
+    r.engine
+        .directory()
+        .put_user(tenant, subject, &UserPatch::default(), r.engine.now_ms())
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
+}
+
+/// Registers and confirms an active method by its code.
+async fn active_method(r: &mut Rig, subject: &str, kind: MethodType, dest: &str) {
+    let m = r
+        .engine
+        .add_method(DEMO, subject, kind, dest)
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    // The confirmation's message is the newest one to this destination.
+    let text = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), r.outbox.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if msg.text.chars().filter(char::is_ascii_digit).count() >= 6 {
+            break msg.text.clone();
+        }
+    };
+    let done = r
+        .engine
+        .confirm_method(DEMO, subject, m.id, &code_in(&text))
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(matches!(done, ConfirmOutcome::Confirmed(_)), "{done:?}");
+}
+
+fn check(r: &Rig, tenant: TenantId, subject: &str, answer: &str, state: &str) -> CheckResult {
+    match r
+        .engine
+        .check(
+            tenant,
+            &CheckRequest {
+                subject,
+                answer,
+                state,
+                client_ip: "198.51.100.7",
+            },
+        )
+        .unwrap()
+    {
+        CheckStep::Done(res) => res,
+        CheckStep::WaitCall(_) => panic!("held on a call"),
+    }
+}
+
+fn reason(res: &CheckResult) -> RejectReason {
+    match res {
+        CheckResult::Reject { reason, .. } => *reason,
+        other => panic!("not a reject: {other:?}"),
+    }
+}
+
+fn challenge(res: CheckResult) -> watchword_engine::ChallengeInfo {
+    match res {
+        CheckResult::Challenge(c) => c,
+        other => panic!("not a challenge: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_disabled_and_methodless_users_are_rejected() {
+    let r = rig();
+    assert_eq!(
+        reason(&check(&r, DEMO, "nobody", "", "")),
+        RejectReason::UnknownUser
+    );
+    user(&r, DEMO, "ann");
+    assert_eq!(
+        reason(&check(&r, DEMO, "ann", "", "")),
+        RejectReason::NoMethod
+    );
+    // A pending method does not count.
+    let _ = r
+        .engine
+        .add_method(DEMO, "ann", MethodType::Email, "ann@example.com")
+        .unwrap();
+    assert_eq!(
+        reason(&check(&r, DEMO, "ann", "", "")),
+        RejectReason::NoMethod
+    );
+    let off = UserPatch {
+        enabled: Some(false),
+        ..UserPatch::default()
+    };
+    let _ = r.engine.directory().put_user(DEMO, "ann", &off, 1).unwrap();
+    assert_eq!(
+        reason(&check(&r, DEMO, "ann", "", "")),
+        RejectReason::UnknownUser
+    );
+    // Another tenant's user of the same name is unknown here.
+    assert_eq!(
+        reason(&check(&r, OTHER, "ann", "", "")),
+        RejectReason::UnknownUser
+    );
+    let long = "1".repeat(65);
+    assert!(matches!(
+        r.engine.check(
+            DEMO,
+            &CheckRequest {
+                subject: "ann",
+                answer: &long,
+                state: "",
+                client_ip: ""
+            }
+        ),
+        Err(EngineError::InvalidArgument(m)) if m.starts_with("answer")
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_method_is_confirmed_by_its_code_then_counts() {
+    let mut r = rig();
+    user(&r, DEMO, "ann");
+    let m = r
+        .engine
+        .add_method(DEMO, "ann", MethodType::Email, "Ann@Example.com")
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(m.state, MethodState::Pending);
+    let stored = r.engine.directory().user(DEMO, "ann").unwrap();
+    assert_eq!(stored.methods.len(), 1);
+    let msg = tokio::time::timeout(Duration::from_secs(10), r.outbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let code = code_in(&msg.text);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let w = r
+        .engine
+        .confirm_method(DEMO, "ann", m.id, wrong)
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(w, ConfirmOutcome::WrongCode { attempts_left: 4 });
+    let before = r.engine.now_ms();
+    match r
+        .engine
+        .confirm_method(DEMO, "ann", m.id, &code)
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
+    {
+        ConfirmOutcome::Confirmed(m) => {
+            assert_eq!(m.state, MethodState::Active);
+            assert!(m.confirmed_at_ms >= before);
+            assert_eq!(
+                m.effective_at_ms,
+                m.confirmed_at_ms + 48 * 3_600_000,
+                "the 48 h hold"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Confirming again is a conflict, not a second success.
+    assert!(matches!(
+        r.engine.confirm_method(DEMO, "ann", m.id, &code),
+        Err(EngineError::Directory(_))
+    ));
+    let records = r.sink.records();
+    assert!(
+        records
+            .iter()
+            .any(|x| x.event == "method_confirmed" && x.method.as_deref() == Some("email"))
+    );
+    for x in &records {
+        assert!(
+            !format!("{x:?}").contains(&code),
+            "a code in the audit: {x:?}"
+        );
+        assert!(
+            !format!("{x:?}").contains("ann@example.com"),
+            "a full address in the audit: {x:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_whose_confirmation_locks_fails_and_never_counts() {
+    let mut r = rig();
+    user(&r, DEMO, "ann");
+    let m = r
+        .engine
+        .add_method(DEMO, "ann", MethodType::Sms, "+14255550100")
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(10), r.outbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let code = code_in(&msg.text);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for left in (1..5).rev() {
+        let w = r
+            .engine
+            .confirm_method(DEMO, "ann", m.id, wrong)
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+        assert_eq!(
+            w,
+            ConfirmOutcome::WrongCode {
+                attempts_left: left
+            }
+        );
+    }
+    match r
+        .engine
+        .confirm_method(DEMO, "ann", m.id, wrong)
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
+    {
+        ConfirmOutcome::Failed { method, .. } => assert_eq!(method.state, MethodState::Failed),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        reason(&check(&r, DEMO, "ann", "", "")),
+        RejectReason::NoMethod
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_challenge_accepts_once_and_counts_wrong_answers() {
+    let mut r = rig();
+    user(&r, DEMO, "ann");
+    active_method(&mut r, "ann", MethodType::Email, "ann@example.com").await;
+    let c = challenge(check(&r, DEMO, "ann", "", ""));
+    assert_eq!(c.method, MethodType::Email);
+    assert_eq!(c.masked_destination, "a***@example.com");
+    assert_eq!(c.message, "Enter the code sent to a***@example.com");
+    assert!(c.state.len() >= 16 && c.state.len() <= 64);
+    let id = parse_state(&c.state).unwrap();
+    let code = code_in(&next_for(&mut r.outbox, id).await.text);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    match check(&r, DEMO, "ann", wrong, &c.state) {
+        CheckResult::Reject {
+            reason,
+            attempts_left,
+            state,
+        } => {
+            assert_eq!((reason, attempts_left), (RejectReason::WrongAnswer, 4));
+            assert_eq!(state, c.state, "a wrong answer keeps the challenge");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another user's state is refused and counts nothing against it.
+    user(&r, DEMO, "bob");
+    assert_eq!(
+        reason(&check(&r, DEMO, "bob", &code, &c.state)),
+        RejectReason::UnknownState
+    );
+    // Another tenant cannot use it either.
+    user(&r, OTHER, "ann");
+    assert_eq!(
+        reason(&check(&r, OTHER, "ann", &code, &c.state)),
+        RejectReason::UnknownState
+    );
+    assert_eq!(check(&r, DEMO, "ann", &code, &c.state), CheckResult::Accept);
+    assert_eq!(
+        reason(&check(&r, DEMO, "ann", &code, &c.state)),
+        RejectReason::UnknownState,
+        "a state is single-use"
+    );
+    assert_eq!(
+        reason(&check(&r, DEMO, "ann", &code, "garbage")),
+        RejectReason::UnknownState
+    );
+    let records: Vec<_> = r
+        .sink
+        .records()
+        .into_iter()
+        .filter(|x| x.event == "check")
+        .collect();
+    let results: Vec<_> = records
+        .iter()
+        .map(|x| (x.result.as_str(), x.reason.as_deref()))
+        .collect();
+    assert!(results.contains(&("challenge", None)));
+    assert!(results.contains(&("failure", Some("wrong_answer"))));
+    assert!(results.contains(&("success", None)));
+    assert!(results.contains(&("failure", Some("unknown_state"))));
+    for x in &records {
+        assert!(!format!("{x:?}").contains(&code));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_wrong_answers_lock_the_challenge() {
+    let mut r = rig();
+    user(&r, DEMO, "ann");
+    active_method(&mut r, "ann", MethodType::Sms, "+1 425-555-0100").await;
+    let c = challenge(check(&r, DEMO, "ann", "sms", ""));
+    assert_eq!(c.method, MethodType::Sms);
+    assert_eq!(c.masked_destination, "+14*******00");
+    let id = parse_state(&c.state).unwrap();
+    let code = code_in(&next_for(&mut r.outbox, id).await.text);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for _ in 0..4 {
+        assert_eq!(
+            reason(&check(&r, DEMO, "ann", wrong, &c.state)),
+            RejectReason::WrongAnswer
+        );
+    }
+    match check(&r, DEMO, "ann", wrong, &c.state) {
+        CheckResult::Reject { reason, state, .. } => {
+            assert_eq!(reason, RejectReason::Locked);
+            assert!(state.is_empty(), "a locked challenge returns no state");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        reason(&check(&r, DEMO, "ann", &code, &c.state)),
+        RejectReason::Locked
+    );
+    // A keyword for a method the user lacks.
+    assert_eq!(
+        reason(&check(&r, DEMO, "ann", "call", "")),
+        RejectReason::NoMethod
+    );
+    // An answer without a state and without tokens.
+    assert_eq!(
+        reason(&check(&r, DEMO, "ann", "123456", "")),
+        RejectReason::NoMethod
+    );
+}
+
+/// Answers the next call to `subject`'s phone with `digits` (None: let it ring).
+async fn registered_call(r: &mut Rig, subject: &str, digits: Option<&str>) -> MethodState {
+    let m = r
+        .engine
+        .add_method(DEMO, subject, MethodType::Call, "+14255550199")
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(10), r.outbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg.channel, watchword_engine::Channel::Voice);
+    assert!(msg.text.contains("press the pound key"), "{}", msg.text);
+    if let Some(d) = digits {
+        r.engine.call_answer(DEMO, msg.id, d).unwrap();
+    }
+    for _ in 0..200 {
+        let s = r
+            .engine
+            .directory()
+            .user(DEMO, subject)
+            .unwrap()
+            .method(m.id)
+            .unwrap()
+            .state;
+        if s != MethodState::Pending {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    MethodState::Pending
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_method_is_confirmed_by_pound_and_fails_otherwise() {
+    let mut r = rig();
+    user(&r, DEMO, "ann");
+    assert_eq!(
+        registered_call(&mut r, "ann", Some("#")).await,
+        MethodState::Active
+    );
+    user(&r, DEMO, "bob");
+    assert_eq!(
+        registered_call(&mut r, "bob", Some("7")).await,
+        MethodState::Failed
+    );
+    user(&r, DEMO, "cid");
+    assert_eq!(
+        registered_call(&mut r, "cid", None).await,
+        MethodState::Failed,
+        "not answered within the ring timeout"
+    );
+    assert!(matches!(
+        r.engine.call_answer(DEMO, ChallengeId([9; 16]), "#"),
+        Err(EngineError::NotFound)
+    ));
+}
+
+async fn call_check(r: &mut Rig, subject: &str, digits: Option<&str>) -> (CheckResult, String) {
+    let c = challenge(check(r, DEMO, subject, "", ""));
+    assert_eq!(c.method, MethodType::Call);
+    assert_eq!(c.message, "Answer the call and press #");
+    let id = parse_state(&c.state).unwrap();
+    let step = r
+        .engine
+        .check(
+            DEMO,
+            &CheckRequest {
+                subject,
+                answer: "",
+                state: &c.state,
+                client_ip: "",
+            },
+        )
+        .unwrap();
+    let CheckStep::WaitCall(wait) = step else {
+        panic!("a call's state is held")
+    };
+    let held = tokio::spawn(wait.finish());
+    let _ = next_for(&mut r.outbox, id).await;
+    if let Some(d) = digits {
+        r.engine.call_answer(DEMO, id, d).unwrap();
+    }
+    (held.await.unwrap(), c.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_held_on_a_call_answers_with_its_outcome_once() {
+    let mut r = rig();
+    user(&r, DEMO, "ann");
+    assert_eq!(
+        registered_call(&mut r, "ann", Some("#")).await,
+        MethodState::Active
+    );
+    let (res, state) = call_check(&mut r, "ann", Some("#")).await;
+    assert_eq!(res, CheckResult::Accept);
+    assert_eq!(
+        reason(&check(&r, DEMO, "ann", "", &state)),
+        RejectReason::UnknownState,
+        "single-use"
+    );
+    let (res, _) = call_check(&mut r, "ann", Some("")).await;
+    assert_eq!(reason(&res), RejectReason::CallNotConfirmed, "hung up");
+    let (res, _) = call_check(&mut r, "ann", None).await;
+    assert_eq!(reason(&res), RejectReason::CallNotConfirmed, "not answered");
+    // Another user's call state is not this user's.
+    user(&r, DEMO, "bob");
+    let c = challenge(check(&r, DEMO, "ann", "", ""));
+    assert_eq!(
+        reason(&check(&r, DEMO, "bob", "", &c.state)),
+        RejectReason::UnknownState
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handsets_answer_by_themselves_only_while_nobody_holds_them() {
+    let mut router = RouterConfig::development();
+    for c in &mut router.carriers {
+        c.simulated.auto_answer = Some(AutoAnswer {
+            digits: "#".into(),
+            delay_ms: 50,
+        });
+        c.simulated.ring_timeout_ms = 400;
+    }
+    let r = rig_with(router);
+    user(&r, DEMO, "ann");
+    // The rig holds demo's handsets: no auto answer, the call rings out.
+    let m = r
+        .engine
+        .add_method(DEMO, "ann", MethodType::Voice, "+14255550100")
+        .unwrap();
+    let id = m.value().id;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        r.engine
+            .directory()
+            .user(DEMO, "ann")
+            .unwrap()
+            .method(id)
+            .unwrap()
+            .state,
+        MethodState::Pending
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        r.engine
+            .directory()
+            .user(DEMO, "ann")
+            .unwrap()
+            .method(id)
+            .unwrap()
+            .state,
+        MethodState::Failed
+    );
+    // Nobody holds the other tenant's handsets: answered by itself.
+    user(&r, OTHER, "ann");
+    let m = r
+        .engine
+        .add_method(OTHER, "ann", MethodType::Voice, "+14255550100")
+        .unwrap();
+    let id = m.value().id;
+    let mut state = MethodState::Pending;
+    for _ in 0..100 {
+        state = r
+            .engine
+            .directory()
+            .user(OTHER, "ann")
+            .unwrap()
+            .method(id)
+            .unwrap()
+            .state;
+        if state != MethodState::Pending {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(state, MethodState::Active);
+}

@@ -1,0 +1,791 @@
+//! The HTTP API of `admin-api.md` (docs/http-api.md): users, methods, the
+//! user-level decision (`POST /v1/check`), health, and the OpenAPI
+//! description, on axum over the hyper already in the tree.
+//!
+//! Every request but health and the description carries `Authorization:
+//! Bearer KEY`; the key names its tenant and role (compared in constant time
+//! against every configured key; a missing and a wrong key get the same 401).
+//! Bodies are JSON, at most 1 MiB, parsed here so that every refusal has the
+//! contract's error body and names the field and why.
+//!
+//! This module must never put a code, a key, a secret or a full destination
+//! in a response, an error or a log line, never hold a lock across an
+//! `.await`, and never answer a write before it is durable.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use watchword_engine::check::{ConfirmOutcome, MAX_CHECK_FIELD};
+use watchword_engine::directory::{DirectoryError, Method, MethodId, MethodType, User, UserPatch};
+use watchword_engine::{CheckRequest, CheckResult, CheckStep, Engine, EngineError, TenantId};
+
+use crate::config::{Config, HttpRole};
+
+/// Largest request body, bytes (the token import, later, takes 16 MiB).
+pub const MAX_BODY: usize = 1 << 20;
+/// Most HTTP connections served at once.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// One configured key, resolved.
+struct KeyEntry {
+    key: Vec<u8>,
+    tenant: TenantId,
+    role: HttpRole,
+}
+
+/// What every handler shares.
+pub struct ApiState {
+    engine: Engine,
+    keys: Vec<KeyEntry>,
+    ready: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("keys", &format_args!("<{} redacted>", self.keys.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiState {
+    /// The state for `cfg`'s tenants and keys over `engine`.
+    pub fn new(cfg: &Config, engine: Engine, ready: Arc<AtomicBool>) -> ApiState {
+        let keys = cfg
+            .tenants
+            .iter()
+            .filter_map(|t| engine.tenant_id(&t.name).map(|id| (t, id)))
+            .flat_map(|(t, id)| {
+                t.http_keys.iter().map(move |k| KeyEntry {
+                    key: k.key.as_bytes().to_vec(),
+                    tenant: id,
+                    role: k.role,
+                })
+            })
+            .collect();
+        ApiState {
+            engine,
+            keys,
+            ready,
+        }
+    }
+}
+
+/// An error answer: the contract's `{"error", "message"}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after_ms: Option<u32>,
+    attempts_left: Option<u8>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+            attempts_left: None,
+        }
+    }
+
+    fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", m)
+    }
+
+    fn invalid(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument", m)
+    }
+
+    fn unauthenticated() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "missing or unknown key: send Authorization: Bearer KEY",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.code, "message": self.message});
+        if let Some(ms) = self.retry_after_ms {
+            body["retry_after_ms"] = json!(ms);
+        }
+        if let Some(n) = self.attempts_left {
+            body["attempts_left"] = json!(n);
+        }
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(ms) = self.retry_after_ms {
+            let secs = u64::from(ms).div_ceil(1000).max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::InvalidArgument(m) | EngineError::NoRoute(m) => Self::invalid(m),
+            EngineError::RateLimited {
+                retry_after_ms,
+                message,
+            } => Self {
+                retry_after_ms: Some(retry_after_ms),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+            },
+            EngineError::Capacity {
+                retry_after_ms,
+                message,
+            } => Self {
+                retry_after_ms: (retry_after_ms > 0).then_some(retry_after_ms),
+                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "capacity", message)
+            },
+            EngineError::NotFound => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", "no such challenge")
+            }
+            EngineError::ShuttingDown => Self {
+                retry_after_ms: Some(1000),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "the server is shutting down; retry on another node",
+                )
+            },
+            EngineError::Internal(m) => {
+                tracing::error!(message = %m, "engine fault (HTTP API)");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the server log",
+                )
+            }
+            EngineError::Directory(d) => d.into(),
+        }
+    }
+}
+
+impl From<DirectoryError> for ApiError {
+    fn from(e: DirectoryError) -> Self {
+        match e {
+            DirectoryError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
+            DirectoryError::InvalidArgument(m) => Self::invalid(m),
+            DirectoryError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            DirectoryError::Unavailable {
+                retry_after_ms,
+                message,
+            } => {
+                tracing::error!(%message, "directory write refused");
+                Self {
+                    retry_after_ms: (retry_after_ms > 0).then_some(retry_after_ms),
+                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "capacity", message)
+                }
+            }
+        }
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The key's tenant and role, or 401. Every configured key is compared, in
+/// constant time, whatever the answer.
+fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<(TenantId, HttpRole), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    let mut found: Option<(TenantId, HttpRole)> = None;
+    for k in &state.keys {
+        let eq = if k.key.len() == presented.len() {
+            bool::from(k.key.as_slice().ct_eq(presented.as_bytes()))
+        } else {
+            // Same work, never equal.
+            let _ = presented.as_bytes().ct_eq(presented.as_bytes());
+            false
+        };
+        if eq && found.is_none() {
+            found = Some((k.tenant, k.role));
+        }
+    }
+    match found {
+        Some(f) if !presented.is_empty() => Ok(f),
+        _ => Err(ApiError::unauthenticated()),
+    }
+}
+
+/// The tenant, if the key's role is at least `need`; else 401 or 403.
+fn allow(state: &ApiState, headers: &HeaderMap, need: HttpRole) -> Result<TenantId, ApiError> {
+    let (tenant, role) = authenticate(state, headers)?;
+    if role < need {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this needs a key with role {} (this key is {})",
+                need.name(),
+                role.name()
+            ),
+        ));
+    }
+    Ok(tenant)
+}
+
+/// Parses a JSON body into `T`, with the contract's errors: 413 over the
+/// limit, 400 for what is not JSON or has unknown fields (the message names
+/// the field and position, never the value).
+fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is over {MAX_BODY} bytes"),
+            )
+        } else {
+            ApiError::bad_request("the body could not be read")
+        }
+    })?;
+    let text = if bytes.is_empty() {
+        &b"{}"[..]
+    } else {
+        &bytes[..]
+    };
+    serde_json::from_slice(text).map_err(|e| ApiError::bad_request(json_error(&e)))
+}
+
+/// A serde_json error without any value it quoted (a value may be a code).
+fn json_error(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let at = format!("line {} column {}", e.line(), e.column());
+    let kind = match e.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            return format!("the body is not valid JSON ({at})");
+        }
+        serde_json::error::Category::Io => return "the body could not be read".into(),
+        serde_json::error::Category::Data => msg,
+    };
+    if kind.starts_with("unknown field") || kind.starts_with("missing field") {
+        // Names a field the client wrote or forgot: no value in it.
+        let head = kind.split(" at line").next().unwrap_or(&kind);
+        return head.to_owned();
+    }
+    match kind.split_once(", expected ") {
+        Some((_, expected)) => {
+            let expected = expected.split(" at line").next().unwrap_or(expected);
+            format!("a field has the wrong type or value: expected {expected} ({at})")
+        }
+        None => format!("a field has the wrong type or value ({at})"),
+    }
+}
+
+/// Deserialises a field that may be absent (keep), null (clear) or a value.
+fn double<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn rfc3339(ms: u64) -> Value {
+    if ms == 0 {
+        return Value::Null;
+    }
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    json!(humantime::format_rfc3339_millis(t).to_string())
+}
+
+fn method_json(m: &Method, now_ms: u64) -> Value {
+    json!({
+        "id": m.id.to_string(),
+        "type": m.kind.name(),
+        "destination": m.masked().as_str(),
+        "state": m.state_at(now_ms).name(),
+        "confirmed_at": rfc3339(m.confirmed_at_ms),
+        "effective_at": rfc3339(m.effective_at_ms),
+    })
+}
+
+fn user_json(u: &User, now_ms: u64) -> Value {
+    let email = u
+        .email
+        .as_deref()
+        .map(|e| watchword_engine::mask_destination(e).as_str().to_owned());
+    json!({
+        "subject": &*u.subject,
+        "display_name": u.display_name.as_deref(),
+        "email": email,
+        "locale": u.locale.as_deref(),
+        "enabled": u.enabled,
+        "default_method": u.default_method.map(|t| t.name()),
+        "methods": u.methods.iter().map(|m| method_json(m, now_ms)).collect::<Vec<_>>(),
+        "created_at": rfc3339(u.created_at_ms),
+        "updated_at": rfc3339(u.updated_at_ms),
+    })
+}
+
+fn ok(status: StatusCode, body: Value) -> ApiResult {
+    Ok((status, axum::Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserBody {
+    #[serde(default, deserialize_with = "double")]
+    display_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double")]
+    email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double")]
+    locale: Option<Option<String>>,
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default, deserialize_with = "double")]
+    default_method: Option<Option<String>>,
+}
+
+async fn put_user(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(subject): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Admin)?;
+    let b: UserBody = parse_body(body)?;
+    let default_method = match b.default_method {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(t)) => match MethodType::parse(&t).filter(|t| *t != MethodType::Pin) {
+            Some(t) => Some(Some(t)),
+            None => {
+                return Err(ApiError::invalid(
+                    "default_method: must be one of sms, voice, email, call, token",
+                ));
+            }
+        },
+    };
+    let patch = UserPatch {
+        display_name: b.display_name,
+        email: b.email,
+        locale: b.locale,
+        enabled: b.enabled,
+        default_method,
+    };
+    let e = &st.engine;
+    let now = e.now_ms();
+    let (user, created) = e
+        .directory()
+        .put_user(tenant, &subject, &patch, now)?
+        .wait()
+        .await?;
+    let event = if created {
+        "user_created"
+    } else {
+        "user_updated"
+    };
+    e.audit_directory(tenant, &subject, event, None, None);
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    ok(status, user_json(&user, now))
+}
+
+async fn get_user(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(subject): Path<String>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Helpdesk)?;
+    let now = st.engine.now_ms();
+    let user = st
+        .engine
+        .directory()
+        .with_user(tenant, &subject, |u| user_json(u, now))
+        .ok_or(DirectoryError::NotFound("no such user"))?;
+    ok(StatusCode::OK, user)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    after: String,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn list_users(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Helpdesk)?;
+    let Query(q) = query.map_err(|e| {
+        ApiError::invalid(format!(
+            "query: {}",
+            e.body_text()
+                .trim_start_matches("Failed to deserialize query string: ")
+        ))
+    })?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit: must be 1 to 1000, got {limit}"
+        )));
+    }
+    let now = st.engine.now_ms();
+    let (users, next) = st.engine.directory().list(tenant, &q.after, limit);
+    ok(
+        StatusCode::OK,
+        json!({
+            "users": users.iter().map(|u| user_json(u, now)).collect::<Vec<_>>(),
+            "next": next,
+        }),
+    )
+}
+
+async fn delete_user(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(subject): Path<String>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Admin)?;
+    st.engine
+        .directory()
+        .delete_user(tenant, &subject)?
+        .wait()
+        .await?;
+    st.engine
+        .audit_directory(tenant, &subject, "user_deleted", None, None);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MethodBody {
+    #[serde(rename = "type")]
+    kind: String,
+    destination: String,
+}
+
+async fn add_method(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(subject): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Admin)?;
+    let b: MethodBody = parse_body(body)?;
+    let kind = MethodType::parse(&b.kind)
+        .filter(|t| MethodType::REGISTRABLE.contains(t))
+        .ok_or_else(|| ApiError::invalid("type: must be one of sms, voice, email, call"))?;
+    if b.destination.len() > 1024 {
+        return Err(ApiError::invalid("destination: at most 1024 bytes"));
+    }
+    let now = st.engine.now_ms();
+    let m = st
+        .engine
+        .add_method(tenant, &subject, kind, &b.destination)?
+        .wait()
+        .await?;
+    ok(StatusCode::CREATED, method_json(&m, now))
+}
+
+fn method_id(raw: &str) -> Result<MethodId, ApiError> {
+    MethodId::parse(raw).ok_or(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such method",
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmBody {
+    code: String,
+}
+
+async fn confirm_method(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((subject, id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Admin)?;
+    let id = method_id(&id)?;
+    let b: ConfirmBody = parse_body(body)?;
+    if b.code.len() > MAX_CHECK_FIELD {
+        return Err(ApiError::invalid(format!(
+            "code: at most {MAX_CHECK_FIELD} bytes"
+        )));
+    }
+    let now = st.engine.now_ms();
+    match st
+        .engine
+        .confirm_method(tenant, &subject, id, &b.code)?
+        .wait()
+        .await?
+    {
+        ConfirmOutcome::Confirmed(m) => ok(StatusCode::OK, method_json(&m, now)),
+        ConfirmOutcome::WrongCode { attempts_left } => Err(ApiError {
+            attempts_left: Some(attempts_left),
+            ..ApiError::invalid(format!("code: wrong code; {attempts_left} attempts left"))
+        }),
+        ConfirmOutcome::Failed { reason, .. } => Err(ApiError {
+            attempts_left: Some(0),
+            ..ApiError::invalid(format!(
+                "code: the confirmation failed ({reason}); the method is failed, register it again"
+            ))
+        }),
+    }
+}
+
+async fn get_method(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((subject, id)): Path<(String, String)>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Helpdesk)?;
+    let id = method_id(&id)?;
+    let now = st.engine.now_ms();
+    let m = st
+        .engine
+        .directory()
+        .with_user(tenant, &subject, |u| {
+            u.method(id).map(|m| method_json(m, now))
+        })
+        .ok_or(DirectoryError::NotFound("no such user"))?
+        .ok_or(DirectoryError::NotFound("no such method"))?;
+    ok(StatusCode::OK, m)
+}
+
+async fn delete_method(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((subject, id)): Path<(String, String)>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Admin)?;
+    let id = method_id(&id)?;
+    let m = st
+        .engine
+        .directory()
+        .delete_method(tenant, &subject, id)?
+        .wait()
+        .await?;
+    st.engine
+        .audit_directory(tenant, &subject, "method_deleted", Some(&m), None);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckBody {
+    subject: String,
+    #[serde(default)]
+    answer: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    client_ip: String,
+}
+
+/// The HTTP form of a decision.
+pub fn check_json(r: &CheckResult) -> Value {
+    match r {
+        CheckResult::Accept => json!({"result": "accept"}),
+        CheckResult::Reject {
+            reason,
+            attempts_left,
+            state,
+        } => {
+            let mut v = json!({"result": "reject", "reason": reason.word()});
+            if *reason == watchword_engine::RejectReason::WrongAnswer {
+                v["attempts_left"] = json!(attempts_left);
+                v["state"] = json!(state);
+            }
+            v
+        }
+        CheckResult::Challenge(c) => {
+            let mut v = json!({
+                "result": "challenge",
+                "state": c.state,
+                "method": c.method.name(),
+                "expires_at": rfc3339(c.expires_at_ms),
+                "message": c.message,
+            });
+            if !c.masked_destination.is_empty() {
+                v["destination"] = json!(c.masked_destination);
+            }
+            v
+        }
+    }
+}
+
+async fn check(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Client)?;
+    let b: CheckBody = parse_body(body)?;
+    if b.client_ip.len() > 1024 {
+        return Err(ApiError::invalid("client_ip: at most 1024 bytes"));
+    }
+    let req = CheckRequest {
+        subject: &b.subject,
+        answer: &b.answer,
+        state: &b.state,
+        client_ip: &b.client_ip,
+    };
+    let result = match st.engine.check(tenant, &req)? {
+        CheckStep::Done(r) => r,
+        CheckStep::WaitCall(w) => w.finish().await,
+    };
+    ok(StatusCode::OK, check_json(&result))
+}
+
+async fn healthz() -> Response {
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+async fn readyz(State(st): State<Arc<ApiState>>) -> Response {
+    if st.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint (see /v1/openapi.json)",
+    )
+}
+
+/// The OpenAPI 3.1 description served at `/v1/openapi.json` (also in docs/).
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// The API's routes over `state`.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/check", post(check))
+        .route("/v1/users", get(list_users))
+        .route(
+            "/v1/users/{subject}",
+            put(put_user).get(get_user).delete(delete_user),
+        )
+        .route("/v1/users/{subject}/methods", post(add_method))
+        .route(
+            "/v1/users/{subject}/methods/{method_id}",
+            get(get_method).delete(delete_method),
+        )
+        .route(
+            "/v1/users/{subject}/methods/{method_id}/confirm",
+            post(confirm_method),
+        )
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` (TLS when `tls` is given) until `stop`
+/// fires; then lets connections finish their requests (a held CHECK at
+/// most 25 s) on `tracker`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: Router,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.cancelled() => return,
+        };
+        let (tcp, _peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let tls = tls.clone();
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => serve_conn(tcp, app, stop).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
+                        Ok(Ok(s)) => serve_conn(s, app, stop).await,
+                        _ => tracing::debug!("HTTP TLS handshake failed or timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_conn<S>(stream: S, app: Router, stop: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+        }
+    }
+}

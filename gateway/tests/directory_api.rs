@@ -1,0 +1,464 @@
+//! The directory through the real listeners: every HTTP endpoint of
+//! admin-api.md (users, methods, check, health) with its keys, roles, errors
+//! and tenant isolation; the protocol's CHECK and CALL_ANSWER; durability
+//! across a restart; and a scan of everything both front ends answered for a
+//! code, a full destination or a key.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc::Receiver;
+use watchword_engine::ChallengeId;
+use watchword_gateway::app::{Running, start};
+use watchword_gateway::config::{Config, HttpKey, HttpRole, TenantConfig};
+use watchword_gateway::server::Role;
+use watchword_gateway::{Client, ClientConfig, Delivered};
+
+fn config(dir: &std::path::Path) -> Config {
+    let mut cfg = Config::development();
+    cfg.server.listen = "127.0.0.1:0".into();
+    cfg.server.metrics_listen = "127.0.0.1:0".into();
+    cfg.http.listen = "127.0.0.1:0".into();
+    cfg.audit.path = dir.join("audit.jsonl");
+    cfg.audit.flush_interval_ms = 20;
+    cfg.storage.path = dir.join("data");
+    cfg.tenants.push(TenantConfig {
+        name: "acme".into(),
+        keys: vec!["acme-key-1".into()],
+        role: Role::Client,
+        http_keys: vec![HttpKey {
+            key: "acme-admin-key".into(),
+            role: HttpRole::Admin,
+        }],
+        ..TenantConfig::default()
+    });
+    cfg
+}
+
+/// Everything the front ends answered during a test, for the leak scan.
+#[derive(Default)]
+struct Seen(Vec<String>);
+
+/// One HTTP/1.1 request over a fresh connection; the status and JSON body
+/// (Null when the body is empty or not JSON).
+async fn http(
+    r: &Running,
+    seen: &mut Seen,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value, String) {
+    let addr = r.http_addr.expect("the HTTP API is on");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    if let Some(k) = key {
+        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method != "GET" {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(40), s.read_to_end(&mut raw))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let (head, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    seen.0.push(text.clone());
+    let v = serde_json::from_str(payload).unwrap_or(Value::Null);
+    (status, v, head.to_owned())
+}
+
+const ADMIN: Option<&str> = Some("demo-admin-key");
+const HELPDESK: Option<&str> = Some("demo-helpdesk-key");
+const CLIENT: Option<&str> = Some("demo-client-key");
+
+async fn simulator(r: &Running) -> (Client, Receiver<Delivered>) {
+    let c = Client::connect(ClientConfig {
+        addr: r.addr.to_string(),
+        tenant: "demo".into(),
+        key: "demo-key".into(),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    let rx = c.subscribe_outbox().await.unwrap();
+    (c, rx)
+}
+
+async fn next_message(rx: &mut Receiver<Delivered>) -> Delivered {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a message")
+        .expect("outbox open")
+}
+
+async fn delivered_for(rx: &mut Receiver<Delivered>, id: ChallengeId) -> Delivered {
+    loop {
+        let d = next_message(rx).await;
+        if d.id == id {
+            return d;
+        }
+    }
+}
+
+fn code_in(text: &str) -> String {
+    text.split(|c: char| !c.is_ascii_digit())
+        .find(|run| run.len() == 6)
+        .expect("a code in the text")
+        .to_owned()
+}
+
+fn other_code(code: &str) -> &'static str {
+    if code == "000000" { "111111" } else { "000000" }
+}
+
+fn id_of_state(state: &str) -> ChallengeId {
+    watchword_engine::check::parse_state(state).expect("a state")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_methods_and_check_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(config(dir.path())).await.unwrap();
+    let mut seen = Seen::default();
+    let mut codes = Vec::new();
+    let (_sim, mut outbox) = simulator(&r).await;
+
+    let body = r#"{"display_name": "Ann Lee", "email": "ann@example.com", "locale": "fr"}"#;
+    let (s, u, _) = http(&r, &mut seen, "PUT", "/v1/users/ann", ADMIN, Some(body)).await;
+    assert_eq!(s, 201, "{u}");
+    assert_eq!(u["subject"], "ann");
+    assert_eq!(u["email"], "a***@example.com", "addresses are masked");
+    assert_eq!(u["enabled"], true);
+    assert!(u["created_at"].as_str().unwrap().ends_with('Z'));
+    let (s, u, _) = http(&r, &mut seen, "PUT", "/v1/users/ann", ADMIN, Some(r#"{"default_method": "email"}"#)).await;
+    assert_eq!(s, 200);
+    assert_eq!(u["display_name"], "Ann Lee", "PUT merges");
+    assert_eq!(u["default_method"], "email");
+    for sub in ["bob", "cid"] {
+        let (s, _, _) = http(&r, &mut seen, "PUT", &format!("/v1/users/{sub}"), ADMIN, Some("{}")).await;
+        assert_eq!(s, 201);
+    }
+    let (s, page, _) = http(&r, &mut seen, "GET", "/v1/users?limit=2", HELPDESK, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(page["users"].as_array().unwrap().len(), 2);
+    assert_eq!(page["next"], "bob");
+    let (_, page, _) = http(&r, &mut seen, "GET", "/v1/users?after=bob&limit=2", HELPDESK, None).await;
+    assert_eq!(page["users"][0]["subject"], "cid");
+    assert_eq!(page["next"], Value::Null);
+
+    // A method: pending, confirmed by its code.
+    let (s, m, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/users/ann/methods",
+        ADMIN,
+        Some(r#"{"type": "email", "destination": "ann@example.com"}"#),
+    )
+    .await;
+    assert_eq!(s, 201, "{m}");
+    assert_eq!(m["state"], "pending");
+    assert_eq!(m["destination"], "a***@example.com");
+    let mid = m["id"].as_str().unwrap().to_owned();
+    let code = code_in(&next_message(&mut outbox).await.text);
+    codes.push(code.clone());
+    let confirm = format!("/v1/users/ann/methods/{mid}/confirm");
+    let wrong = format!(r#"{{"code": "{}"}}"#, other_code(&code));
+    let (s, e, _) = http(&r, &mut seen, "POST", &confirm, ADMIN, Some(&wrong)).await;
+    assert_eq!((s, &e["error"], &e["attempts_left"]), (422, &json!("invalid_argument"), &json!(4)));
+    let right = format!(r#"{{"code": "{code}"}}"#);
+    let (s, m, _) = http(&r, &mut seen, "POST", &confirm, ADMIN, Some(&right)).await;
+    assert_eq!((s, &m["state"]), (200, &json!("active")), "{m}");
+    assert!(m["effective_at"].is_string() && m["confirmed_at"].is_string());
+    let (s, m2, _) = http(&r, &mut seen, "GET", &format!("/v1/users/ann/methods/{mid}"), HELPDESK, None).await;
+    assert_eq!((s, &m2["state"]), (200, &json!("active")));
+
+    // CHECK: challenge, wrong answer, accept, replay.
+    let (s, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(r#"{"subject": "ann", "client_ip": "192.0.2.1"}"#)).await;
+    assert_eq!(s, 200);
+    assert_eq!(c["result"], "challenge", "{c}");
+    assert_eq!(c["method"], "email");
+    assert_eq!(c["destination"], "a***@example.com");
+    assert_eq!(c["message"], "Enter the code sent to a***@example.com");
+    let state = c["state"].as_str().unwrap().to_owned();
+    let code = code_in(&delivered_for(&mut outbox, id_of_state(&state)).await.text);
+    codes.push(code.clone());
+    let wrong = json!({"subject": "ann", "answer": other_code(&code), "state": state}).to_string();
+    let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(&wrong)).await;
+    assert_eq!((&c["result"], &c["reason"], &c["attempts_left"]), (&json!("reject"), &json!("wrong_answer"), &json!(4)));
+    assert_eq!(c["state"], state.as_str());
+    let right = json!({"subject": "ann", "answer": code, "state": state}).to_string();
+    let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(&right)).await;
+    assert_eq!(c, json!({"result": "accept"}));
+    let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(&right)).await;
+    assert_eq!((&c["result"], &c["reason"]), (&json!("reject"), &json!("unknown_state")));
+    let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(r#"{"subject": "nobody"}"#)).await;
+    assert_eq!(c["reason"], "unknown_user");
+    let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(r#"{"subject": "bob"}"#)).await;
+    assert_eq!(c["reason"], "no_method");
+
+    // Deletes.
+    let (s, _, _) = http(&r, &mut seen, "DELETE", &format!("/v1/users/ann/methods/{mid}"), ADMIN, None).await;
+    assert_eq!(s, 204);
+    let (s, _, _) = http(&r, &mut seen, "GET", &format!("/v1/users/ann/methods/{mid}"), ADMIN, None).await;
+    assert_eq!(s, 404);
+    let (s, _, _) = http(&r, &mut seen, "DELETE", "/v1/users/ann", ADMIN, None).await;
+    assert_eq!(s, 204);
+    let (s, e, _) = http(&r, &mut seen, "GET", "/v1/users/ann", ADMIN, None).await;
+    assert_eq!((s, &e["error"]), (404, &json!("not_found")));
+    let (s, _, _) = http(&r, &mut seen, "GET", "/healthz", None, None).await;
+    assert_eq!(s, 200);
+    let (s, _, _) = http(&r, &mut seen, "GET", "/readyz", None, None).await;
+    assert_eq!(s, 200);
+    let (s, doc, _) = http(&r, &mut seen, "GET", "/v1/openapi.json", None, None).await;
+    assert_eq!((s, &doc["openapi"]), (200, &json!("3.1.0")));
+
+    // The audit trail has the decisions and the directory changes.
+    r.shutdown();
+    r.wait().await;
+    let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    for event in ["\"user_created\"", "\"method_added\"", "\"method_confirmed\"", "\"check\"", "\"user_deleted\""] {
+        assert!(log.contains(event), "{event} missing from the audit log");
+    }
+    assert!(log.contains("\"reason\":\"wrong_answer\""));
+    leak_scan(&seen, &codes, &log);
+}
+
+/// No code, full destination or key in anything answered or audited.
+fn leak_scan(seen: &Seen, codes: &[String], log: &str) {
+    let secrets = ["ann@example.com", "4255550100", "4255550199", "demo-admin-key", "demo-client-key", "acme-admin-key"];
+    for text in seen.0.iter().map(String::as_str).chain([log]) {
+        for s in secrets {
+            assert!(!text.contains(s), "{s} leaked in: {text}");
+        }
+        for c in codes {
+            assert!(!text.contains(c.as_str()) || text.contains("\"answer\""), "a code leaked in: {text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_roles_and_tenants_are_enforced_on_every_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(config(dir.path())).await.unwrap();
+    let mut seen = Seen::default();
+    let (s, _, _) = http(&r, &mut seen, "PUT", "/v1/users/ann", ADMIN, Some("{}")).await;
+    assert_eq!(s, 201);
+    let (_, _, _) = http(&r, &mut seen, "POST", "/v1/users/ann/methods", ADMIN, Some(r#"{"type": "sms", "destination": "+14255550100"}"#)).await;
+    let mid = r.engine.directory().user(watchword_engine::TenantId(0), "ann").unwrap().methods[0].id.to_string();
+    let endpoints: Vec<(&str, String, Option<&str>, HttpRole)> = vec![
+        ("PUT", "/v1/users/ann".into(), Some("{}"), HttpRole::Admin),
+        ("GET", "/v1/users/ann".into(), None, HttpRole::Helpdesk),
+        ("GET", "/v1/users".into(), None, HttpRole::Helpdesk),
+        ("POST", "/v1/users/ann/methods".into(), Some(r#"{"type": "email", "destination": "a@example.org"}"#), HttpRole::Admin),
+        ("GET", format!("/v1/users/ann/methods/{mid}"), None, HttpRole::Helpdesk),
+        ("POST", format!("/v1/users/ann/methods/{mid}/confirm"), Some(r#"{"code": "000000"}"#), HttpRole::Admin),
+        ("DELETE", format!("/v1/users/ann/methods/{mid}"), None, HttpRole::Admin),
+        ("POST", "/v1/check".into(), Some(r#"{"subject": "ann"}"#), HttpRole::Client),
+        ("DELETE", "/v1/users/ann".into(), None, HttpRole::Admin),
+    ];
+    let mut unauth_bodies = Vec::new();
+    for (method, path, body, need) in &endpoints {
+        for key in [None, Some("wrong-key-123"), Some("")] {
+            let (s, e, _) = http(&r, &mut seen, method, path, key, *body).await;
+            assert_eq!(s, 401, "{method} {path} with {key:?}");
+            unauth_bodies.push(e);
+        }
+        for (key, role) in [(CLIENT, HttpRole::Client), (HELPDESK, HttpRole::Helpdesk)] {
+            if role < *need {
+                let (s, e, _) = http(&r, &mut seen, method, path, key, *body).await;
+                assert_eq!((s, &e["error"]), (403, &json!("forbidden")), "{method} {path} as {role:?}");
+            }
+        }
+        // Another tenant's admin sees none of demo's users.
+        if !path.starts_with("/v1/check") && path != "/v1/users" && !(method == &"PUT") {
+            let (s, e, _) = http(&r, &mut seen, method, path, Some("acme-admin-key"), *body).await;
+            assert_eq!((s, &e["error"]), (404, &json!("not_found")), "{method} {path} as acme");
+        }
+    }
+    assert!(unauth_bodies.windows(2).all(|w| w[0] == w[1]), "a missing and a wrong key get the same answer");
+    let (_, list, _) = http(&r, &mut seen, "GET", "/v1/users", Some("acme-admin-key"), None).await;
+    assert_eq!(list["users"], json!([]), "acme lists none of demo's users");
+    let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", Some("acme-admin-key"), Some(r#"{"subject": "ann"}"#)).await;
+    assert_eq!(c["reason"], "unknown_user");
+    // The user is still there, untouched by the refused calls.
+    assert!(r.engine.directory().user(watchword_engine::TenantId(0), "ann").is_some());
+    r.shutdown();
+    r.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_specific_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(config(dir.path())).await.unwrap();
+    let mut seen = Seen::default();
+    let long = "x".repeat(257);
+    let big = format!(r#"{{"display_name": "{}"}}"#, "x".repeat(1_100_000));
+    let cases: Vec<(&str, String, Option<String>, u16, &str, &str)> = vec![
+        ("PUT", "/v1/users/ann".into(), Some("{not json".into()), 400, "bad_request", "not valid JSON"),
+        ("PUT", "/v1/users/ann".into(), Some(r#"{"colour": "red"}"#.into()), 400, "bad_request", "colour"),
+        ("PUT", "/v1/users/ann".into(), Some(r#"{"enabled": "123456"}"#.into()), 400, "bad_request", "wrong type"),
+        ("PUT", "/v1/users/ann".into(), Some(big), 413, "too_large", "bytes"),
+        ("PUT", format!("/v1/users/{long}"), Some("{}".into()), 422, "invalid_argument", "subject"),
+        ("PUT", "/v1/users/ann".into(), Some(r#"{"email": "nope"}"#.into()), 422, "invalid_argument", "email"),
+        ("PUT", "/v1/users/ann".into(), Some(r#"{"default_method": "pigeon"}"#.into()), 422, "invalid_argument", "default_method"),
+        ("GET", "/v1/users?limit=1001".into(), None, 422, "invalid_argument", "limit"),
+        ("GET", "/v1/users?limit=abc".into(), None, 422, "invalid_argument", "limit"),
+        ("POST", "/v1/check".into(), Some(r#"{"answer": "1"}"#.into()), 400, "bad_request", "subject"),
+        ("POST", "/v1/check".into(), Some(format!(r#"{{"subject": "ann", "answer": "{}"}}"#, "1".repeat(65))), 422, "invalid_argument", "answer"),
+        ("GET", "/v1/nothing".into(), None, 404, "not_found", "endpoint"),
+    ];
+    for (method, path, body, status, code, says) in &cases {
+        let (s, e, _) = http(&r, &mut seen, method, path, ADMIN, body.as_deref()).await;
+        assert_eq!((s, e["error"].as_str()), (*status, Some(*code)), "{method} {path}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(says), "{method} {path}: {e}");
+    }
+    assert!(!seen.0.iter().any(|t| t.contains("123456")), "a value was echoed");
+    assert_eq!(r.engine.directory().len(), 0, "nothing was stored");
+    let (s, _, _) = http(&r, &mut seen, "PUT", "/v1/users/ann", ADMIN, Some("{}")).await;
+    assert_eq!(s, 201);
+    for (body, says) in [
+        (r#"{"type": "pigeon", "destination": "x"}"#, "type"),
+        (r#"{"type": "sms", "destination": "not a number"}"#, "destination"),
+        (r#"{"type": "email", "destination": "no-at-sign"}"#, "destination"),
+        (r#"{"type": "sms"}"#, "destination"),
+    ] {
+        let (s, e, _) = http(&r, &mut seen, "POST", "/v1/users/ann/methods", ADMIN, Some(body)).await;
+        assert!(s == 422 || s == 400, "{body}: {s} {e}");
+        assert!(e["message"].as_str().unwrap().contains(says), "{body}: {e}");
+    }
+    let (s, e, _) = http(&r, &mut seen, "POST", "/v1/users/nobody/methods", ADMIN, Some(r#"{"type": "sms", "destination": "+14255550100"}"#)).await;
+    assert_eq!((s, &e["message"]), (404, &json!("no such user")));
+    assert!(r.engine.directory().user(watchword_engine::TenantId(0), "ann").unwrap().methods.is_empty());
+    r.shutdown();
+    r.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_call_answer_over_the_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(config(dir.path())).await.unwrap();
+    let mut seen = Seen::default();
+    let (sim, mut outbox) = simulator(&r).await;
+    let (s, _, _) = http(&r, &mut seen, "PUT", "/v1/users/ann", ADMIN, Some(r#"{"default_method": "call"}"#)).await;
+    assert_eq!(s, 201);
+    // A call method, confirmed by the handset pressing #.
+    let (s, m, _) = http(&r, &mut seen, "POST", "/v1/users/ann/methods", ADMIN, Some(r#"{"type": "call", "destination": "(425) 555-0199"}"#)).await;
+    assert_eq!(s, 201, "{m}");
+    let ring = next_message(&mut outbox).await;
+    assert!(ring.text.contains("press the pound key"));
+    sim.call_answer(ring.id, "#").await.unwrap();
+    let mid = m["id"].as_str().unwrap().to_owned();
+    let mut state = String::new();
+    for _ in 0..200 {
+        let (_, m, _) = http(&r, &mut seen, "GET", &format!("/v1/users/ann/methods/{mid}"), HELPDESK, None).await;
+        state = m["state"].as_str().unwrap().to_owned();
+        if state != "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(state, "active");
+
+    // A client connection checks; the CHECK on the call's state is held
+    // until the handset answers.
+    let client = Client::connect(ClientConfig {
+        addr: r.addr.to_string(),
+        tenant: "demo".into(),
+        key: "demo-key".into(),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    let ch = client.check("ann", "", "", "192.0.2.9").await.unwrap();
+    assert_eq!((ch.result, ch.method), (2, 5), "{ch:?}");
+    assert_eq!(ch.masked_destination, "+14*******99");
+    assert_eq!(ch.message, "Answer the call and press #");
+    let held = {
+        let c2 = Client::connect(ClientConfig {
+            addr: r.addr.to_string(),
+            tenant: "demo".into(),
+            key: "demo-key".into(),
+            ..ClientConfig::default()
+        })
+        .await
+        .unwrap();
+        let st = ch.state.clone();
+        tokio::spawn(async move { c2.check("ann", "", &st, "").await })
+    };
+    let ring = delivered_for(&mut outbox, id_of_state(&ch.state)).await;
+    // The held CHECK does not block its connection: a PING on it passes.
+    client.ping().await.unwrap();
+    sim.call_answer(ring.id, "#").await.unwrap();
+    let done = held.await.unwrap().unwrap();
+    assert_eq!(done.result, 0, "{done:?}");
+    let again = client.check("ann", "", &ch.state, "").await.unwrap();
+    assert_eq!((again.result, again.reason), (1, 7), "single-use");
+    // Declined.
+    let ch = client.check("ann", "call", "", "").await.unwrap();
+    let ring = delivered_for(&mut outbox, id_of_state(&ch.state)).await;
+    sim.call_answer(ring.id, "9").await.unwrap();
+    let done = client.check("ann", "", &ch.state, "").await.unwrap();
+    assert_eq!((done.result, done.reason), (1, 6));
+    // CALL_ANSWER needs the simulator role; an unknown id is NOT_FOUND.
+    let acme = Client::connect(ClientConfig {
+        addr: r.addr.to_string(),
+        tenant: "acme".into(),
+        key: "acme-key-1".into(),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    let e = acme.call_answer(ring.id, "#").await.unwrap_err();
+    assert!(format!("{e:?}").contains("Forbidden"), "{e:?}");
+    let e = sim.call_answer(ChallengeId([7; 16]), "#").await.unwrap_err();
+    assert!(format!("{e:?}").contains("NotFound"), "{e:?}");
+    // acme cannot check demo's user; an oversized answer is INVALID_ARGUMENT.
+    let ch = acme.check("ann", "", "", "").await.unwrap();
+    assert_eq!((ch.result, ch.reason), (1, 4));
+    let e = client.check("ann", &"1".repeat(65), "", "").await.unwrap_err();
+    assert!(format!("{e:?}").contains("InvalidArgument"), "{e:?}");
+    r.shutdown();
+    r.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_methods_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = Seen::default();
+    let r = start(config(dir.path())).await.unwrap();
+    let (_sim, mut outbox) = simulator(&r).await;
+    let (s, _, _) = http(&r, &mut seen, "PUT", "/v1/users/ann", ADMIN, Some(r#"{"display_name": "Ann"}"#)).await;
+    assert_eq!(s, 201);
+    let (_, m, _) = http(&r, &mut seen, "POST", "/v1/users/ann/methods", ADMIN, Some(r#"{"type": "sms", "destination": "+14255550100"}"#)).await;
+    let mid = m["id"].as_str().unwrap().to_owned();
+    let code = code_in(&next_message(&mut outbox).await.text);
+    let (s, _, _) = http(&r, &mut seen, "POST", &format!("/v1/users/ann/methods/{mid}/confirm"), ADMIN, Some(&format!(r#"{{"code": "{code}"}}"#))).await;
+    assert_eq!(s, 200);
+    r.shutdown();
+    r.wait().await;
+    drop(_sim);
+
+    let r = start(config(dir.path())).await.unwrap();
+    let (s, u, _) = http(&r, &mut seen, "GET", "/v1/users/ann", ADMIN, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(u["display_name"], "Ann");
+    assert_eq!(u["methods"][0]["state"], "active");
+    assert_eq!(u["methods"][0]["id"], mid.as_str());
+    let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(r#"{"subject": "ann"}"#)).await;
+    assert_eq!(c["result"], "challenge");
+    r.shutdown();
+    r.wait().await;
+}
