@@ -11,6 +11,7 @@
 pub mod app;
 pub mod audit;
 pub mod backend;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod connection;

@@ -142,19 +142,43 @@ async fn users_methods_and_check_over_http() {
     assert_eq!(u["email"], "a***@example.com", "addresses are masked");
     assert_eq!(u["enabled"], true);
     assert!(u["created_at"].as_str().unwrap().ends_with('Z'));
-    let (s, u, _) = http(&r, &mut seen, "PUT", "/v1/users/ann", ADMIN, Some(r#"{"default_method": "email"}"#)).await;
+    let (s, u, _) = http(
+        &r,
+        &mut seen,
+        "PUT",
+        "/v1/users/ann",
+        ADMIN,
+        Some(r#"{"default_method": "email"}"#),
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(u["display_name"], "Ann Lee", "PUT merges");
     assert_eq!(u["default_method"], "email");
     for sub in ["bob", "cid"] {
-        let (s, _, _) = http(&r, &mut seen, "PUT", &format!("/v1/users/{sub}"), ADMIN, Some("{}")).await;
+        let (s, _, _) = http(
+            &r,
+            &mut seen,
+            "PUT",
+            &format!("/v1/users/{sub}"),
+            ADMIN,
+            Some("{}"),
+        )
+        .await;
         assert_eq!(s, 201);
     }
     let (s, page, _) = http(&r, &mut seen, "GET", "/v1/users?limit=2", HELPDESK, None).await;
     assert_eq!(s, 200);
     assert_eq!(page["users"].as_array().unwrap().len(), 2);
     assert_eq!(page["next"], "bob");
-    let (_, page, _) = http(&r, &mut seen, "GET", "/v1/users?after=bob&limit=2", HELPDESK, None).await;
+    let (_, page, _) = http(
+        &r,
+        &mut seen,
+        "GET",
+        "/v1/users?after=bob&limit=2",
+        HELPDESK,
+        None,
+    )
+    .await;
     assert_eq!(page["users"][0]["subject"], "cid");
     assert_eq!(page["next"], Value::Null);
 
@@ -177,16 +201,35 @@ async fn users_methods_and_check_over_http() {
     let confirm = format!("/v1/users/ann/methods/{mid}/confirm");
     let wrong = format!(r#"{{"code": "{}"}}"#, other_code(&code));
     let (s, e, _) = http(&r, &mut seen, "POST", &confirm, ADMIN, Some(&wrong)).await;
-    assert_eq!((s, &e["error"], &e["attempts_left"]), (422, &json!("invalid_argument"), &json!(4)));
+    assert_eq!(
+        (s, &e["error"], &e["attempts_left"]),
+        (422, &json!("invalid_argument"), &json!(4))
+    );
     let right = format!(r#"{{"code": "{code}"}}"#);
     let (s, m, _) = http(&r, &mut seen, "POST", &confirm, ADMIN, Some(&right)).await;
     assert_eq!((s, &m["state"]), (200, &json!("active")), "{m}");
     assert!(m["effective_at"].is_string() && m["confirmed_at"].is_string());
-    let (s, m2, _) = http(&r, &mut seen, "GET", &format!("/v1/users/ann/methods/{mid}"), HELPDESK, None).await;
+    let (s, m2, _) = http(
+        &r,
+        &mut seen,
+        "GET",
+        &format!("/v1/users/ann/methods/{mid}"),
+        HELPDESK,
+        None,
+    )
+    .await;
     assert_eq!((s, &m2["state"]), (200, &json!("active")));
 
     // CHECK: challenge, wrong answer, accept, replay.
-    let (s, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(r#"{"subject": "ann", "client_ip": "192.0.2.1"}"#)).await;
+    let (s, c, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/check",
+        CLIENT,
+        Some(r#"{"subject": "ann", "client_ip": "192.0.2.1"}"#),
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(c["result"], "challenge", "{c}");
     assert_eq!(c["method"], "email");
@@ -197,22 +240,60 @@ async fn users_methods_and_check_over_http() {
     codes.push(code.clone());
     let wrong = json!({"subject": "ann", "answer": other_code(&code), "state": state}).to_string();
     let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(&wrong)).await;
-    assert_eq!((&c["result"], &c["reason"], &c["attempts_left"]), (&json!("reject"), &json!("wrong_answer"), &json!(4)));
+    assert_eq!(
+        (&c["result"], &c["reason"], &c["attempts_left"]),
+        (&json!("reject"), &json!("wrong_answer"), &json!(4))
+    );
     assert_eq!(c["state"], state.as_str());
     let right = json!({"subject": "ann", "answer": code, "state": state}).to_string();
     let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(&right)).await;
     assert_eq!(c, json!({"result": "accept"}));
     let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(&right)).await;
-    assert_eq!((&c["result"], &c["reason"]), (&json!("reject"), &json!("unknown_state")));
-    let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(r#"{"subject": "nobody"}"#)).await;
+    assert_eq!(
+        (&c["result"], &c["reason"]),
+        (&json!("reject"), &json!("unknown_state"))
+    );
+    let (_, c, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/check",
+        CLIENT,
+        Some(r#"{"subject": "nobody"}"#),
+    )
+    .await;
     assert_eq!(c["reason"], "unknown_user");
-    let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(r#"{"subject": "bob"}"#)).await;
+    let (_, c, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/check",
+        CLIENT,
+        Some(r#"{"subject": "bob"}"#),
+    )
+    .await;
     assert_eq!(c["reason"], "no_method");
 
     // Deletes.
-    let (s, _, _) = http(&r, &mut seen, "DELETE", &format!("/v1/users/ann/methods/{mid}"), ADMIN, None).await;
+    let (s, _, _) = http(
+        &r,
+        &mut seen,
+        "DELETE",
+        &format!("/v1/users/ann/methods/{mid}"),
+        ADMIN,
+        None,
+    )
+    .await;
     assert_eq!(s, 204);
-    let (s, _, _) = http(&r, &mut seen, "GET", &format!("/v1/users/ann/methods/{mid}"), ADMIN, None).await;
+    let (s, _, _) = http(
+        &r,
+        &mut seen,
+        "GET",
+        &format!("/v1/users/ann/methods/{mid}"),
+        ADMIN,
+        None,
+    )
+    .await;
     assert_eq!(s, 404);
     let (s, _, _) = http(&r, &mut seen, "DELETE", "/v1/users/ann", ADMIN, None).await;
     assert_eq!(s, 204);
@@ -229,7 +310,13 @@ async fn users_methods_and_check_over_http() {
     r.shutdown();
     r.wait().await;
     let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
-    for event in ["\"user_created\"", "\"method_added\"", "\"method_confirmed\"", "\"check\"", "\"user_deleted\""] {
+    for event in [
+        "\"user_created\"",
+        "\"method_added\"",
+        "\"method_confirmed\"",
+        "\"check\"",
+        "\"user_deleted\"",
+    ] {
         assert!(log.contains(event), "{event} missing from the audit log");
     }
     assert!(log.contains("\"reason\":\"wrong_answer\""));
@@ -238,13 +325,23 @@ async fn users_methods_and_check_over_http() {
 
 /// No code, full destination or key in anything answered or audited.
 fn leak_scan(seen: &Seen, codes: &[String], log: &str) {
-    let secrets = ["ann@example.com", "4255550100", "4255550199", "demo-admin-key", "demo-client-key", "acme-admin-key"];
+    let secrets = [
+        "ann@example.com",
+        "4255550100",
+        "4255550199",
+        "demo-admin-key",
+        "demo-client-key",
+        "acme-admin-key",
+    ];
     for text in seen.0.iter().map(String::as_str).chain([log]) {
         for s in secrets {
             assert!(!text.contains(s), "{s} leaked in: {text}");
         }
         for c in codes {
-            assert!(!text.contains(c.as_str()) || text.contains("\"answer\""), "a code leaked in: {text}");
+            assert!(
+                !text.contains(c.as_str()) || text.contains("\"answer\""),
+                "a code leaked in: {text}"
+            );
         }
     }
 }
@@ -256,17 +353,57 @@ async fn keys_roles_and_tenants_are_enforced_on_every_endpoint() {
     let mut seen = Seen::default();
     let (s, _, _) = http(&r, &mut seen, "PUT", "/v1/users/ann", ADMIN, Some("{}")).await;
     assert_eq!(s, 201);
-    let (_, _, _) = http(&r, &mut seen, "POST", "/v1/users/ann/methods", ADMIN, Some(r#"{"type": "sms", "destination": "+14255550100"}"#)).await;
-    let mid = r.engine.directory().user(watchword_engine::TenantId(0), "ann").unwrap().methods[0].id.to_string();
+    let (_, _, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/users/ann/methods",
+        ADMIN,
+        Some(r#"{"type": "sms", "destination": "+14255550100"}"#),
+    )
+    .await;
+    let mid = r
+        .engine
+        .directory()
+        .user(watchword_engine::TenantId(0), "ann")
+        .unwrap()
+        .methods[0]
+        .id
+        .to_string();
     let endpoints: Vec<(&str, String, Option<&str>, HttpRole)> = vec![
         ("PUT", "/v1/users/ann".into(), Some("{}"), HttpRole::Admin),
         ("GET", "/v1/users/ann".into(), None, HttpRole::Helpdesk),
         ("GET", "/v1/users".into(), None, HttpRole::Helpdesk),
-        ("POST", "/v1/users/ann/methods".into(), Some(r#"{"type": "email", "destination": "a@example.org"}"#), HttpRole::Admin),
-        ("GET", format!("/v1/users/ann/methods/{mid}"), None, HttpRole::Helpdesk),
-        ("POST", format!("/v1/users/ann/methods/{mid}/confirm"), Some(r#"{"code": "000000"}"#), HttpRole::Admin),
-        ("DELETE", format!("/v1/users/ann/methods/{mid}"), None, HttpRole::Admin),
-        ("POST", "/v1/check".into(), Some(r#"{"subject": "ann"}"#), HttpRole::Client),
+        (
+            "POST",
+            "/v1/users/ann/methods".into(),
+            Some(r#"{"type": "email", "destination": "a@example.org"}"#),
+            HttpRole::Admin,
+        ),
+        (
+            "GET",
+            format!("/v1/users/ann/methods/{mid}"),
+            None,
+            HttpRole::Helpdesk,
+        ),
+        (
+            "POST",
+            format!("/v1/users/ann/methods/{mid}/confirm"),
+            Some(r#"{"code": "000000"}"#),
+            HttpRole::Admin,
+        ),
+        (
+            "DELETE",
+            format!("/v1/users/ann/methods/{mid}"),
+            None,
+            HttpRole::Admin,
+        ),
+        (
+            "POST",
+            "/v1/check".into(),
+            Some(r#"{"subject": "ann"}"#),
+            HttpRole::Client,
+        ),
         ("DELETE", "/v1/users/ann".into(), None, HttpRole::Admin),
     ];
     let mut unauth_bodies = Vec::new();
@@ -279,25 +416,68 @@ async fn keys_roles_and_tenants_are_enforced_on_every_endpoint() {
         for (key, role) in [(CLIENT, HttpRole::Client), (HELPDESK, HttpRole::Helpdesk)] {
             if role < *need {
                 let (s, e, _) = http(&r, &mut seen, method, path, key, *body).await;
-                assert_eq!((s, &e["error"]), (403, &json!("forbidden")), "{method} {path} as {role:?}");
+                assert_eq!(
+                    (s, &e["error"]),
+                    (403, &json!("forbidden")),
+                    "{method} {path} as {role:?}"
+                );
             }
         }
         // Another tenant's admin sees none of demo's users.
-        if !path.starts_with("/v1/check") && path != "/v1/users" && !(method == &"PUT") {
+        if !path.starts_with("/v1/check") && path != "/v1/users" && *method != "PUT" {
             let (s, e, _) = http(&r, &mut seen, method, path, Some("acme-admin-key"), *body).await;
-            assert_eq!((s, &e["error"]), (404, &json!("not_found")), "{method} {path} as acme");
+            assert_eq!(
+                (s, &e["error"]),
+                (404, &json!("not_found")),
+                "{method} {path} as acme"
+            );
         }
     }
-    assert!(unauth_bodies.windows(2).all(|w| w[0] == w[1]), "a missing and a wrong key get the same answer");
-    let (_, list, _) = http(&r, &mut seen, "GET", "/v1/users", Some("acme-admin-key"), None).await;
+    assert!(
+        unauth_bodies.windows(2).all(|w| w[0] == w[1]),
+        "a missing and a wrong key get the same answer"
+    );
+    let (_, list, _) = http(
+        &r,
+        &mut seen,
+        "GET",
+        "/v1/users",
+        Some("acme-admin-key"),
+        None,
+    )
+    .await;
     assert_eq!(list["users"], json!([]), "acme lists none of demo's users");
-    let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", Some("acme-admin-key"), Some(r#"{"subject": "ann"}"#)).await;
+    let (_, c, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/check",
+        Some("acme-admin-key"),
+        Some(r#"{"subject": "ann"}"#),
+    )
+    .await;
     assert_eq!(c["reason"], "unknown_user");
     // The user is still there, untouched by the refused calls.
-    assert!(r.engine.directory().user(watchword_engine::TenantId(0), "ann").is_some());
+    assert!(
+        r.engine
+            .directory()
+            .user(watchword_engine::TenantId(0), "ann")
+            .is_some()
+    );
     r.shutdown();
     r.wait().await;
 }
+
+/// A request and what must come back: method, path, body, status, error
+/// code, and a word the message must contain.
+type Case = (
+    &'static str,
+    String,
+    Option<String>,
+    u16,
+    &'static str,
+    &'static str,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_specific_error_and_changes_nothing() {
@@ -306,42 +486,168 @@ async fn bad_input_gets_a_specific_error_and_changes_nothing() {
     let mut seen = Seen::default();
     let long = "x".repeat(257);
     let big = format!(r#"{{"display_name": "{}"}}"#, "x".repeat(1_100_000));
-    let cases: Vec<(&str, String, Option<String>, u16, &str, &str)> = vec![
-        ("PUT", "/v1/users/ann".into(), Some("{not json".into()), 400, "bad_request", "not valid JSON"),
-        ("PUT", "/v1/users/ann".into(), Some(r#"{"colour": "red"}"#.into()), 400, "bad_request", "colour"),
-        ("PUT", "/v1/users/ann".into(), Some(r#"{"enabled": "123456"}"#.into()), 400, "bad_request", "wrong type"),
-        ("PUT", "/v1/users/ann".into(), Some(big), 413, "too_large", "bytes"),
-        ("PUT", format!("/v1/users/{long}"), Some("{}".into()), 422, "invalid_argument", "subject"),
-        ("PUT", "/v1/users/ann".into(), Some(r#"{"email": "nope"}"#.into()), 422, "invalid_argument", "email"),
-        ("PUT", "/v1/users/ann".into(), Some(r#"{"default_method": "pigeon"}"#.into()), 422, "invalid_argument", "default_method"),
-        ("GET", "/v1/users?limit=1001".into(), None, 422, "invalid_argument", "limit"),
-        ("GET", "/v1/users?limit=abc".into(), None, 422, "invalid_argument", "limit"),
-        ("POST", "/v1/check".into(), Some(r#"{"answer": "1"}"#.into()), 400, "bad_request", "subject"),
-        ("POST", "/v1/check".into(), Some(format!(r#"{{"subject": "ann", "answer": "{}"}}"#, "1".repeat(65))), 422, "invalid_argument", "answer"),
-        ("GET", "/v1/nothing".into(), None, 404, "not_found", "endpoint"),
+    let cases: Vec<Case> = vec![
+        (
+            "PUT",
+            "/v1/users/ann".into(),
+            Some("{not json".into()),
+            400,
+            "bad_request",
+            "not valid JSON",
+        ),
+        (
+            "PUT",
+            "/v1/users/ann".into(),
+            Some(r#"{"colour": "red"}"#.into()),
+            400,
+            "bad_request",
+            "colour",
+        ),
+        (
+            "PUT",
+            "/v1/users/ann".into(),
+            Some(r#"{"enabled": "123456"}"#.into()),
+            400,
+            "bad_request",
+            "wrong type",
+        ),
+        (
+            "PUT",
+            "/v1/users/ann".into(),
+            Some(big),
+            413,
+            "too_large",
+            "bytes",
+        ),
+        (
+            "PUT",
+            format!("/v1/users/{long}"),
+            Some("{}".into()),
+            422,
+            "invalid_argument",
+            "subject",
+        ),
+        (
+            "PUT",
+            "/v1/users/ann".into(),
+            Some(r#"{"email": "nope"}"#.into()),
+            422,
+            "invalid_argument",
+            "email",
+        ),
+        (
+            "PUT",
+            "/v1/users/ann".into(),
+            Some(r#"{"default_method": "pigeon"}"#.into()),
+            422,
+            "invalid_argument",
+            "default_method",
+        ),
+        (
+            "GET",
+            "/v1/users?limit=1001".into(),
+            None,
+            422,
+            "invalid_argument",
+            "limit",
+        ),
+        (
+            "GET",
+            "/v1/users?limit=abc".into(),
+            None,
+            422,
+            "invalid_argument",
+            "limit",
+        ),
+        (
+            "POST",
+            "/v1/check".into(),
+            Some(r#"{"answer": "1"}"#.into()),
+            400,
+            "bad_request",
+            "subject",
+        ),
+        (
+            "POST",
+            "/v1/check".into(),
+            Some(format!(
+                r#"{{"subject": "ann", "answer": "{}"}}"#,
+                "1".repeat(65)
+            )),
+            422,
+            "invalid_argument",
+            "answer",
+        ),
+        (
+            "GET",
+            "/v1/nothing".into(),
+            None,
+            404,
+            "not_found",
+            "endpoint",
+        ),
     ];
     for (method, path, body, status, code, says) in &cases {
         let (s, e, _) = http(&r, &mut seen, method, path, ADMIN, body.as_deref()).await;
-        assert_eq!((s, e["error"].as_str()), (*status, Some(*code)), "{method} {path}: {e}");
-        assert!(e["message"].as_str().unwrap().contains(says), "{method} {path}: {e}");
+        assert_eq!(
+            (s, e["error"].as_str()),
+            (*status, Some(*code)),
+            "{method} {path}: {e}"
+        );
+        assert!(
+            e["message"].as_str().unwrap().contains(says),
+            "{method} {path}: {e}"
+        );
     }
-    assert!(!seen.0.iter().any(|t| t.contains("123456")), "a value was echoed");
+    assert!(
+        !seen.0.iter().any(|t| t.contains("123456")),
+        "a value was echoed"
+    );
     assert_eq!(r.engine.directory().len(), 0, "nothing was stored");
     let (s, _, _) = http(&r, &mut seen, "PUT", "/v1/users/ann", ADMIN, Some("{}")).await;
     assert_eq!(s, 201);
     for (body, says) in [
         (r#"{"type": "pigeon", "destination": "x"}"#, "type"),
-        (r#"{"type": "sms", "destination": "not a number"}"#, "destination"),
-        (r#"{"type": "email", "destination": "no-at-sign"}"#, "destination"),
+        (
+            r#"{"type": "sms", "destination": "not a number"}"#,
+            "destination",
+        ),
+        (
+            r#"{"type": "email", "destination": "no-at-sign"}"#,
+            "destination",
+        ),
         (r#"{"type": "sms"}"#, "destination"),
     ] {
-        let (s, e, _) = http(&r, &mut seen, "POST", "/v1/users/ann/methods", ADMIN, Some(body)).await;
+        let (s, e, _) = http(
+            &r,
+            &mut seen,
+            "POST",
+            "/v1/users/ann/methods",
+            ADMIN,
+            Some(body),
+        )
+        .await;
         assert!(s == 422 || s == 400, "{body}: {s} {e}");
         assert!(e["message"].as_str().unwrap().contains(says), "{body}: {e}");
     }
-    let (s, e, _) = http(&r, &mut seen, "POST", "/v1/users/nobody/methods", ADMIN, Some(r#"{"type": "sms", "destination": "+14255550100"}"#)).await;
+    let (s, e, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/users/nobody/methods",
+        ADMIN,
+        Some(r#"{"type": "sms", "destination": "+14255550100"}"#),
+    )
+    .await;
     assert_eq!((s, &e["message"]), (404, &json!("no such user")));
-    assert!(r.engine.directory().user(watchword_engine::TenantId(0), "ann").unwrap().methods.is_empty());
+    assert!(
+        r.engine
+            .directory()
+            .user(watchword_engine::TenantId(0), "ann")
+            .unwrap()
+            .methods
+            .is_empty()
+    );
     r.shutdown();
     r.wait().await;
 }
@@ -352,10 +658,26 @@ async fn check_and_call_answer_over_the_protocol() {
     let r = start(config(dir.path())).await.unwrap();
     let mut seen = Seen::default();
     let (sim, mut outbox) = simulator(&r).await;
-    let (s, _, _) = http(&r, &mut seen, "PUT", "/v1/users/ann", ADMIN, Some(r#"{"default_method": "call"}"#)).await;
+    let (s, _, _) = http(
+        &r,
+        &mut seen,
+        "PUT",
+        "/v1/users/ann",
+        ADMIN,
+        Some(r#"{"default_method": "call"}"#),
+    )
+    .await;
     assert_eq!(s, 201);
     // A call method, confirmed by the handset pressing #.
-    let (s, m, _) = http(&r, &mut seen, "POST", "/v1/users/ann/methods", ADMIN, Some(r#"{"type": "call", "destination": "(425) 555-0199"}"#)).await;
+    let (s, m, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/users/ann/methods",
+        ADMIN,
+        Some(r#"{"type": "call", "destination": "(425) 555-0199"}"#),
+    )
+    .await;
     assert_eq!(s, 201, "{m}");
     let ring = next_message(&mut outbox).await;
     assert!(ring.text.contains("press the pound key"));
@@ -363,7 +685,15 @@ async fn check_and_call_answer_over_the_protocol() {
     let mid = m["id"].as_str().unwrap().to_owned();
     let mut state = String::new();
     for _ in 0..200 {
-        let (_, m, _) = http(&r, &mut seen, "GET", &format!("/v1/users/ann/methods/{mid}"), HELPDESK, None).await;
+        let (_, m, _) = http(
+            &r,
+            &mut seen,
+            "GET",
+            &format!("/v1/users/ann/methods/{mid}"),
+            HELPDESK,
+            None,
+        )
+        .await;
         state = m["state"].as_str().unwrap().to_owned();
         if state != "pending" {
             break;
@@ -423,12 +753,18 @@ async fn check_and_call_answer_over_the_protocol() {
     .unwrap();
     let e = acme.call_answer(ring.id, "#").await.unwrap_err();
     assert!(format!("{e:?}").contains("Forbidden"), "{e:?}");
-    let e = sim.call_answer(ChallengeId([7; 16]), "#").await.unwrap_err();
+    let e = sim
+        .call_answer(ChallengeId([7; 16]), "#")
+        .await
+        .unwrap_err();
     assert!(format!("{e:?}").contains("NotFound"), "{e:?}");
     // acme cannot check demo's user; an oversized answer is INVALID_ARGUMENT.
     let ch = acme.check("ann", "", "", "").await.unwrap();
     assert_eq!((ch.result, ch.reason), (1, 4));
-    let e = client.check("ann", &"1".repeat(65), "", "").await.unwrap_err();
+    let e = client
+        .check("ann", &"1".repeat(65), "", "")
+        .await
+        .unwrap_err();
     assert!(format!("{e:?}").contains("InvalidArgument"), "{e:?}");
     r.shutdown();
     r.wait().await;
@@ -440,12 +776,36 @@ async fn users_and_methods_survive_a_restart() {
     let mut seen = Seen::default();
     let r = start(config(dir.path())).await.unwrap();
     let (_sim, mut outbox) = simulator(&r).await;
-    let (s, _, _) = http(&r, &mut seen, "PUT", "/v1/users/ann", ADMIN, Some(r#"{"display_name": "Ann"}"#)).await;
+    let (s, _, _) = http(
+        &r,
+        &mut seen,
+        "PUT",
+        "/v1/users/ann",
+        ADMIN,
+        Some(r#"{"display_name": "Ann"}"#),
+    )
+    .await;
     assert_eq!(s, 201);
-    let (_, m, _) = http(&r, &mut seen, "POST", "/v1/users/ann/methods", ADMIN, Some(r#"{"type": "sms", "destination": "+14255550100"}"#)).await;
+    let (_, m, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/users/ann/methods",
+        ADMIN,
+        Some(r#"{"type": "sms", "destination": "+14255550100"}"#),
+    )
+    .await;
     let mid = m["id"].as_str().unwrap().to_owned();
     let code = code_in(&next_message(&mut outbox).await.text);
-    let (s, _, _) = http(&r, &mut seen, "POST", &format!("/v1/users/ann/methods/{mid}/confirm"), ADMIN, Some(&format!(r#"{{"code": "{code}"}}"#))).await;
+    let (s, _, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        &format!("/v1/users/ann/methods/{mid}/confirm"),
+        ADMIN,
+        Some(&format!(r#"{{"code": "{code}"}}"#)),
+    )
+    .await;
     assert_eq!(s, 200);
     r.shutdown();
     r.wait().await;
@@ -457,7 +817,15 @@ async fn users_and_methods_survive_a_restart() {
     assert_eq!(u["display_name"], "Ann");
     assert_eq!(u["methods"][0]["state"], "active");
     assert_eq!(u["methods"][0]["id"], mid.as_str());
-    let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(r#"{"subject": "ann"}"#)).await;
+    let (_, c, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/check",
+        CLIENT,
+        Some(r#"{"subject": "ann"}"#),
+    )
+    .await;
     assert_eq!(c["result"], "challenge");
     r.shutdown();
     r.wait().await;

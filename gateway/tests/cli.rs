@@ -1,0 +1,518 @@
+//! The `watchword` operator subcommands end to end: a real `watchword serve`
+//! child on free loopback ports with a temporary configuration, and the
+//! binary's `users`, `methods`, `check`, `keygen`, `backup` and `check-store`
+//! run against it as an operator would.
+//!
+//! These tests must never leave a server running (a guard kills it, also on
+//! panic), and they check that no output carries a key or a full phone
+//! number (the server's answers are masked; the CLI prints only them).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_watchword");
+const ADMIN_KEY: &str = "test-admin-key-1";
+const CLIENT_KEY: &str = "test-client-key-1";
+
+/// A free loopback port (bound, read, released; the server binds it next).
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A `watchword serve --config F` child; dropping it kills the child.
+struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let (listen, metrics, http) = (free_port(), free_port(), free_port());
+        let config = dir.path().join("watchword.toml");
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{listen}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n\
+             [storage]\npath = {data:?}\n\
+             [audit]\npath = {audit:?}\n\
+             [[tenants]]\nname = \"demo\"\nkeys = [\"demo-key\"]\nrole = \"simulator\"\n\
+             http_keys = [{{ key = \"{ADMIN_KEY}\", role = \"admin\" }}, \
+             {{ key = \"{CLIENT_KEY}\", role = \"client\" }}]\n",
+            data = dir.path().join("data").display().to_string(),
+            audit = dir.path().join("audit.jsonl").display().to_string(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let log = File::create(dir.path().join("server.log")).unwrap();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child,
+            dir,
+            config,
+            url: format!("http://127.0.0.1:{http}"),
+        };
+        server.wait_healthy(http);
+        server
+    }
+
+    /// Polls `GET /healthz` for up to 20 s.
+    fn wait_healthy(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if healthz(port) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        panic!("the server did not answer /healthz within 20 s; its log:\n{log}");
+    }
+
+    /// Runs `watchword ARGS --url URL --key KEY`.
+    fn api(&self, key: &str, args: &[&str]) -> Output {
+        ww(args, &["--url", &self.url, "--key", key])
+    }
+
+    fn config_arg(&self) -> &str {
+        self.config.to_str().unwrap()
+    }
+}
+
+fn healthz(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
+}
+
+/// Runs the binary with `args` then `extra`, with neither WATCHWORD_URL nor
+/// WATCHWORD_KEY inherited.
+fn ww(args: &[&str], extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .args(extra)
+        .env_remove("WATCHWORD_URL")
+        .env_remove("WATCHWORD_KEY")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts exit 0 and parses stdout as JSON.
+fn json_ok(o: &Output) -> Value {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
+}
+
+/// Asserts exit 1 and an `error: CODE:` line on stderr.
+fn fails_with(o: &Output, code: &str) {
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "stdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+    let err = stderr(o);
+    assert!(err.contains(&format!("error: {code}: ")), "{err}");
+}
+
+/// No key of this file's configuration and no full phone number in `o`.
+fn nothing_secret(o: &Output) {
+    let all = format!("{}{}", stdout(o), stderr(o));
+    for secret in [ADMIN_KEY, CLIENT_KEY, "4255550100"] {
+        assert!(!all.contains(secret), "{secret} printed:\n{all}");
+    }
+}
+
+#[test]
+fn users_and_methods_round_trip_through_the_http_api() {
+    let s = Server::start();
+
+    // Created, then merged: the second add keeps the display name.
+    let add = s.api(
+        ADMIN_KEY,
+        &[
+            "users",
+            "add",
+            "bob/ops",
+            "--display-name",
+            "Bob",
+            "--email",
+            "bob@example.com",
+        ],
+    );
+    let user = json_ok(&add);
+    assert!(stderr(&add).contains("created"), "{}", stderr(&add));
+    assert_eq!(
+        user["subject"], "bob/ops",
+        "the subject survives the percent-encoding"
+    );
+    assert_eq!(user["email"], "b***@example.com");
+    let again = s.api(
+        ADMIN_KEY,
+        &["users", "add", "bob/ops", "--locale", "fr", "--disabled"],
+    );
+    let merged = json_ok(&again);
+    assert!(stderr(&again).contains("updated"), "{}", stderr(&again));
+    assert_eq!(merged["display_name"], "Bob");
+    assert_eq!(merged["locale"], "fr");
+    assert_eq!(merged["enabled"], false);
+    let enabled = json_ok(&s.api(ADMIN_KEY, &["users", "add", "bob/ops", "--enabled"]));
+    assert_eq!(enabled["enabled"], true);
+
+    let shown = json_ok(&s.api(ADMIN_KEY, &["users", "show", "bob/ops"]));
+    assert_eq!(shown["display_name"], "Bob");
+    assert_eq!(shown["methods"], serde_json::json!([]));
+
+    // Three more users; pages of two: --all follows `next` to the end.
+    for subject in ["alice", "carol", "dave smith"] {
+        json_ok(&s.api(ADMIN_KEY, &["users", "add", subject]));
+    }
+    let page = json_ok(&s.api(ADMIN_KEY, &["users", "list", "--limit", "2"]));
+    assert_eq!(page["users"].as_array().unwrap().len(), 2);
+    assert!(page["next"].is_string());
+    let all = json_ok(&s.api(ADMIN_KEY, &["users", "list", "--all", "--limit", "2"]));
+    let subjects: Vec<&str> = all["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, ["alice", "bob/ops", "carol", "dave smith"]);
+    assert!(all["next"].is_null());
+
+    // A method: pending, destination masked, and shown again by its id.
+    let add = s.api(
+        ADMIN_KEY,
+        &[
+            "methods",
+            "add",
+            "bob/ops",
+            "--type",
+            "sms",
+            "--destination",
+            "+14255550100",
+        ],
+    );
+    nothing_secret(&add);
+    let method = json_ok(&add);
+    assert_eq!(method["state"], "pending");
+    assert_eq!(method["type"], "sms");
+    let id = method["id"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| method["id"].to_string());
+    let shown = s.api(ADMIN_KEY, &["methods", "show", "bob/ops", &id]);
+    nothing_secret(&shown);
+    assert_eq!(json_ok(&shown)["id"], method["id"]);
+    let user = s.api(ADMIN_KEY, &["users", "show", "bob/ops"]);
+    nothing_secret(&user);
+    assert_eq!(json_ok(&user)["methods"].as_array().unwrap().len(), 1);
+
+    // A check as an upstream system makes it (the client role may).
+    let check = s.api(CLIENT_KEY, &["check", "alice"]);
+    assert!(json_ok(&check)["result"].is_string());
+
+    // Delete the method, then the user; it is gone.
+    let gone = s.api(ADMIN_KEY, &["methods", "delete", "bob/ops", &id]);
+    assert!(gone.status.success(), "{}", stderr(&gone));
+    fails_with(
+        &s.api(ADMIN_KEY, &["methods", "show", "bob/ops", &id]),
+        "not_found",
+    );
+    let deleted = s.api(ADMIN_KEY, &["users", "delete", "bob/ops"]);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert_eq!(stdout(&deleted).trim(), "deleted");
+    fails_with(
+        &s.api(ADMIN_KEY, &["users", "show", "bob/ops"]),
+        "not_found",
+    );
+}
+
+#[test]
+fn wrong_keys_and_roles_are_refused_with_the_servers_error() {
+    let s = Server::start();
+    let wrong = s.api("not-a-configured-key", &["users", "show", "alice"]);
+    fails_with(&wrong, "unauthenticated");
+    assert!(!stderr(&wrong).contains("not-a-configured-key"));
+
+    let client = s.api(CLIENT_KEY, &["users", "add", "alice"]);
+    fails_with(&client, "forbidden");
+    nothing_secret(&client);
+
+    // The key from the environment works like --key.
+    let from_env = Command::new(BIN)
+        .args(["users", "add", "erin", "--url", &s.url])
+        .env_remove("WATCHWORD_URL")
+        .env("WATCHWORD_KEY", ADMIN_KEY)
+        .output()
+        .unwrap();
+    assert_eq!(json_ok(&from_env)["subject"], "erin");
+
+    // No key at all: a clear message, no request.
+    let none = ww(&["users", "show", "alice", "--url", &s.url], &[]);
+    assert_eq!(none.status.code(), Some(1));
+    let err = stderr(&none);
+    assert!(
+        err.contains("--key") && err.contains("WATCHWORD_KEY"),
+        "{err}"
+    );
+
+    // A wrong confirmation code: the error and attempts_left.
+    let m = json_ok(&s.api(
+        ADMIN_KEY,
+        &[
+            "methods",
+            "add",
+            "erin",
+            "--type",
+            "email",
+            "--destination",
+            "erin@example.com",
+        ],
+    ));
+    let id = m["id"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| m["id"].to_string());
+    let bad = s.api(
+        ADMIN_KEY,
+        &["methods", "confirm", "erin", &id, "--code", "000000x"],
+    );
+    fails_with(&bad, "invalid_argument");
+    assert!(stderr(&bad).contains("attempts left"), "{}", stderr(&bad));
+}
+
+#[test]
+fn an_unreachable_server_is_named_in_the_error() {
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let o = ww(
+        &["users", "show", "alice"],
+        &["--url", &url, "--key", ADMIN_KEY],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("cannot reach the Watchword HTTP API at {url}")),
+        "{err}"
+    );
+    assert!(!err.contains(ADMIN_KEY));
+
+    let https = ww(
+        &["users", "show", "alice"],
+        &["--url", "https://127.0.0.1:9401", "--key", ADMIN_KEY],
+    );
+    assert_eq!(https.status.code(), Some(1));
+    assert!(
+        stderr(&https).contains("https is not supported"),
+        "{}",
+        stderr(&https)
+    );
+}
+
+#[test]
+fn keygen_creates_a_private_key_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.key");
+    let p = path.to_str().unwrap();
+    let first = ww(&["keygen", p], &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let text = stdout(&first);
+    assert!(
+        text.contains("master.key") && text.contains("storage.master_key"),
+        "{text}"
+    );
+    let key = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(key.trim_end().len(), 64);
+    assert!(!text.contains(key.trim_end()), "the key was printed");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    let second = ww(&["keygen", p], &[]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains("already exists"),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        key,
+        "left as it was"
+    );
+}
+
+#[test]
+fn backup_and_check_store_while_the_server_runs() {
+    let s = Server::start();
+    json_ok(&s.api(
+        ADMIN_KEY,
+        &["users", "add", "alice", "--email", "alice@example.com"],
+    ));
+    let m = s.api(
+        ADMIN_KEY,
+        &[
+            "methods",
+            "add",
+            "alice",
+            "--type",
+            "sms",
+            "--destination",
+            "+14255550100",
+        ],
+    );
+    json_ok(&m);
+
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("backup-1");
+    let d = dest.to_str().unwrap();
+    let backup = ww(&["backup", d, "--config", s.config_arg()], &[]);
+    assert!(
+        backup.status.success(),
+        "{}\n{}",
+        stdout(&backup),
+        stderr(&backup)
+    );
+    nothing_secret(&backup);
+    let text = stdout(&backup);
+    assert!(
+        text.contains("1 users") && text.contains("1 methods"),
+        "{text}"
+    );
+    assert!(dest.join("watchword.db").is_file());
+    assert!(
+        !dest.join("master.key").exists(),
+        "the key is never in the backup"
+    );
+
+    // An existing destination is refused and left alone.
+    let again = ww(&["backup", d, "--config", s.config_arg()], &[]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    assert!(dest.join("watchword.db").is_file());
+
+    let check = ww(&["check-store", "--config", s.config_arg()], &[]);
+    assert!(
+        check.status.success(),
+        "{}\n{}",
+        stdout(&check),
+        stderr(&check)
+    );
+    let text = stdout(&check);
+    for line in [
+        "schema version: ",
+        "users: 1",
+        "methods: 1",
+        "problems: none",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+
+    // The same data with another master key: refused, exit 1.
+    let other_key = s.dir.path().join("other.key");
+    assert!(
+        ww(&["keygen", other_key.to_str().unwrap()], &[])
+            .status
+            .success()
+    );
+    let other = with_master_key(&s.config, &other_key, s.dir.path());
+    let wrong = ww(&["check-store", "--config", other.to_str().unwrap()], &[]);
+    assert_eq!(wrong.status.code(), Some(1), "{}", stdout(&wrong));
+    assert!(stderr(&wrong).contains("master key"), "{}", stderr(&wrong));
+}
+
+/// A copy of the configuration `config` naming `key` as `storage.master_key`.
+fn with_master_key(config: &Path, key: &Path, dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(config).unwrap().replace(
+        "[storage]\n",
+        &format!("[storage]\nmaster_key = {:?}\n", key.display().to_string()),
+    );
+    let path = dir.join("other.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn backup_of_a_data_directory_never_used_says_there_is_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("w.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = {:?}\n[[tenants]]\nname = \"demo\"\nkeys = [\"demo-key\"]\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let dest = dir.path().join("b");
+    let o = ww(
+        &[
+            "backup",
+            dest.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("nothing to back up"), "{}", stderr(&o));
+    assert!(!dest.exists());
+    assert!(
+        !dir.path().join("data").exists(),
+        "a tool makes no key and no directory"
+    );
+}
