@@ -7,115 +7,14 @@
 //! panic), and they check that no output carries a key or a full phone
 //! number (the server's answers are masked; the CLI prints only them).
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_watchword");
-const ADMIN_KEY: &str = "test-admin-key-1";
-const CLIENT_KEY: &str = "test-client-key-1";
+mod child;
 
-/// A free loopback port (bound, read, released; the server binds it next).
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// A `watchword serve --config F` child; dropping it kills the child.
-struct Server {
-    child: Child,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let (listen, metrics, http) = (free_port(), free_port(), free_port());
-        let config = dir.path().join("watchword.toml");
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{listen}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n\
-             [http]\nlisten = \"127.0.0.1:{http}\"\n\
-             [storage]\npath = {data:?}\n\
-             [audit]\npath = {audit:?}\n\
-             [[tenants]]\nname = \"demo\"\nkeys = [\"demo-key\"]\nrole = \"simulator\"\n\
-             http_keys = [{{ key = \"{ADMIN_KEY}\", role = \"admin\" }}, \
-             {{ key = \"{CLIENT_KEY}\", role = \"client\" }}]\n",
-            data = dir.path().join("data").display().to_string(),
-            audit = dir.path().join("audit.jsonl").display().to_string(),
-        );
-        std::fs::write(&config, text).unwrap();
-        let log = File::create(dir.path().join("server.log")).unwrap();
-        let child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let server = Server {
-            child,
-            dir,
-            config,
-            url: format!("http://127.0.0.1:{http}"),
-        };
-        server.wait_healthy(http);
-        server
-    }
-
-    /// Polls `GET /healthz` for up to 20 s.
-    fn wait_healthy(&self, port: u16) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if healthz(port) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
-        panic!("the server did not answer /healthz within 20 s; its log:\n{log}");
-    }
-
-    /// Runs `watchword ARGS --url URL --key KEY`.
-    fn api(&self, key: &str, args: &[&str]) -> Output {
-        ww(args, &["--url", &self.url, "--key", key])
-    }
-
-    fn config_arg(&self) -> &str {
-        self.config.to_str().unwrap()
-    }
-}
-
-fn healthz(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200")
-}
+use child::{ADMIN_KEY, BIN, CLIENT_KEY, Server, free_port};
 
 /// Runs the binary with `args` then `extra`, with neither WATCHWORD_URL nor
 /// WATCHWORD_KEY inherited.
