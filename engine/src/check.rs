@@ -791,6 +791,17 @@ pub fn challenge_message(kind: MethodType, masked: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_text_parses_as_a_state_only_if_it_is_one(s in "\\PC{0,70}", id in any::<[u8; 16]>()) {
+            if let Some(parsed) = parse_state(&s) {
+                prop_assert_eq!(state_of(parsed), s.to_ascii_lowercase());
+            }
+            prop_assert_eq!(parse_state(&state_of(ChallengeId(id))), Some(ChallengeId(id)));
+        }
+    }
 
     #[test]
     fn states_round_trip_and_refuse_anything_else() {

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use watchword_engine::{ChallengeId, Channel};
 use watchword_gateway::Op;
 use watchword_gateway::frame::{self, FrameError, HEADER_LEN};
-use watchword_gateway::protocol::{IssueRequest, Request, Response};
+use watchword_gateway::protocol::{CheckReply, CheckRequest, IssueRequest, Request, Response};
 
 fn request_strategy() -> impl Strategy<Value = Request> {
     let s = || "\\PC{0,40}";
@@ -46,6 +46,18 @@ fn request_strategy() -> impl Strategy<Value = Request> {
             id: ChallengeId(id)
         }),
         Just(Request::OutboxSubscribe),
+        (s(), s(), s(), s()).prop_map(|(subject, answer, state, client_ip)| {
+            Request::Check(CheckRequest {
+                subject,
+                answer,
+                state,
+                client_ip,
+            })
+        }),
+        (any::<[u8; 16]>(), s()).prop_map(|(id, digits)| Request::CallAnswer {
+            id: ChallengeId(id),
+            digits
+        }),
     ]
 }
 
@@ -57,6 +69,8 @@ fn decoded_size(r: &Request) -> usize {
         }
         Request::Verify { code, .. } => code.len(),
         Request::VerifySubject { subject, code } => subject.len() + code.len(),
+        Request::Check(c) => c.subject.len() + c.answer.len() + c.state.len() + c.client_ip.len(),
+        Request::CallAnswer { digits, .. } => digits.len(),
         _ => 0,
     }
 }
@@ -109,6 +123,21 @@ proptest! {
         let f = frame::take(&mut b, u32::MAX).unwrap();
         prop_assert_eq!(f.req_id, req_id);
         prop_assert_eq!(Request::decode(f.op, &f.payload).unwrap(), req);
+    }
+
+    #[test]
+    fn check_answers_roundtrip(
+        result in 0u8..3, reason in 0u8..8, attempts_left in any::<u8>(), method in 0u8..6,
+        state in "[!-~]{0,64}", masked in "\\PC{0,40}", expires_at_ms in any::<u64>(), message in "\\PC{0,80}",
+    ) {
+        let r = Response::Checked(CheckReply {
+            result, reason, attempts_left, state, method,
+            masked_destination: masked, expires_at_ms, message,
+        });
+        let mut b = BytesMut::new();
+        r.encode(Op::Check.code(), 7, &mut b);
+        let f = frame::take(&mut b, u32::MAX).unwrap();
+        prop_assert_eq!(Response::decode(Op::Check, f.flags_or_status, &f.payload).unwrap(), r);
     }
 
     #[test]
