@@ -230,7 +230,7 @@ pub fn state_of(id: ChallengeId) -> String {
 /// The challenge id a state names, if it is well formed.
 pub fn parse_state(state: &str) -> Option<ChallengeId> {
     let hex = state.strip_prefix("ws1")?;
-    if hex.len() != 32 {
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let v = u128::from_str_radix(hex, 16).ok()?;
