@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use watchword_gateway::client::ClientTls;
+use watchword_gateway::client::{ClientConfig, ClientTls};
 
 fn dur(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
@@ -41,6 +41,34 @@ pub struct Cli {
 pub enum Cmd {
     /// Drive a running gateway and a running redis-server back to back and print a table.
     Compare(CompareArgs),
+    /// Durable upserts: closed-loop PUT /v1/users through the HTTP API.
+    Users(UsersArgs),
+}
+
+/// Flags of `users`.
+#[derive(Args, Debug, Clone)]
+pub struct UsersArgs {
+    /// The gateway's HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:9401")]
+    pub http: String,
+    /// An admin key of the HTTP API.
+    #[arg(long, default_value = "demo-admin-key")]
+    pub http_key: String,
+    /// Connections (each one request at a time).
+    #[arg(short = 'c', long, default_value_t = 50)]
+    pub connections: usize,
+    /// Measured duration.
+    #[arg(long, default_value = "10s", value_parser = dur)]
+    pub duration: Duration,
+    /// Warm-up, excluded from the results.
+    #[arg(long, default_value = "1s", value_parser = dur)]
+    pub warmup: Duration,
+    /// Distinct users each connection writes (then updates again).
+    #[arg(long, default_value_t = 100_000)]
+    pub users_per_connection: u64,
+    /// Write the report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// Flags shared by runs and comparisons.
@@ -100,6 +128,17 @@ pub struct Common {
     /// Most flows waiting for codes at once.
     #[arg(long, default_value_t = 100_000)]
     pub max_pending_flows: usize,
+    /// Users the `check` scenario spreads over; made before the run through
+    /// the HTTP API (each with an e-mail method confirmed from the outbox)
+    /// unless they exist already.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: u64,
+    /// The gateway's HTTP API, for provisioning `check` users.
+    #[arg(long, default_value = "http://127.0.0.1:9401")]
+    pub http: String,
+    /// An admin key of the HTTP API.
+    #[arg(long, default_value = "demo-admin-key")]
+    pub http_key: String,
 }
 
 /// Flags of a single run (and of --find-capacity).
@@ -223,6 +262,7 @@ impl Common {
             }),
             dest: self.plan(),
             max_in_flight: depth.max(1) * 2 + 16,
+            users: self.users,
         }
     }
 
@@ -358,10 +398,53 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Cmd::Users(u)) => {
+            let rep = crate::users::upserts(
+                &u.http,
+                &u.http_key,
+                u.connections,
+                u.warmup,
+                u.duration,
+                u.users_per_connection,
+            )
+            .await?;
+            print!("{}", rep.to_text());
+            if let Some(f) = &u.json {
+                std::fs::write(f, serde_json::to_vec_pretty(&rep)?)?;
+            }
+            Ok(())
+        }
         None => {
             let a = &cli.run;
             match &a.target {
-                TargetAddr::Watchword(addr) => single(a.common.watchword(addr, a.depth), a).await,
+                TargetAddr::Watchword(addr) => {
+                    let backend = a.common.watchword(addr, a.depth);
+                    if a.mix.entries().iter().any(|(s, _)| *s == Scenario::Check) {
+                        let c = &a.common;
+                        let t0 = std::time::Instant::now();
+                        let sim = ClientConfig {
+                            addr: addr.to_string(),
+                            tenant: backend.sim_tenant.clone(),
+                            key: backend.sim_key.clone(),
+                            ..ClientConfig::default()
+                        };
+                        let made = crate::users::provision(
+                            &c.http,
+                            &c.http_key,
+                            sim,
+                            c.users,
+                            c.connections,
+                        )
+                        .await?;
+                        eprintln!(
+                            "check: {} users ready ({} confirmed now) in {:.1} s",
+                            c.users,
+                            made,
+                            t0.elapsed().as_secs_f64()
+                        );
+                    }
+                    single(backend, a).await
+                }
                 TargetAddr::Redis(addr) => single(Common::redis(addr), a).await,
             }
         }

@@ -10,6 +10,7 @@ pub mod capacity;
 pub mod cli;
 pub mod compare;
 pub mod hist;
+pub mod http;
 pub mod mix;
 pub mod report;
 pub mod resp;
@@ -18,6 +19,7 @@ pub mod run;
 pub mod slo;
 pub mod svg;
 pub mod target;
+pub mod users;
 pub mod watchword;
 
 pub use hist::{Hist, Percentiles};

@@ -26,11 +26,15 @@ pub enum Scenario {
     Verify,
     /// A single PING (micro-measurement of the transport).
     Ping,
+    /// A single CHECK with no answer for a provisioned user: the decision
+    /// starts an e-mail challenge (Watchword only; users made before the run
+    /// through the HTTP API, see `--users`).
+    Check,
 }
 
 impl Scenario {
     /// Every scenario, in a stable order.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Self::Flow,
         Self::Wrong,
         Self::Resend,
@@ -38,6 +42,7 @@ impl Scenario {
         Self::Issue,
         Self::Verify,
         Self::Ping,
+        Self::Check,
     ];
 
     /// Lower-case name as used on the command line.
@@ -50,6 +55,7 @@ impl Scenario {
             Self::Issue => "issue",
             Self::Verify => "verify",
             Self::Ping => "ping",
+            Self::Check => "check",
         }
     }
 

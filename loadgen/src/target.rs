@@ -73,6 +73,17 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A round trip that does no work.
     fn ping(conn: &Self::Conn) -> impl Future<Output = Result<(), ErrLabel>> + Send;
+
+    /// The user-level decision for provisioned user number `n`, with no
+    /// answer (it starts a challenge). Its result's label: `accept`,
+    /// `reject` or `challenge`. Targets without it answer `unsupported`.
+    fn check(
+        conn: &Self::Conn,
+        n: u64,
+    ) -> impl Future<Output = Result<OutcomeLabel, ErrLabel>> + Send {
+        let _ = (conn, n);
+        async { Err("unsupported") }
+    }
 }
 
 /// Which target a `--target` URL names.

@@ -32,6 +32,8 @@ pub struct WatchwordBackend {
     pub dest: DestPlan,
     /// Most requests outstanding per connection in the client library.
     pub max_in_flight: usize,
+    /// Provisioned users a `check` run spreads over (`lg-check-0` ...).
+    pub users: u64,
 }
 
 /// One gateway connection and the destination plan.
@@ -39,6 +41,7 @@ pub struct WatchwordBackend {
 pub struct WatchwordConn {
     client: Client,
     dest: DestPlan,
+    users: u64,
 }
 
 fn label(e: ClientError) -> ErrLabel {
@@ -86,6 +89,7 @@ impl Backend for WatchwordBackend {
         Ok(WatchwordConn {
             client,
             dest: self.dest,
+            users: self.users.max(1),
         })
     }
 
@@ -155,5 +159,15 @@ impl Backend for WatchwordBackend {
 
     async fn ping(c: &WatchwordConn) -> Result<(), ErrLabel> {
         c.client.ping().await.map_err(label)
+    }
+
+    async fn check(c: &WatchwordConn, n: u64) -> Result<OutcomeLabel, ErrLabel> {
+        let subject = crate::users::check_subject(n % c.users);
+        let r = c.client.check(&subject, "", "", "").await.map_err(label)?;
+        Ok(match r.result {
+            0 => "accept",
+            1 => "reject",
+            _ => "challenge",
+        })
     }
 }

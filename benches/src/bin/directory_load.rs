@@ -1,0 +1,138 @@
+//! Start-up with a large directory: writes N users with two methods each
+//! (an SMS and an e-mail method, both active) into a fresh SQLite store
+//! through the store's own group-commit queue, then times what `watchword
+//! serve` does at start (open the store, stream every row into the in-memory
+//! directory) and the resident memory that directory holds per user.
+//!
+//! `cargo run --release -p watchword-benches --bin directory_load -- [USERS] [DIR]`
+//! (default 1,000,000 users in a temporary directory; an existing DIR with a
+//! `watchword.db` of the same master key is loaded without writing).
+//! It measures; it never asserts a target (that is the benchmarks
+//! document's job).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use watchword_benches::rss_bytes;
+use watchword_engine::directory::{Directory, Method, MethodId, MethodState, MethodType};
+use watchword_engine::secret::MasterKey;
+use watchword_engine::store::{SqliteStore, StoreOp, StoreOptions, StoredUser};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const KEY: [u8; 32] = [7; 32];
+
+fn user_ops(i: u64, now: u64) -> [StoreOp; 3] {
+    let subject = format!("user-{i:07}@corp.example.com");
+    let user = StoredUser {
+        tenant: "demo".into(),
+        subject: subject.clone(),
+        display_name: Some(format!("User {i}")),
+        email: Some(format!("user{i}@corp.example.com")),
+        locale: Some("en".into()),
+        enabled: true,
+        default_method: Some("sms".into()),
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    let method = |n: u64, kind: MethodType, dest: String| Method {
+        id: MethodId(i * 2 + n + 1),
+        kind,
+        state: MethodState::Active,
+        destination: dest.into(),
+        created_at_ms: now,
+        confirmed_at_ms: now,
+        effective_at_ms: now + 48 * 3_600_000,
+        confirm_deadline_ms: now + 300_000,
+    };
+    let sms = method(0, MethodType::Sms, format!("+1425{:07}", i % 10_000_000));
+    let email = method(1, MethodType::Email, format!("user{i}@corp.example.com"));
+    [
+        StoreOp::PutUser(user),
+        StoreOp::PutMethod(sms.to_stored("demo", &subject)),
+        StoreOp::PutMethod(email.to_stored("demo", &subject)),
+    ]
+}
+
+fn main() -> Result<(), String> {
+    let mut args = std::env::args().skip(1);
+    let users: u64 = args
+        .next()
+        .map(|s| s.parse().map_err(|e| format!("USERS: {e}")))
+        .transpose()?
+        .unwrap_or(1_000_000);
+    let keep;
+    let dir: PathBuf = match args.next() {
+        Some(d) => PathBuf::from(d),
+        None => {
+            keep = tempfile_dir()?;
+            keep.clone()
+        }
+    };
+    let key = MasterKey::from_bytes(KEY);
+    if !dir.join(watchword_engine::store::DB_FILE).exists() {
+        let store =
+            SqliteStore::open(&dir, &key, StoreOptions::default()).map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        let now = 1_764_000_000_000;
+        let mut batch = Vec::with_capacity(30_000);
+        let mut tickets = Vec::new();
+        for i in 0..users {
+            batch.extend(user_ops(i, now));
+            if batch.len() >= 30_000 {
+                tickets.push(
+                    store
+                        .submit(std::mem::take(&mut batch))
+                        .map_err(|e| e.to_string())?,
+                );
+                if tickets.len() >= 4 {
+                    tickets
+                        .remove(0)
+                        .wait_blocking()
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            tickets.push(store.submit(batch).map_err(|e| e.to_string())?);
+        }
+        for t in tickets {
+            t.wait_blocking().map_err(|e| e.to_string())?;
+        }
+        println!(
+            "wrote {users} users x 2 methods in {:.1} s ({} commits)",
+            t0.elapsed().as_secs_f64(),
+            store.commits()
+        );
+    }
+    let size = std::fs::metadata(dir.join(watchword_engine::store::DB_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let rss0 = rss_bytes().unwrap_or(0);
+    let t0 = Instant::now();
+    let store =
+        SqliteStore::open(&dir, &key, StoreOptions::default()).map_err(|e| e.to_string())?;
+    let (directory, report) = Directory::load(vec!["demo".into()], Arc::new(store))?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let rss1 = rss_bytes().unwrap_or(0);
+    let per_user = (rss1.saturating_sub(rss0)) as f64 / report.users.max(1) as f64;
+    println!(
+        "loaded {} users and {} methods in {load_s:.2} s; database {:.0} MiB; RSS {:.0} -> {:.0} MiB: {per_user:.0} bytes per user",
+        report.users,
+        report.methods,
+        size as f64 / (1 << 20) as f64,
+        rss0 as f64 / (1 << 20) as f64,
+        rss1 as f64 / (1 << 20) as f64,
+    );
+    // Keep the directory alive until measured.
+    assert_eq!(directory.len(), report.users);
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf, String> {
+    let d = std::env::temp_dir().join(format!("watchword-load-{}", std::process::id()));
+    std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+    Ok(d)
+}
