@@ -218,6 +218,24 @@ impl<'a> On<'a> {
     }
 }
 
+/// The decision counters, registered once (no registry look-up per CHECK).
+pub(crate) fn check_counters() -> [metrics::Counter; 9] {
+    let c = |result: &'static str, reason: &'static str| {
+        metrics::counter!("watchword_checks_total", "result" => result, "reason" => reason)
+    };
+    [
+        c("accept", ""),
+        c("challenge", ""),
+        c("reject", RejectReason::WrongAnswer.word()),
+        c("reject", RejectReason::Locked.word()),
+        c("reject", RejectReason::Expired.word()),
+        c("reject", RejectReason::UnknownUser.word()),
+        c("reject", RejectReason::NoMethod.word()),
+        c("reject", RejectReason::CallNotConfirmed.word()),
+        c("reject", RejectReason::UnknownState.word()),
+    ]
+}
+
 /// The state text for a challenge id.
 pub fn state_of(id: ChallengeId) -> String {
     let hex = id.hex();
@@ -467,11 +485,14 @@ impl Engine {
             destination,
             client_ip,
         } = on;
-        let (word, reason) = match result {
-            CheckResult::Accept => ("success", None),
-            CheckResult::Reject { reason, .. } => ("failure", Some(reason.word())),
-            CheckResult::Challenge(_) => ("challenge", None),
+        let (word, reason, counter) = match result {
+            CheckResult::Accept => ("success", None, 0),
+            CheckResult::Reject { reason, .. } => {
+                ("failure", Some(reason.word()), 1 + usize::from(reason.wire()))
+            }
+            CheckResult::Challenge(_) => ("challenge", None, 1),
         };
+        self.inner.check_counters[counter].increment(1);
         self.inner.sink.record_other(&Record {
             at_ms: self.now_ms(),
             tenant,

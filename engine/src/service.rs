@@ -266,6 +266,9 @@ pub(crate) struct Inner {
     /// challenges' expiry.
     pub(crate) confirmations: Mutex<HashMap<(TenantId, MethodId), PendingConfirmation>>,
     pub(crate) sink: Arc<dyn EventSink>,
+    /// `watchword_checks_total{result, reason}`: accept, challenge, then one
+    /// per reject reason in wire order.
+    pub(crate) check_counters: [metrics::Counter; 9],
     clock: Arc<dyn Clock>,
     _sweeper: Sweeper,
 }
@@ -353,6 +356,7 @@ impl Engine {
                 directory: Arc::new(directory),
                 calls,
                 confirmations: Mutex::default(),
+                check_counters: crate::check::check_counters(),
                 sink,
                 clock,
                 _sweeper: sweeper,

@@ -122,6 +122,10 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         Some(l) => Some(l.local_addr().map_err(|e| e.to_string())?),
         None => None,
     };
+    // The recorder first: the store and the engine register their metric
+    // handles when they start, and handles taken before the recorder exists
+    // count nowhere.
+    let handle = crate::metrics::install();
     let directory = open_directory(&cfg).await?;
     let audit = if cfg.audit.enabled {
         let names = cfg.tenants.iter().map(|t| t.name.clone()).collect();
@@ -136,9 +140,6 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         Some(a) => a.clone(),
         None => Arc::new(NullSink),
     };
-    // The recorder first: the engine registers its metric handles when it
-    // starts, and handles taken before the recorder exists count nowhere.
-    let handle = crate::metrics::install();
     let engine =
         Engine::start_with_directory(engine_config(&cfg), SystemClock::shared(), sink, directory)?;
     // Load the phone-number metadata now (process-wide, once), so the first
@@ -154,7 +155,14 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         metrics_listener,
         handle,
         ready.clone(),
-        Arc::new(move || Some(pending_engine.table().pending())),
+        // Read every 5 s: the pending challenges, and the directory's gauges.
+        Arc::new(move || {
+            let e = &pending_engine;
+            metrics::gauge!("watchword_directory_users").set(e.directory().len() as f64);
+            metrics::gauge!("watchword_store_queued_ops").set(e.directory().store_queued() as f64);
+            metrics::gauge!("watchword_calls_in_progress").set(e.calls().len() as f64);
+            Some(e.table().pending())
+        }),
         metrics_stop.clone(),
     ));
     let signals = Shutdown::default();
