@@ -3,11 +3,12 @@
 //! the registration of a user's methods, which confirms a phone or an address
 //! before it counts.
 //!
-//! A CHECK state is the text `ws1` and the 32 hex digits of the challenge's
-//! id: 128 random bits the table drew, bound to the tenant (another tenant's
-//! table look-up finds nothing) and to the subject (checked here), single-use
-//! because the challenge is consumed when it verifies (or, for a call, when
-//! its outcome is taken), and it expires with the challenge.
+//! A CHECK state is `ws1`, the 32 hex digits of the challenge's id and a
+//! 64-bit tag sealing it to the tenant ([`StateSeal`]): unguessable (the
+//! id's random bits and the tag's), bound to the tenant (the tag) and to the
+//! subject (checked here), single-use because the challenge is consumed
+//! when it verifies (or, for a call, when its outcome is taken), and it
+//! expires with the challenge.
 //!
 //! Every decision writes one audit record with its result and reason. This
 //! module must never return or record a code, a PIN or a full destination,
@@ -220,9 +221,7 @@ impl<'a> On<'a> {
 
 /// The decision counters, registered once (no registry look-up per CHECK).
 pub(crate) fn check_counters() -> [metrics::Counter; 9] {
-    let c = |result: &'static str, reason: &'static str| {
-        metrics::counter!("watchword_checks_total", "result" => result, "reason" => reason)
-    };
+    let c = |result: &'static str, reason: &'static str| metrics::counter!("watchword_checks_total", "result" => result, "reason" => reason);
     [
         c("accept", ""),
         c("challenge", ""),
@@ -236,22 +235,67 @@ pub(crate) fn check_counters() -> [metrics::Counter; 9] {
     ]
 }
 
-/// The state text for a challenge id.
-pub fn state_of(id: ChallengeId) -> String {
-    let hex = id.hex();
-    let mut s = String::with_capacity(35);
-    s.push_str("ws1");
-    s.push_str(std::str::from_utf8(&hex).unwrap_or(""));
-    s
+/// Length of a state: `ws1`, 32 hex digits of the challenge id, 16 of the tag.
+pub const STATE_LEN: usize = 3 + 32 + 16;
+
+/// Seals CHECK states: a 64-bit HMAC-SHA256 tag over the tenant and the
+/// challenge id, under a key drawn at start. The id's own randomness is
+/// what makes a state unguessable (the table draws it); the tag adds 64
+/// bits more, so a state carries well over 128 bits nobody can guess, and a
+/// state made for one tenant never opens for another. The key lives only in
+/// memory, like the challenges it seals.
+pub(crate) struct StateSeal(ring::hmac::Key);
+
+impl StateSeal {
+    /// A seal with a fresh random key.
+    pub(crate) fn new() -> Result<StateSeal, String> {
+        let rng = ring::rand::SystemRandom::new();
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
+            .map(StateSeal)
+            .map_err(|_| "the system's random source failed".to_owned())
+    }
+
+    fn tag(&self, tenant: TenantId, id: ChallengeId) -> [u8; 8] {
+        let mut msg = [0u8; 18];
+        msg[..2].copy_from_slice(&tenant.0.to_be_bytes());
+        msg[2..].copy_from_slice(&id.0);
+        let full = ring::hmac::sign(&self.0, &msg);
+        let mut t = [0u8; 8];
+        t.copy_from_slice(&full.as_ref()[..8]);
+        t
+    }
+
+    /// The state of challenge `id` of `tenant`.
+    pub(crate) fn state(&self, tenant: TenantId, id: ChallengeId) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(STATE_LEN);
+        s.push_str("ws1");
+        s.push_str(std::str::from_utf8(&id.hex()).unwrap_or(""));
+        for b in self.tag(tenant, id) {
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+        s
+    }
+
+    /// The challenge id of a state this seal made for `tenant`; `None` for
+    /// anything else (the tag compared in constant time).
+    pub(crate) fn open(&self, tenant: TenantId, state: &str) -> Option<ChallengeId> {
+        use subtle::ConstantTimeEq;
+        let id = parse_state(state)?;
+        let tag = u64::from_str_radix(&state[35..], 16).ok()?.to_be_bytes();
+        bool::from(self.tag(tenant, id).ct_eq(&tag)).then_some(id)
+    }
 }
 
-/// The challenge id a state names, if it is well formed.
+/// The challenge id a state names, if it is well formed (not proof that
+/// this server made it: tools and tests use it to find the challenge).
 pub fn parse_state(state: &str) -> Option<ChallengeId> {
-    let hex = state.strip_prefix("ws1")?;
-    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let rest = state.strip_prefix("ws1")?;
+    if rest.len() != STATE_LEN - 3 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let v = u128::from_str_radix(hex, 16).ok()?;
+    let v = u128::from_str_radix(&rest[..32], 16).ok()?;
     Some(ChallengeId(v.to_be_bytes()))
 }
 
@@ -276,9 +320,11 @@ pub enum ConfirmOutcome {
 }
 
 /// A method's registration waiting for its confirmation.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct PendingConfirmation {
     pub(crate) challenge: ChallengeId,
+    pub(crate) subject: Box<str>,
+    pub(crate) expires_at_ms: u64,
 }
 
 impl Engine {
@@ -353,7 +399,7 @@ impl Engine {
         let masked = issued.masked_destination.as_str().to_owned();
         let message = challenge_message(kind, &masked);
         let result = CheckResult::Challenge(ChallengeInfo {
-            state: state_of(issued.id),
+            state: self.inner.state_seal.state(tenant, issued.id),
             method: kind,
             masked_destination: masked,
             expires_at_ms: issued.expires_at_ms,
@@ -400,7 +446,23 @@ impl Engine {
     }
 
     fn check_state(&self, tenant: TenantId, req: &CheckRequest<'_>) -> CheckStep {
-        let Some(id) = parse_state(req.state) else {
+        // Step 1 holds with a state too: a user disabled or deleted since
+        // the challenge began is rejected, whatever the answer.
+        let enabled = self
+            .inner
+            .directory
+            .with_user(tenant, req.subject, |u| u.enabled)
+            .unwrap_or(false);
+        if !enabled {
+            return self.decided(
+                tenant,
+                req,
+                CheckResult::reject(RejectReason::UnknownUser),
+                None,
+                None,
+            );
+        }
+        let Some(id) = self.inner.state_seal.open(tenant, req.state) else {
             return self.decided(
                 tenant,
                 req,
@@ -487,9 +549,11 @@ impl Engine {
         } = on;
         let (word, reason, counter) = match result {
             CheckResult::Accept => ("success", None, 0),
-            CheckResult::Reject { reason, .. } => {
-                ("failure", Some(reason.word()), 1 + usize::from(reason.wire()))
-            }
+            CheckResult::Reject { reason, .. } => (
+                "failure",
+                Some(reason.word()),
+                1 + usize::from(reason.wire()),
+            ),
             CheckResult::Challenge(_) => ("challenge", None, 1),
         };
         self.inner.check_counters[counter].increment(1);
@@ -561,13 +625,19 @@ impl Engine {
             .ok_or_else(|| EngineError::Internal("unknown tenant".into()))?;
         let normalized = crate::delivery::normalize(channel, destination, &policy_delivery(policy))
             .map_err(|e| EngineError::InvalidArgument(format!("destination: {e}")))?;
+        // Refused before anything is sent: a registration that cannot be
+        // stored must not ring a phone or spend a send from the limits.
+        let now = self.now_ms();
         let locale = self
             .inner
             .directory
-            .with_user(tenant, subject, |u| u.locale.clone())
+            .with_user(tenant, subject, |u| {
+                crate::directory::admits(u, kind, normalized.as_str(), now)
+                    .map(|()| u.locale.clone())
+            })
             .ok_or(EngineError::Directory(DirectoryError::NotFound(
                 "no such user",
-            )))?;
+            )))??;
         let purpose = if kind.confirmed_by_call() {
             MessagePurpose::CallConfirmation
         } else {
@@ -583,7 +653,6 @@ impl Engine {
             client_ip: "",
         };
         let issued = self.issue_for(tenant, &params, purpose)?;
-        let now = self.now_ms();
         let method = Method {
             id: MethodId::random(),
             kind,
@@ -607,7 +676,6 @@ impl Engine {
             }
         };
         let m = added.value().clone();
-        self.audit_directory(tenant, subject, "method_added", Some(&m), None);
         if kind.confirmed_by_call() {
             self.watch_registration_call(tenant, subject, m.id, issued.id);
         } else {
@@ -615,6 +683,8 @@ impl Engine {
                 (tenant, m.id),
                 PendingConfirmation {
                     challenge: issued.id,
+                    subject: subject.into(),
+                    expires_at_ms: issued.expires_at_ms,
                 },
             );
         }
@@ -655,6 +725,28 @@ impl Engine {
             };
             let _ = engine.finish_registration(tenant, &subject, method, confirmed, reason);
         });
+    }
+
+    /// Writes `failed` to every sms or e-mail registration whose
+    /// confirmation expired unanswered (the janitor calls it).
+    pub(crate) fn fail_expired_registrations(&self, now_ms: u64) {
+        let expired: Vec<_> = {
+            let mut pending = self.inner.confirmations.lock();
+            let keys: Vec<_> = pending
+                .iter()
+                .filter(|(_, p)| now_ms >= p.expires_at_ms)
+                .map(|(k, _)| *k)
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| pending.remove(&k).map(|p| (k, p)))
+                .collect()
+        };
+        for ((tenant, id), p) in expired {
+            let reason = Some("the confirmation expired");
+            if let Err(e) = self.finish_registration(tenant, &p.subject, id, false, reason) {
+                tracing::debug!(error = %e, "an expired registration could not be written as failed");
+            }
+        }
     }
 
     /// Writes a registration's end to the method.
@@ -730,7 +822,7 @@ impl Engine {
                 ))));
             }
         }
-        let pending = self.inner.confirmations.lock().get(&(tenant, id)).copied();
+        let pending = self.inner.confirmations.lock().get(&(tenant, id)).cloned();
         let outcome = match pending {
             None => VerifyOutcome::Unknown,
             Some(_) if now >= method.confirm_deadline_ms => VerifyOutcome::Expired,
@@ -816,30 +908,39 @@ mod tests {
 
     proptest! {
         #[test]
-        fn any_text_parses_as_a_state_only_if_it_is_one(s in "\\PC{0,70}", id in any::<[u8; 16]>()) {
-            if let Some(parsed) = parse_state(&s) {
-                prop_assert_eq!(state_of(parsed), s.to_ascii_lowercase());
+        fn a_state_opens_only_as_made(s in "\\PC{0,70}", id in any::<[u8; 16]>(), t in any::<u16>()) {
+            let seal = StateSeal::new().unwrap();
+            let made = seal.state(TenantId(t), ChallengeId(id));
+            prop_assert_eq!(made.len(), STATE_LEN);
+            prop_assert!(made.bytes().all(|b| b.is_ascii_graphic()));
+            prop_assert_eq!(seal.open(TenantId(t), &made), Some(ChallengeId(id)));
+            prop_assert_eq!(parse_state(&made), Some(ChallengeId(id)));
+            prop_assert_eq!(seal.open(TenantId(t.wrapping_add(1)), &made), None, "another tenant");
+            prop_assert_eq!(StateSeal::new().unwrap().open(TenantId(t), &made), None, "another key");
+            // Arbitrary text opens only if it is that very state.
+            if seal.open(TenantId(t), &s).is_some() {
+                prop_assert_eq!(s.to_ascii_lowercase(), seal.state(TenantId(t), parse_state(&s).unwrap()));
             }
-            prop_assert_eq!(parse_state(&state_of(ChallengeId(id))), Some(ChallengeId(id)));
         }
     }
 
     #[test]
-    fn states_round_trip_and_refuse_anything_else() {
-        let id = ChallengeId(*b"0123456789abcdef");
-        let s = state_of(id);
-        assert_eq!(s.len(), 35);
-        assert!(s.bytes().all(|b| b.is_ascii_graphic()));
-        assert_eq!(parse_state(&s), Some(id));
+    fn malformed_states_are_refused() {
+        let seal = StateSeal::new().unwrap();
+        let s = seal.state(TenantId(0), ChallengeId(*b"0123456789abcdef"));
+        let mut flipped = s.clone().into_bytes();
+        flipped[40] = if flipped[40] == b'0' { b'1' } else { b'0' };
+        let flipped = String::from_utf8(flipped).unwrap();
         for bad in [
             "",
             "ws1",
-            "ws2303132333435363738396162636465666",
-            &s[..34],
+            &s[..50],
             &format!("{s}0"),
-            "ws1zz3132333435363738396162636465",
+            &s.replacen("ws1", "ws2", 1),
+            &flipped,
+            &s.replacen("ws1", "ws1+", 1)[..51],
         ] {
-            assert_eq!(parse_state(bad), None, "{bad}");
+            assert_eq!(seal.open(TenantId(0), bad), None, "{bad}");
         }
     }
 }

@@ -269,6 +269,8 @@ pub(crate) struct Inner {
     /// `watchword_checks_total{result, reason}`: accept, challenge, then one
     /// per reject reason in wire order.
     pub(crate) check_counters: [metrics::Counter; 9],
+    /// Seals and opens CHECK states.
+    pub(crate) state_seal: crate::check::StateSeal,
     clock: Arc<dyn Clock>,
     _sweeper: Sweeper,
 }
@@ -357,6 +359,7 @@ impl Engine {
                 calls,
                 confirmations: Mutex::default(),
                 check_counters: crate::check::check_counters(),
+                state_seal: crate::check::StateSeal::new()?,
                 sink,
                 clock,
                 _sweeper: sweeper,
@@ -644,8 +647,9 @@ impl Engine {
     }
 }
 
-/// Every 5 s: forgets calls and pending registrations whose challenge ended
-/// more than a minute ago. Ends with the engine.
+/// Every 5 s: forgets calls whose challenge ended more than a minute ago,
+/// and writes `failed` to registrations whose confirmation expired. Ends
+/// with the engine.
 async fn janitor(inner: std::sync::Weak<Inner>) {
     const GRACE_MS: u64 = 60_000;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -655,12 +659,9 @@ async fn janitor(inner: std::sync::Weak<Inner>) {
         let Some(inner) = inner.upgrade() else { return };
         let now = inner.clock.now_ms();
         inner.calls.purge(now, GRACE_MS);
-        let table = &inner.table;
-        inner.confirmations.lock().retain(|(tenant, _), p| {
-            table
-                .status(*tenant, p.challenge)
-                .is_some_and(|s| s.expires_at_ms.saturating_add(GRACE_MS) > now)
-        });
+        // Writes to the directory: it must not hold the engine up, but it
+        // never waits on the disk (the store's queue is non-blocking).
+        Engine { inner }.fail_expired_registrations(now);
     }
 }
 

@@ -603,3 +603,37 @@ async fn handsets_answer_by_themselves_only_while_nobody_holds_them() {
     }
     assert_eq!(state, MethodState::Active);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_dies_with_its_user_and_a_registration_is_refused_before_it_sends() {
+    let mut r = rig();
+    user(&r, DEMO, "ann");
+    active_method(&mut r, "ann", MethodType::Email, "ann@example.com").await;
+    let c = challenge(check(&r, DEMO, "ann", "", ""));
+    let code = code_in(
+        &next_for(&mut r.outbox, parse_state(&c.state).unwrap())
+            .await
+            .text,
+    );
+    let off = UserPatch {
+        enabled: Some(false),
+        ..UserPatch::default()
+    };
+    let _ = r.engine.directory().put_user(DEMO, "ann", &off, 1).unwrap();
+    assert_eq!(
+        reason(&check(&r, DEMO, "ann", &code, &c.state)),
+        RejectReason::UnknownUser,
+        "a user disabled since the challenge began is rejected"
+    );
+    // A second registration of the same address is refused before any
+    // message goes out.
+    let sends = r.engine.router().stats().accepted;
+    assert!(matches!(
+        r.engine
+            .add_method(DEMO, "ann", MethodType::Email, "ann@example.com"),
+        Err(EngineError::Directory(
+            watchword_engine::directory::DirectoryError::Conflict(_)
+        ))
+    ));
+    assert_eq!(r.engine.router().stats().accepted, sends);
+}

@@ -136,7 +136,7 @@ impl HttpRole {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpKey {
-    /// The bearer token (16..=1024 bytes in production; 8 in development).
+    /// The bearer token (8..=1024 bytes).
     pub key: String,
     /// What it may do.
     pub role: HttpRole,
@@ -184,22 +184,26 @@ impl Default for TenantConfig {
             locale: "en".into(),
             service_name: "Watchword".into(),
             contact_hold_hours: 48,
-            http_keys: vec![
-                HttpKey {
-                    key: "demo-admin-key".into(),
-                    role: HttpRole::Admin,
-                },
-                HttpKey {
-                    key: "demo-helpdesk-key".into(),
-                    role: HttpRole::Helpdesk,
-                },
-                HttpKey {
-                    key: "demo-client-key".into(),
-                    role: HttpRole::Client,
-                },
-            ],
+            // None by default: a tenant written without `http_keys` must not
+            // inherit the development profile's keys.
+            http_keys: Vec::new(),
         }
     }
+}
+
+/// The development profile's HTTP keys of tenant `demo` (admin-api.md).
+pub fn development_http_keys() -> Vec<HttpKey> {
+    [
+        ("demo-admin-key", HttpRole::Admin),
+        ("demo-helpdesk-key", HttpRole::Helpdesk),
+        ("demo-client-key", HttpRole::Client),
+    ]
+    .into_iter()
+    .map(|(key, role)| HttpKey {
+        key: key.into(),
+        role,
+    })
+    .collect()
 }
 
 /// `[storage]`: the directory's embedded database and the master key.
@@ -331,7 +335,10 @@ impl Config {
     pub fn development() -> Self {
         Self {
             server: ServerConfig::default(),
-            tenants: vec![TenantConfig::default()],
+            tenants: vec![TenantConfig {
+                http_keys: development_http_keys(),
+                ..TenantConfig::default()
+            }],
             table: TableConfig {
                 capacity: 1_000_000,
                 ..TableConfig::default()
@@ -840,6 +847,16 @@ mod tests {
             assert!(fields.contains(&want), "{want} missing in {errs:?}");
         }
         assert!(!format!("{errs:?}").contains("short\""), "a key leaked");
+    }
+
+    #[test]
+    fn a_tenant_without_http_keys_has_none() {
+        let c = Config::parse("[[tenants]]\nname = \"x\"\nkeys = [\"0123456789\"]\n").unwrap();
+        assert!(
+            c.tenants[0].http_keys.is_empty(),
+            "no development key inherited"
+        );
+        assert_eq!(Config::development().tenants[0].http_keys.len(), 3);
     }
 
     #[test]

@@ -514,6 +514,8 @@ async fn add_method(
         .add_method(tenant, &subject, kind, &b.destination)?
         .wait()
         .await?;
+    st.engine
+        .audit_directory(tenant, &subject, "method_added", Some(&m), None);
     ok(StatusCode::CREATED, method_json(&m, now))
 }
 
@@ -686,6 +688,40 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
+/// Gives the contract's JSON error body to the refusals axum makes itself
+/// (a method the path does not serve: 405; a path that does not decode:
+/// 400), which come with a plain-text body.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => ("bad_request", "this method is not served on this path"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("too_large", "the body is over 1 MiB"),
+        StatusCode::NOT_FOUND => ("not_found", "no such endpoint (see /v1/openapi.json)"),
+        s if s.is_server_error() => ("internal", "internal error; see the server log"),
+        _ => (
+            "bad_request",
+            "the request could not be read (path or headers)",
+        ),
+    };
+    let allow = resp.headers().get(header::ALLOW).cloned();
+    let mut out = (
+        status,
+        axum::Json(json!({"error": code, "message": message})),
+    )
+        .into_response();
+    if let Some(a) = allow {
+        out.headers_mut().insert(header::ALLOW, a);
+    }
+    out
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -719,6 +755,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             post(confirm_method),
         )
         .fallback(not_found)
+        .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

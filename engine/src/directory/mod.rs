@@ -475,21 +475,7 @@ impl Directory {
                 .get(subject)
                 .ok_or(DirectoryError::NotFound("no such user"))?
                 .clone();
-            if user.methods.len() >= MAX_METHODS_PER_USER {
-                return Err(DirectoryError::Conflict(format!(
-                    "a user has at most {MAX_METHODS_PER_USER} methods; delete one first"
-                )));
-            }
-            if user.methods.iter().any(|m| {
-                m.kind == method.kind
-                    && m.destination == method.destination
-                    && m.state != MethodState::Failed
-            }) {
-                return Err(DirectoryError::Conflict(format!(
-                    "this user already has a {} method to that destination",
-                    method.kind.name()
-                )));
-            }
+            admits(&user, method.kind, &method.destination, now_ms)?;
             user.updated_at_ms = now_ms;
             let ops = vec![StoreOp::PutMethod(method.to_stored(tenant_name, subject))];
             user.methods.push(method.clone());
@@ -552,6 +538,33 @@ impl Directory {
             Ok((m, ops, Edit::Put(user)))
         })
     }
+}
+
+/// Whether `user` may register one more method of `kind` to `destination`:
+/// at most [`MAX_METHODS_PER_USER`], and no second one of the same type and
+/// destination unless the first has failed.
+pub fn admits(
+    user: &User,
+    kind: MethodType,
+    destination: &str,
+    now_ms: u64,
+) -> Result<(), DirectoryError> {
+    if user.methods.len() >= MAX_METHODS_PER_USER {
+        return Err(DirectoryError::Conflict(format!(
+            "a user has at most {MAX_METHODS_PER_USER} methods; delete one first"
+        )));
+    }
+    if user.methods.iter().any(|m| {
+        m.kind == kind
+            && *m.destination == *destination
+            && m.state_at(now_ms) != MethodState::Failed
+    }) {
+        return Err(DirectoryError::Conflict(format!(
+            "this user already has a {} method to that destination",
+            kind.name()
+        )));
+    }
+    Ok(())
 }
 
 /// What a write does to the map once its rows are queued.

@@ -144,7 +144,7 @@ impl MethodId {
     /// Parses the shown form `m0123456789abcdef`.
     pub fn parse(s: &str) -> Option<MethodId> {
         let hex = s.strip_prefix('m')?;
-        if hex.len() != 16 {
+        if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         u64::from_str_radix(hex, 16).ok().map(MethodId)
@@ -391,8 +391,17 @@ mod tests {
             "0123456789abcdef",
             "m0123456789abcdeg",
             "m0123456789abcdef0",
+            "m+123456789abcdef",
         ] {
             assert_eq!(MethodId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn random_ids_fit_a_signed_sql_integer() {
+        for _ in 0..10_000 {
+            let id = MethodId::random();
+            assert!(id.0 != 0 && id.0 <= i64::MAX as u64);
         }
     }
 
