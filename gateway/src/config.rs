@@ -861,7 +861,23 @@ mod tests {
 
     #[test]
     fn production_may_listen_anywhere() {
-        let text = "[server]\nprofile = \"production\"\nlisten = \"0.0.0.0:7400\"\n[[tenants]]\nname = \"x\"\nkeys = [\"0123456789\"]\n";
+        let text = "[server]\nprofile = \"production\"\nlisten = \"0.0.0.0:7400\"\n[[tenants]]\nname = \"x\"\nkeys = [\"0123456789\"]\n[storage]\nmaster_key = \"/etc/watchword/master.key\"\n";
         Config::parse(text).unwrap();
+    }
+
+    #[test]
+    fn production_needs_a_master_key_outside_the_data_directory() {
+        let base = "[server]\nprofile = \"production\"\n[[tenants]]\nname = \"x\"\nkeys = [\"0123456789\"]\n[storage]\npath = \"/var/lib/ww\"\n";
+        let errs = Config::parse(base).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.field == "storage.master_key"),
+            "{errs:?}"
+        );
+        let inside = format!("{base}master_key = \"/var/lib/ww/master.key\"\n");
+        let errs = Config::parse(&inside).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.field == "storage.master_key" && e.reason.contains("outside"))
+        );
     }
 }

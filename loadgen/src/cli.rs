@@ -40,7 +40,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Drive a running gateway and a running redis-server back to back and print a table.
-    Compare(CompareArgs),
+    Compare(Box<CompareArgs>),
     /// Durable upserts: closed-loop PUT /v1/users through the HTTP API.
     Users(UsersArgs),
 }

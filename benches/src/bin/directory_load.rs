@@ -17,10 +17,7 @@ use std::time::Instant;
 use watchword_benches::rss_bytes;
 use watchword_engine::directory::{Directory, Method, MethodId, MethodState, MethodType};
 use watchword_engine::secret::MasterKey;
-use watchword_engine::store::{SqliteStore, StoreOp, StoreOptions, StoredUser};
-
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use watchword_engine::store::{DirectoryStore, SqliteStore, StoreOp, StoreOptions, StoredUser};
 
 const KEY: [u8; 32] = [7; 32];
 
