@@ -348,7 +348,7 @@ impl Engine {
         if !req.state.is_empty() {
             return Ok(self.check_state(tenant, req));
         }
-        let picked = self.inner.directory.with_user(tenant, req.subject, |u| {
+        let picked = self.inner.directory.with_view(tenant, req.subject, |u| {
             if !u.enabled {
                 return Err(RejectReason::UnknownUser);
             }
@@ -361,7 +361,11 @@ impl Engine {
                 return Err(RejectReason::NoMethod);
             }
             let m = u.pick_method(keyword).ok_or(RejectReason::NoMethod)?;
-            Ok((m.kind, m.destination.clone(), u.locale.clone()))
+            Ok((
+                m.kind,
+                m.destination.to_owned(),
+                u.locale.map(str::to_owned),
+            ))
         });
         let (kind, destination, locale) = match picked {
             None => {
@@ -451,7 +455,7 @@ impl Engine {
         let enabled = self
             .inner
             .directory
-            .with_user(tenant, req.subject, |u| u.enabled)
+            .with_view(tenant, req.subject, |u| u.enabled)
             .unwrap_or(false);
         if !enabled {
             return self.decided(

@@ -16,13 +16,17 @@
 //! inside a lock, or put a full destination in an error or a `Debug` output.
 
 pub mod model;
+mod packed;
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 
 pub use model::{Method, MethodId, MethodState, MethodType, User};
+pub use packed::{MethodView, UserView};
+
+use packed::Packed;
 
 use crate::store::{DirectoryStore, Loaded, StoreError, StoreOp, Ticket};
 use crate::types::TenantId;
@@ -156,7 +160,7 @@ pub struct LoadReport {
     pub skipped_unknown_tenant: usize,
 }
 
-type UserMap = BTreeMap<Box<str>, User>;
+type UserMap = BTreeSet<Packed>;
 
 /// Every tenant's users and methods.
 pub struct Directory {
@@ -213,7 +217,10 @@ impl Directory {
     }
 
     /// Loads every stored user and method of the configured tenants from
-    /// `store`, which then takes every write.
+    /// `store`, which then takes every write. The rows are first gathered
+    /// into two large buffers (users, then methods), and each user is packed
+    /// once from them: the load's temporaries are a few big blocks the
+    /// allocator gives back, not millions of small ones left behind as holes.
     pub fn load(
         tenants: Vec<String>,
         store: Arc<dyn DirectoryStore>,
@@ -227,6 +234,13 @@ impl Directory {
             .enumerate()
             .map(|(i, n)| (n.clone(), i))
             .collect();
+        // Users' heads, per tenant in subject order: (start, end) in `heads`.
+        let mut heads: Vec<u8> = Vec::new();
+        let mut users: Vec<Vec<(usize, usize)>> = dir.tenants.iter().map(|_| Vec::new()).collect();
+        // Methods: (tenant, user index, start, end) in `bodies`.
+        let mut bodies: Vec<u8> = Vec::new();
+        let mut methods: Vec<(u16, u32, usize, usize)> = Vec::new();
+        let mut sorted = false;
         store
             .load(&mut |row| {
                 if error.is_some() {
@@ -240,32 +254,43 @@ impl Directory {
                         };
                         match User::from_stored(u) {
                             Ok(user) => {
-                                dir.maps[t].get_mut().insert(user.subject.clone(), user);
+                                let start = heads.len();
+                                Packed::encode_head(&mut heads, &user);
+                                users[t].push((start, heads.len()));
                                 report.users += 1;
                             }
                             Err(e) => error = Some(e),
                         }
                     }
                     Loaded::Method(m) => {
+                        if !sorted {
+                            // Users come first, then methods: sort once.
+                            let subject =
+                                |r: &(usize, usize)| Packed::head_subject(&heads[r.0..r.1]);
+                            for list in &mut users {
+                                list.sort_unstable_by(|a, b| subject(a).cmp(subject(b)));
+                            }
+                            sorted = true;
+                        }
                         let Some(&t) = index.get(&m.tenant) else {
                             report.skipped_unknown_tenant += 1;
                             return;
                         };
-                        let subject = m.subject.clone();
-                        match Method::from_stored(m) {
-                            Ok(method) => match dir.maps[t].get_mut().get_mut(subject.as_str()) {
-                                Some(user) => {
-                                    user.methods.push(method);
-                                    report.methods += 1;
-                                }
-                                None => {
-                                    error = Some(format!(
-                                        "method {} belongs to no stored user",
-                                        method.id
-                                    ))
-                                }
-                            },
-                            Err(e) => error = Some(e),
+                        let at = users[t].binary_search_by(|r| {
+                            Packed::head_subject(&heads[r.0..r.1]).cmp(m.subject.as_str())
+                        });
+                        match (Method::from_stored(m), at) {
+                            (Ok(method), Ok(at)) => {
+                                let start = bodies.len();
+                                Packed::encode_method(&mut bodies, &method);
+                                methods.push((t as u16, at as u32, start, bodies.len()));
+                                report.methods += 1;
+                            }
+                            (Ok(method), Err(_)) => {
+                                error =
+                                    Some(format!("method {} belongs to no stored user", method.id))
+                            }
+                            (Err(e), _) => error = Some(e),
                         }
                     }
                 }
@@ -274,11 +299,23 @@ impl Directory {
         if let Some(e) = error {
             return Err(format!("the directory store holds a bad row: {e}"));
         }
-        for map in dir.maps.iter_mut() {
-            for user in map.get_mut().values_mut() {
-                user.methods.sort_by_key(|m| (m.created_at_ms, m.id));
-                user.methods.shrink_to_fit();
+        methods.sort_unstable_by_key(|&(t, u, a, b)| (t, u, Packed::method_order(&bodies[a..b])));
+        let mut next = methods.iter().peekable();
+        let mut mine: Vec<&[u8]> = Vec::new();
+        for (t, list) in users.iter().enumerate() {
+            let mut set = UserMap::new();
+            for (u, &(a, b)) in list.iter().enumerate() {
+                mine.clear();
+                while let Some(&&(mt, mu, ma, mb)) = next.peek() {
+                    if (usize::from(mt), mu as usize) != (t, u) {
+                        break;
+                    }
+                    mine.push(&bodies[ma..mb]);
+                    next.next();
+                }
+                set.insert(Packed::assemble(&heads[a..b], &mine));
             }
+            *dir.maps[t].get_mut() = set;
         }
         dir.store = Some(store);
         Ok((dir, report))
@@ -329,7 +366,21 @@ impl Directory {
         f: impl FnOnce(&User) -> R,
     ) -> Option<R> {
         let map = self.map(tenant)?.read();
-        map.get(subject).map(f)
+        map.get(subject).map(|p| f(&p.decode()))
+    }
+
+    /// Calls `f` with the user read in place under the tenant's read lock:
+    /// no allocation (the hot path's way in; keep `f` short).
+    ///
+    /// Locking behaviour: takes the tenant's read lock for the call.
+    pub fn with_view<R>(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        f: impl FnOnce(UserView<'_>) -> R,
+    ) -> Option<R> {
+        let map = self.map(tenant)?.read();
+        map.get(subject).map(|p| f(p.view()))
     }
 
     /// A copy of the user.
@@ -346,7 +397,7 @@ impl Directory {
         let map = map.read();
         use std::ops::Bound;
         let mut range = map.range::<str, _>((Bound::Excluded(after), Bound::Unbounded));
-        let users: Vec<User> = range.by_ref().take(limit).map(|(_, u)| u.clone()).collect();
+        let users: Vec<User> = range.by_ref().take(limit).map(Packed::decode).collect();
         let next = (range.next().is_some() && !users.is_empty())
             .then(|| users.last().map(|u| u.subject.to_string()))
             .flatten();
@@ -376,7 +427,7 @@ impl Directory {
         };
         match edit {
             Edit::Put(user) => {
-                map.insert(user.subject.clone(), user);
+                map.replace(Packed::encode(&user));
             }
             Edit::Remove(subject) => {
                 map.remove(subject.as_str());
@@ -399,7 +450,7 @@ impl Directory {
         validate_patch(patch)?;
         self.write(tenant, |map, tenant_name| {
             let (mut user, created) = match map.get(subject) {
-                Some(u) => (u.clone(), false),
+                Some(u) => (u.decode(), false),
                 None => (
                     User {
                         subject: subject.into(),
@@ -408,7 +459,7 @@ impl Directory {
                         locale: None,
                         enabled: true,
                         default_method: None,
-                        methods: Vec::new(),
+                        methods: Box::default(),
                         created_at_ms: now_ms,
                         updated_at_ms: now_ms,
                     },
@@ -452,7 +503,7 @@ impl Directory {
             let user = map
                 .get(subject)
                 .ok_or(DirectoryError::NotFound("no such user"))?
-                .clone();
+                .decode();
             let ops = vec![StoreOp::DeleteUser {
                 tenant: tenant_name.to_owned(),
                 subject: subject.to_owned(),
@@ -474,11 +525,13 @@ impl Directory {
             let mut user = map
                 .get(subject)
                 .ok_or(DirectoryError::NotFound("no such user"))?
-                .clone();
+                .decode();
             admits(&user, method.kind, &method.destination, now_ms)?;
             user.updated_at_ms = now_ms;
             let ops = vec![StoreOp::PutMethod(method.to_stored(tenant_name, subject))];
-            user.methods.push(method.clone());
+            let mut methods = std::mem::take(&mut user.methods).into_vec();
+            methods.push(method.clone());
+            user.methods = methods.into_boxed_slice();
             Ok((method, ops, Edit::Put(user)))
         })
     }
@@ -496,7 +549,7 @@ impl Directory {
             let mut user = map
                 .get(subject)
                 .ok_or(DirectoryError::NotFound("no such user"))?
-                .clone();
+                .decode();
             let m = user
                 .methods
                 .iter_mut()
@@ -523,13 +576,15 @@ impl Directory {
             let mut user = map
                 .get(subject)
                 .ok_or(DirectoryError::NotFound("no such user"))?
-                .clone();
+                .decode();
             let at = user
                 .methods
                 .iter()
                 .position(|m| m.id == id)
                 .ok_or(DirectoryError::NotFound("no such method"))?;
-            let m = user.methods.remove(at);
+            let mut methods = std::mem::take(&mut user.methods).into_vec();
+            let m = methods.remove(at);
+            user.methods = methods.into_boxed_slice();
             let ops = vec![StoreOp::DeleteMethod {
                 tenant: tenant_name.to_owned(),
                 subject: subject.to_owned(),

@@ -217,6 +217,28 @@ impl Method {
     }
 }
 
+/// The rule of [`User::pick_method`] over any list of `(type, state, item)`:
+/// the first active method of the named type; with none named, the first
+/// active method of the default type, else the first active method able to
+/// carry a challenge.
+pub(crate) fn pick<T>(
+    methods: impl Iterator<Item = (MethodType, MethodState, T)> + Clone,
+    default: Option<MethodType>,
+    named: Option<MethodType>,
+) -> Option<T> {
+    let active = || {
+        methods
+            .clone()
+            .filter(|(k, s, _)| *s == MethodState::Active && k.channel().is_some())
+    };
+    let of = |t: MethodType| active().find(|(k, _, _)| *k == t);
+    match named {
+        Some(t) => of(t),
+        None => default.and_then(of).or_else(|| active().next()),
+    }
+    .map(|(_, _, m)| m)
+}
+
 /// One user of a tenant. Times are Unix milliseconds.
 #[derive(Clone, PartialEq, Eq)]
 pub struct User {
@@ -233,7 +255,7 @@ pub struct User {
     /// The method type a challenge starts on when none is named.
     pub default_method: Option<MethodType>,
     /// Registered methods, oldest first.
-    pub methods: Vec<Method>,
+    pub methods: Box<[Method]>,
     /// When it was created.
     pub created_at_ms: u64,
     /// When it last changed.
@@ -260,18 +282,8 @@ impl User {
     /// named type; with none named, the first active method of the default
     /// type, else the first active method able to carry a challenge.
     pub fn pick_method(&self, named: Option<MethodType>) -> Option<&Method> {
-        let active = || {
-            self.methods
-                .iter()
-                .filter(|m| m.is_active() && m.kind.channel().is_some())
-        };
-        match named {
-            Some(t) => active().find(|m| m.kind == t),
-            None => self
-                .default_method
-                .and_then(|t| active().find(|m| m.kind == t))
-                .or_else(|| active().next()),
-        }
+        let methods = self.methods.iter().map(|m| (m.kind, m.state, m));
+        pick(methods, self.default_method, named)
     }
 
     /// The storage row of this user for `tenant`.
@@ -305,7 +317,7 @@ impl User {
             locale: row.locale.map(Into::into),
             enabled: row.enabled,
             default_method,
-            methods: Vec::new(),
+            methods: Box::default(),
             created_at_ms: row.created_at_ms,
             updated_at_ms: row.updated_at_ms,
         })
@@ -374,7 +386,7 @@ mod tests {
             locale: None,
             enabled: true,
             default_method,
-            methods,
+            methods: methods.into(),
             created_at_ms: 1,
             updated_at_ms: 1,
         }
