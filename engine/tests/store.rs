@@ -52,17 +52,22 @@ fn method(tenant: &str, subject: &str, id: u64) -> StoredMethod {
     }
 }
 
-/// Every row, checking that users come before methods.
+/// Every row, checking that each method follows its own user.
 fn load_all(store: &dyn DirectoryStore) -> (Vec<StoredUser>, Vec<StoredMethod>) {
-    let mut users = Vec::new();
+    let mut users: Vec<StoredUser> = Vec::new();
     let mut methods = Vec::new();
     store
         .load(&mut |row| match row {
-            Loaded::User(u) => {
-                assert!(methods.is_empty(), "a user came after a method");
-                users.push(u);
+            Loaded::User(u) => users.push(u),
+            Loaded::Method(m) => {
+                let last = users.last().expect("a method before any user");
+                assert_eq!(
+                    (&last.tenant, &last.subject),
+                    (&m.tenant, &m.subject),
+                    "a method away from its user"
+                );
+                methods.push(m);
             }
-            Loaded::Method(m) => methods.push(m),
         })
         .unwrap();
     (users, methods)

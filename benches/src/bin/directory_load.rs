@@ -115,7 +115,13 @@ fn main() -> Result<(), String> {
     let t0 = Instant::now();
     let store =
         SqliteStore::open(&dir, &key, StoreOptions::default()).map_err(|e| e.to_string())?;
-    let (directory, report) = Directory::load(vec!["demo".into()], Arc::new(store))?;
+    let (directory, report) = if std::env::var_os("LOAD_IN_THREAD").is_some() {
+        std::thread::spawn(move || Directory::load(vec!["demo".into()], Arc::new(store)))
+            .join()
+            .map_err(|_| "the load thread panicked".to_owned())??
+    } else {
+        Directory::load(vec!["demo".into()], Arc::new(store))?
+    };
     let load_s = t0.elapsed().as_secs_f64();
     let rss_peak = rss_bytes().unwrap_or(0);
     // The allocator hands freed pages back after a short delay: what the

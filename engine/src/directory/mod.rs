@@ -217,10 +217,9 @@ impl Directory {
     }
 
     /// Loads every stored user and method of the configured tenants from
-    /// `store`, which then takes every write. The rows are first gathered
-    /// into two large buffers (users, then methods), and each user is packed
-    /// once from them: the load's temporaries are a few big blocks the
-    /// allocator gives back, not millions of small ones left behind as holes.
+    /// `store`, which then takes every write. The store streams each user
+    /// followed by its methods, so each user is packed as it arrives: the
+    /// load's only temporaries are one row and one user.
     pub fn load(
         tenants: Vec<String>,
         store: Arc<dyn DirectoryStore>,
@@ -234,13 +233,22 @@ impl Directory {
             .enumerate()
             .map(|(i, n)| (n.clone(), i))
             .collect();
-        // Users' heads, per tenant in subject order: (start, end) in `heads`.
-        let mut heads: Vec<u8> = Vec::new();
-        let mut users: Vec<Vec<(usize, usize)>> = dir.tenants.iter().map(|_| Vec::new()).collect();
-        // Methods: (tenant, user index, start, end) in `bodies`.
-        let mut bodies: Vec<u8> = Vec::new();
-        let mut methods: Vec<(u16, u32, usize, usize)> = Vec::new();
-        let mut sorted = false;
+        let mut users: Vec<Vec<Packed>> = dir.tenants.iter().map(|_| Vec::new()).collect();
+        // The user being read: its tenant, subject, head and methods.
+        let mut current: Option<(usize, String)> = None;
+        let (mut head, mut methods) = (Vec::new(), Vec::new());
+        let mut finish = |current: &mut Option<(usize, String)>,
+                          head: &mut Vec<u8>,
+                          methods: &mut Vec<u8>,
+                          count: &mut usize| {
+            if let Some((t, _)) = current.take() {
+                users[t].push(Packed::assemble_raw(head, *count, methods));
+            }
+            head.clear();
+            methods.clear();
+            *count = 0;
+        };
+        let mut count = 0usize;
         store
             .load(&mut |row| {
                 if error.is_some() {
@@ -248,74 +256,50 @@ impl Directory {
                 }
                 match row {
                     Loaded::User(u) => {
+                        finish(&mut current, &mut head, &mut methods, &mut count);
                         let Some(&t) = index.get(&u.tenant) else {
                             report.skipped_unknown_tenant += 1;
                             return;
                         };
                         match User::from_stored(u) {
                             Ok(user) => {
-                                let start = heads.len();
-                                Packed::encode_head(&mut heads, &user);
-                                users[t].push((start, heads.len()));
+                                Packed::encode_head(&mut head, &user);
+                                current = Some((t, user.subject.into()));
                                 report.users += 1;
                             }
                             Err(e) => error = Some(e),
                         }
                     }
                     Loaded::Method(m) => {
-                        if !sorted {
-                            // Users come first, then methods: sort once.
-                            let subject =
-                                |r: &(usize, usize)| Packed::head_subject(&heads[r.0..r.1]);
-                            for list in &mut users {
-                                list.sort_unstable_by(|a, b| subject(a).cmp(subject(b)));
-                            }
-                            sorted = true;
-                        }
                         let Some(&t) = index.get(&m.tenant) else {
                             report.skipped_unknown_tenant += 1;
                             return;
                         };
-                        let at = users[t].binary_search_by(|r| {
-                            Packed::head_subject(&heads[r.0..r.1]).cmp(m.subject.as_str())
-                        });
-                        match (Method::from_stored(m), at) {
-                            (Ok(method), Ok(at)) => {
-                                let start = bodies.len();
-                                Packed::encode_method(&mut bodies, &method);
-                                methods.push((t as u16, at as u32, start, bodies.len()));
+                        let mine = current
+                            .as_ref()
+                            .is_some_and(|(ct, s)| *ct == t && *s == m.subject);
+                        match Method::from_stored(m) {
+                            Ok(method) if mine => {
+                                Packed::encode_method(&mut methods, &method);
+                                count += 1;
                                 report.methods += 1;
                             }
-                            (Ok(method), Err(_)) => {
+                            Ok(method) => {
                                 error =
                                     Some(format!("method {} belongs to no stored user", method.id))
                             }
-                            (Err(e), _) => error = Some(e),
+                            Err(e) => error = Some(e),
                         }
                     }
                 }
             })
             .map_err(|e| e.to_string())?;
+        finish(&mut current, &mut head, &mut methods, &mut count);
         if let Some(e) = error {
             return Err(format!("the directory store holds a bad row: {e}"));
         }
-        methods.sort_unstable_by_key(|&(t, u, a, b)| (t, u, Packed::method_order(&bodies[a..b])));
-        let mut next = methods.iter().peekable();
-        let mut mine: Vec<&[u8]> = Vec::new();
-        for (t, list) in users.iter().enumerate() {
-            let mut set = UserMap::new();
-            for (u, &(a, b)) in list.iter().enumerate() {
-                mine.clear();
-                while let Some(&&(mt, mu, ma, mb)) = next.peek() {
-                    if (usize::from(mt), mu as usize) != (t, u) {
-                        break;
-                    }
-                    mine.push(&bodies[ma..mb]);
-                    next.next();
-                }
-                set.insert(Packed::assemble(&heads[a..b], &mine));
-            }
-            *dir.maps[t].get_mut() = set;
+        for (map, users) in dir.maps.iter_mut().zip(users) {
+            *map.get_mut() = users.into_iter().collect();
         }
         dir.store = Some(store);
         Ok((dir, report))
@@ -527,7 +511,6 @@ impl Directory {
                 .ok_or(DirectoryError::NotFound("no such user"))?
                 .decode();
             admits(&user, method.kind, &method.destination, now_ms)?;
-            user.updated_at_ms = now_ms;
             let ops = vec![StoreOp::PutMethod(method.to_stored(tenant_name, subject))];
             let mut methods = std::mem::take(&mut user.methods).into_vec();
             methods.push(method.clone());

@@ -121,37 +121,20 @@ impl Packed {
         }
     }
 
-    /// A user from its head, as [`Packed::encode_head`] wrote it, and its
-    /// methods' bytes, as [`Packed::encode_method`] wrote each.
-    pub(crate) fn assemble(head: &[u8], methods: &[&[u8]]) -> Packed {
-        let n = methods.len().min(255);
-        let len = head.len() + 1 + methods[..n].iter().map(|m| m.len()).sum::<usize>();
-        let mut out = Vec::with_capacity(len);
+    /// A user from its head, as [`Packed::encode_head`] wrote it, and the
+    /// bytes of its `count` methods, as [`Packed::encode_method`] wrote
+    /// each, oldest first (at most 255 are kept: more cannot be registered).
+    pub(crate) fn assemble_raw(head: &[u8], count: usize, methods: &[u8]) -> Packed {
+        let mut out = Vec::with_capacity(head.len() + 1 + methods.len());
         out.extend_from_slice(head);
-        out.push(n as u8);
-        for m in &methods[..n] {
-            out.extend_from_slice(m);
-        }
+        out.push(count.min(255) as u8);
+        out.extend_from_slice(methods);
         Packed(out.into_boxed_slice())
-    }
-
-    /// The creation time and id written at the start of a method's bytes
-    /// (the order of a user's methods).
-    pub(crate) fn method_order(method: &[u8]) -> (u64, u64) {
-        let mut r = Reader(method);
-        let id = r.u64();
-        let _ = (r.u8(), r.u8());
-        (r.u64(), id)
     }
 
     /// The subject (the key).
     pub(crate) fn subject(&self) -> &str {
         Reader(&self.0).str()
-    }
-
-    /// The subject at the start of a head written by [`Packed::encode_head`].
-    pub(crate) fn head_subject(head: &[u8]) -> &str {
-        Reader(head).str()
     }
 
     /// A reader over the bytes in place.

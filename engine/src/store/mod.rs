@@ -278,8 +278,9 @@ impl CheckReport {
 
 /// The directory's durable store.
 pub trait DirectoryStore: Send + Sync + 'static {
-    /// Streams every stored row to `sink` (users first, then methods), from
-    /// one consistent snapshot. Called once at start.
+    /// Streams every stored row to `sink` from one consistent snapshot, in
+    /// (tenant, subject) order: each user followed by its methods, oldest
+    /// first. Called once at start.
     fn load(&self, sink: &mut dyn FnMut(Loaded)) -> Result<(), StoreError>;
 
     /// Queues `ops` to be written in one transaction (with others: group

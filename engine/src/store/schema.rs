@@ -131,7 +131,8 @@ pub(crate) const SELECT_USERS: &str =
     "SELECT tenant, subject, display_name, email, locale, enabled,
     default_method, created_at_ms, updated_at_ms FROM users ORDER BY tenant, subject";
 
-/// Every method, in primary-key order.
+/// Every method, in the users' order (through the `methods_by_user`
+/// index), each user's oldest first.
 pub(crate) const SELECT_METHODS: &str = "SELECT tenant, id, subject, kind, destination, state,
     created_at_ms, confirmed_at_ms, effective_at_ms, confirm_deadline_ms
-    FROM methods ORDER BY tenant, id";
+    FROM methods ORDER BY tenant, subject, created_at_ms, id";

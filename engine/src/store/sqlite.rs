@@ -208,16 +208,42 @@ impl DirectoryStore for SqliteStore {
     fn load(&self, sink: &mut dyn FnMut(Loaded)) -> Result<(), StoreError> {
         let conn = self.reader.lock();
         read_transaction(&conn, |conn| {
-            let mut stmt = conn.prepare_cached(SELECT_USERS).map_err(map_err)?;
-            let mut rows = stmt.query([]).map_err(map_err)?;
-            while let Some(row) = rows.next().map_err(map_err)? {
-                sink(Loaded::User(user_from_row(row)?));
+            // Two cursors in (tenant, subject) order, merged: each user, then
+            // its methods. A method whose user is missing (the foreign key
+            // forbids it) still comes, before the next user.
+            let mut users = conn.prepare_cached(SELECT_USERS).map_err(map_err)?;
+            let mut methods = conn.prepare_cached(SELECT_METHODS).map_err(map_err)?;
+            let mut users = users.query([]).map_err(map_err)?;
+            let mut methods = methods.query([]).map_err(map_err)?;
+            let mut next_method = || -> Result<Option<StoredMethod>, StoreError> {
+                methods
+                    .next()
+                    .map_err(map_err)?
+                    .map(method_from_row)
+                    .transpose()
+            };
+            let mut method = next_method()?;
+            while let Some(row) = users.next().map_err(map_err)? {
+                let user = user_from_row(row)?;
+                let here = (user.tenant.clone(), user.subject.clone());
+                let here = (here.0.as_str(), here.1.as_str());
+                while let Some(m) =
+                    method.take_if(|m| (m.tenant.as_str(), m.subject.as_str()) < here)
+                {
+                    sink(Loaded::Method(m));
+                    method = next_method()?;
+                }
+                sink(Loaded::User(user));
+                while let Some(m) =
+                    method.take_if(|m| (m.tenant.as_str(), m.subject.as_str()) == here)
+                {
+                    sink(Loaded::Method(m));
+                    method = next_method()?;
+                }
             }
-            drop(rows);
-            let mut stmt = conn.prepare_cached(SELECT_METHODS).map_err(map_err)?;
-            let mut rows = stmt.query([]).map_err(map_err)?;
-            while let Some(row) = rows.next().map_err(map_err)? {
-                sink(Loaded::Method(method_from_row(row)?));
+            while let Some(m) = method {
+                sink(Loaded::Method(m));
+                method = next_method()?;
             }
             Ok(())
         })
