@@ -350,7 +350,7 @@ impl Directory {
         f: impl FnOnce(&User) -> R,
     ) -> Option<R> {
         let map = self.map(tenant)?.read();
-        map.get(subject).map(|p| f(&p.decode()))
+        map.get(subject.as_bytes()).map(|p| f(&p.decode()))
     }
 
     /// Calls `f` with the user read in place under the tenant's read lock:
@@ -364,7 +364,7 @@ impl Directory {
         f: impl FnOnce(UserView<'_>) -> R,
     ) -> Option<R> {
         let map = self.map(tenant)?.read();
-        map.get(subject).map(|p| f(p.view()))
+        map.get(subject.as_bytes()).map(|p| f(p.view()))
     }
 
     /// A copy of the user.
@@ -380,7 +380,7 @@ impl Directory {
         };
         let map = map.read();
         use std::ops::Bound;
-        let mut range = map.range::<str, _>((Bound::Excluded(after), Bound::Unbounded));
+        let mut range = map.range::<[u8], _>((Bound::Excluded(after.as_bytes()), Bound::Unbounded));
         let users: Vec<User> = range.by_ref().take(limit).map(Packed::decode).collect();
         let next = (range.next().is_some() && !users.is_empty())
             .then(|| users.last().map(|u| u.subject.to_string()))
@@ -414,7 +414,7 @@ impl Directory {
                 map.replace(Packed::encode(&user));
             }
             Edit::Remove(subject) => {
-                map.remove(subject.as_str());
+                map.remove(subject.as_bytes());
             }
             Edit::None => {}
         }
@@ -433,7 +433,7 @@ impl Directory {
         validate_subject(subject)?;
         validate_patch(patch)?;
         self.write(tenant, |map, tenant_name| {
-            let (mut user, created) = match map.get(subject) {
+            let (mut user, created) = match map.get(subject.as_bytes()) {
                 Some(u) => (u.decode(), false),
                 None => (
                     User {
@@ -485,7 +485,7 @@ impl Directory {
         validate_subject(subject)?;
         self.write(tenant, |map, tenant_name| {
             let user = map
-                .get(subject)
+                .get(subject.as_bytes())
                 .ok_or(DirectoryError::NotFound("no such user"))?
                 .decode();
             let ops = vec![StoreOp::DeleteUser {
@@ -507,7 +507,7 @@ impl Directory {
         validate_subject(subject)?;
         self.write(tenant, |map, tenant_name| {
             let mut user = map
-                .get(subject)
+                .get(subject.as_bytes())
                 .ok_or(DirectoryError::NotFound("no such user"))?
                 .decode();
             admits(&user, method.kind, &method.destination, now_ms)?;
@@ -530,7 +530,7 @@ impl Directory {
     ) -> Result<Durable<Method>, DirectoryError> {
         self.write(tenant, |map, tenant_name| {
             let mut user = map
-                .get(subject)
+                .get(subject.as_bytes())
                 .ok_or(DirectoryError::NotFound("no such user"))?
                 .decode();
             let m = user
@@ -557,7 +557,7 @@ impl Directory {
     ) -> Result<Durable<Method>, DirectoryError> {
         self.write(tenant, |map, tenant_name| {
             let mut user = map
-                .get(subject)
+                .get(subject.as_bytes())
                 .ok_or(DirectoryError::NotFound("no such user"))?
                 .decode();
             let at = user

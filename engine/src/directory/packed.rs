@@ -132,9 +132,10 @@ impl Packed {
         Packed(out.into_boxed_slice())
     }
 
-    /// The subject (the key).
-    pub(crate) fn subject(&self) -> &str {
-        Reader(&self.0).str()
+    /// The subject's bytes, not checked as UTF-8 (ordering and look-ups:
+    /// byte order is `str`'s order).
+    fn key(&self) -> &[u8] {
+        Reader(&self.0).bytes()
     }
 
     /// A reader over the bytes in place.
@@ -161,7 +162,7 @@ impl Packed {
 
 impl PartialEq for Packed {
     fn eq(&self, other: &Self) -> bool {
-        self.subject() == other.subject()
+        self.key() == other.key()
     }
 }
 
@@ -175,13 +176,13 @@ impl PartialOrd for Packed {
 
 impl Ord for Packed {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.subject().cmp(other.subject())
+        self.key().cmp(other.key())
     }
 }
 
-impl Borrow<str> for Packed {
-    fn borrow(&self) -> &str {
-        self.subject()
+impl Borrow<[u8]> for Packed {
+    fn borrow(&self) -> &[u8] {
+        self.key()
     }
 }
 
@@ -208,12 +209,16 @@ impl<'a> Reader<'a> {
         u64::from_le_bytes(b)
     }
 
-    fn str(&mut self) -> &'a str {
+    fn bytes(&mut self) -> &'a [u8] {
         let mut b = [0u8; 2];
         let t = self.take(2);
         b[..t.len()].copy_from_slice(t);
         let n = usize::from(u16::from_le_bytes(b));
-        std::str::from_utf8(self.take(n)).unwrap_or("")
+        self.take(n)
+    }
+
+    fn str(&mut self) -> &'a str {
+        std::str::from_utf8(self.bytes()).unwrap_or("")
     }
 }
 
@@ -411,7 +416,7 @@ mod tests {
         #[test]
         fn a_packed_user_reads_back_whole(u in arb_user()) {
             let p = Packed::encode(&u);
-            prop_assert_eq!(p.subject(), &*u.subject);
+            prop_assert_eq!(p.view().subject, &*u.subject);
             prop_assert_eq!(p.decode(), u.clone());
             let v = p.view();
             for named in [None, Some(MethodType::Sms), Some(MethodType::Call)] {
