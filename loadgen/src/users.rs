@@ -159,7 +159,7 @@ impl UpsertReport {
 
 /// Closed-loop durable upserts: each of `connections` connections PUTs
 /// users `lg-put-{conn}-{i}` (new ones, then the same ones again: creates
-/// and updates), `warmup` then `duration` measured.
+/// and updates, every one a change), `warmup` then `duration` measured.
 pub async fn upserts(
     url: &str,
     key: &str,
@@ -176,6 +176,9 @@ pub async fn upserts(
     )?));
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    // A value of this run's own in every write: a PUT that changes nothing
+    // writes nothing, and a rerun must not measure those.
+    let run: u32 = rand::random();
     let mut tasks = Vec::new();
     for conn in 0..connections.max(1) {
         let (url, key) = (url.to_owned(), key.to_owned());
@@ -190,7 +193,7 @@ pub async fn upserts(
                     break;
                 }
                 let path = format!("/v1/users/lg-put-{conn}-{}", i % users_per_conn.max(1));
-                let body = format!(r#"{{"display_name":"Load {i}","locale":"en"}}"#);
+                let body = format!(r#"{{"display_name":"Load {run:08x} {i}","locale":"en"}}"#);
                 i += 1;
                 let r = c.request("PUT", &path, &body).await;
                 let done = Instant::now();
