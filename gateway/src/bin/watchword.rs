@@ -44,6 +44,9 @@ enum Command {
         /// Override `server.metrics_listen`.
         #[arg(long)]
         metrics_listen: Option<String>,
+        /// Override `http.listen` (empty turns the HTTP API off).
+        #[arg(long)]
+        http_listen: Option<String>,
     },
     /// Print the full default configuration as commented TOML.
     PrintConfig,
@@ -273,7 +276,8 @@ fn main() -> ExitCode {
             config,
             listen,
             metrics_listen,
-        } => serve(config, listen, metrics_listen),
+            http_listen,
+        } => serve(config, listen, metrics_listen, http_listen),
         Command::Keygen { file } => keygen(&file),
         Command::Backup { dest, config } => backup(&dest, config.as_deref()),
         Command::CheckStore { config } => check_store(config.as_deref()),
@@ -537,7 +541,12 @@ where
     }
 }
 
-fn serve(file: Option<PathBuf>, listen: Option<String>, metrics: Option<String>) -> ExitCode {
+fn serve(
+    file: Option<PathBuf>,
+    listen: Option<String>,
+    metrics: Option<String>,
+    http: Option<String>,
+) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -562,6 +571,9 @@ fn serve(file: Option<PathBuf>, listen: Option<String>, metrics: Option<String>)
     }
     if let Some(m) = metrics {
         cfg.server.metrics_listen = m;
+    }
+    if let Some(h) = http {
+        cfg.http.listen = h;
     }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
