@@ -30,6 +30,11 @@ struct Rig {
 /// An engine whose handsets are held by the test (no auto answer), with a
 /// short ring timeout.
 fn rig_with(router: RouterConfig) -> Rig {
+    rig_on(router, SystemClock::shared())
+}
+
+/// A rig on `clock` (a manual clock moves challenges past their expiry).
+fn rig_on(router: RouterConfig, clock: Arc<dyn watchword_engine::Clock>) -> Rig {
     let sink = Arc::new(MemorySink::default());
     let mut config = EngineConfig {
         router,
@@ -39,7 +44,7 @@ fn rig_with(router: RouterConfig) -> Rig {
         name: "other".into(),
         ..TenantPolicy::default()
     });
-    let engine = Engine::start(config, SystemClock::shared(), sink.clone()).unwrap();
+    let engine = Engine::start(config, clock, sink.clone()).unwrap();
     let (outbox, guard) = engine.outbox_subscribe(DEMO).unwrap();
     Rig {
         engine,
@@ -636,4 +641,26 @@ async fn a_state_dies_with_its_user_and_a_registration_is_refused_before_it_send
         ))
     ));
     assert_eq!(r.engine.router().stats().accepted, sends);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_challenge_rejects_as_expired_and_returns_no_state() {
+    let clock = watchword_engine::ManualClock::new(1_800_000_000_000);
+    let mut r = rig_on(RouterConfig::default(), clock.clone());
+    user(&r, DEMO, "ann");
+    active_method(&mut r, "ann", MethodType::Email, "ann@example.com").await;
+    let c = challenge(check(&r, DEMO, "ann", "", ""));
+    let code = code_in(
+        &next_for(&mut r.outbox, parse_state(&c.state).unwrap())
+            .await
+            .text,
+    );
+    clock.advance_s(301);
+    match check(&r, DEMO, "ann", &code, &c.state) {
+        CheckResult::Reject { reason, state, .. } => {
+            assert_eq!(reason, RejectReason::Expired);
+            assert!(state.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -731,6 +731,7 @@ async fn check_and_call_answer_over_the_protocol() {
     .await
     .unwrap();
     let ch = client.check("ann", "", "", "192.0.2.9").await.unwrap();
+    seen.0.push(format!("{ch:?}"));
     assert_eq!((ch.result, ch.method), (2, 5), "{ch:?}");
     assert_eq!(ch.masked_destination, "+14*******99");
     assert_eq!(ch.message, "Answer the call and press #");
@@ -751,14 +752,18 @@ async fn check_and_call_answer_over_the_protocol() {
     client.ping().await.unwrap();
     sim.call_answer(ring.id, "#").await.unwrap();
     let done = held.await.unwrap().unwrap();
+    seen.0.push(format!("{done:?}"));
     assert_eq!(done.result, 0, "{done:?}");
     let again = client.check("ann", "", &ch.state, "").await.unwrap();
+    seen.0.push(format!("{again:?}"));
     assert_eq!((again.result, again.reason), (1, 7), "single-use");
     // Declined.
     let ch = client.check("ann", "call", "", "").await.unwrap();
+    seen.0.push(format!("{ch:?}"));
     let ring = delivered_for(&mut outbox, id_of_state(&ch.state)).await;
     sim.call_answer(ring.id, "9").await.unwrap();
     let done = client.check("ann", "", &ch.state, "").await.unwrap();
+    seen.0.push(format!("{done:?}"));
     assert_eq!((done.result, done.reason), (1, 6));
     // CALL_ANSWER needs the simulator role; an unknown id is NOT_FOUND.
     let acme = Client::connect(ClientConfig {
@@ -770,6 +775,7 @@ async fn check_and_call_answer_over_the_protocol() {
     .await
     .unwrap();
     let e = acme.call_answer(ring.id, "#").await.unwrap_err();
+    seen.0.push(format!("{e:?}"));
     assert!(format!("{e:?}").contains("Forbidden"), "{e:?}");
     let e = sim
         .call_answer(ChallengeId([7; 16]), "#")
@@ -778,14 +784,20 @@ async fn check_and_call_answer_over_the_protocol() {
     assert!(format!("{e:?}").contains("NotFound"), "{e:?}");
     // acme cannot check demo's user; an oversized answer is INVALID_ARGUMENT.
     let ch = acme.check("ann", "", "", "").await.unwrap();
+    seen.0.push(format!("{ch:?}"));
     assert_eq!((ch.result, ch.reason), (1, 4));
     let e = client
         .check("ann", &"1".repeat(65), "", "")
         .await
         .unwrap_err();
     assert!(format!("{e:?}").contains("InvalidArgument"), "{e:?}");
+    // Everything both front ends answered, and the audit trail: no key, no
+    // full number (the simulator's DELIVERED pushes carry it by design and
+    // are not answers).
     r.shutdown();
     r.wait().await;
+    let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    leak_scan(&seen, &[], &log);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -845,6 +857,50 @@ async fn users_and_methods_survive_a_restart() {
     )
     .await;
     assert_eq!(c["result"], "challenge");
+    r.shutdown();
+    r.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_speaks_tls_with_the_protocols_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let mut cfg = config(dir.path());
+    cfg.server.tls_cert = Some(cert_path);
+    cfg.server.tls_key = Some(key_path);
+    let r = start(cfg).await.unwrap();
+    let (connector, name) =
+        watchword_gateway::tls::client_connector(&watchword_gateway::ClientTls {
+            server_name: "localhost".into(),
+            ca_cert_pem: dir.path().join("cert.pem"),
+        })
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(r.http_addr.unwrap())
+        .await
+        .unwrap();
+    let mut s = connector.connect(name, tcp).await.unwrap();
+    s.write_all(b"GET /v1/users/ann HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer demo-admin-key\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    assert!(text.contains("no such user"));
+    // Plain HTTP to the TLS listener gets no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect(r.http_addr.unwrap())
+        .await
+        .unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), plain.read_to_end(&mut raw)).await;
+    assert!(!String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
     r.shutdown();
     r.wait().await;
 }
