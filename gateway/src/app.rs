@@ -151,13 +151,21 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
     let ready = Arc::new(AtomicBool::new(true));
     let metrics_stop = CancellationToken::new();
     let pending_engine = engine.clone();
+    let store_ready = ready.clone();
     tokio::spawn(crate::metrics::serve(
         metrics_listener,
         handle,
         ready.clone(),
         // Read every 5 s: the pending challenges, and the directory's gauges.
+        // A store that failed a commit takes no more writes until a restart:
+        // the node turns unready (for good) so that traffic goes elsewhere.
         Arc::new(move || {
             let e = &pending_engine;
+            if e.directory().store_failed() && store_ready.swap(false, Ordering::Relaxed) {
+                tracing::error!(
+                    "the directory store failed a commit: writes are refused and /readyz answers 503 until a restart"
+                );
+            }
             metrics::gauge!("watchword_directory_users").set(e.directory().len() as f64);
             metrics::gauge!("watchword_store_queued_ops").set(e.directory().store_queued() as f64);
             metrics::gauge!("watchword_calls_in_progress").set(e.calls().len() as f64);

@@ -31,7 +31,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use watchword_engine::check::{ConfirmOutcome, MAX_CHECK_FIELD};
-use watchword_engine::directory::{DirectoryError, Method, MethodId, MethodType, User, UserPatch};
+use watchword_engine::directory::{
+    DirectoryError, Method, MethodId, MethodType, Upsert, User, UserPatch,
+};
 use watchword_engine::{CheckRequest, CheckResult, CheckStep, Engine, EngineError, TenantId};
 
 use crate::config::{Config, HttpRole};
@@ -397,18 +399,20 @@ async fn put_user(
     };
     let e = &st.engine;
     let now = e.now_ms();
-    let (user, created) = e
+    let (user, done) = e
         .directory()
         .put_user(tenant, &subject, &patch, now)?
         .wait()
         .await?;
-    let event = if created {
-        "user_created"
-    } else {
-        "user_updated"
+    let event = match done {
+        Upsert::Created => Some("user_created"),
+        Upsert::Updated => Some("user_updated"),
+        Upsert::Unchanged => None,
     };
-    e.audit_directory(tenant, &subject, event, None, None);
-    let status = if created {
+    if let Some(event) = event {
+        e.audit_directory(tenant, &subject, event, None, None);
+    }
+    let status = if done == Upsert::Created {
         StatusCode::CREATED
     } else {
         StatusCode::OK

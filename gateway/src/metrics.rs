@@ -39,6 +39,16 @@ pub fn install() -> PrometheusHandle {
                         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
                     ])
                     .expect("static, non-empty buckets")
+                    // Writes per group commit: a count, not seconds.
+                    .set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(
+                            "watchword_store_batch_ops".into(),
+                        ),
+                        &[
+                            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 8192.0,
+                        ],
+                    )
+                    .expect("static, non-empty buckets")
             };
             builder()
                 .install_recorder()

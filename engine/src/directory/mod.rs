@@ -133,6 +133,17 @@ impl<T> Durable<T> {
     }
 }
 
+/// What a [`Directory::put_user`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upsert {
+    /// A new user.
+    Created,
+    /// An existing user changed.
+    Updated,
+    /// The user already had these values: nothing was written.
+    Unchanged,
+}
+
 /// A change to a user's own fields; `None` keeps the field, `Some(None)`
 /// clears an optional one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -325,6 +336,12 @@ impl Directory {
         self.store.is_some()
     }
 
+    /// Whether the store refused a commit and takes no more writes (until a
+    /// restart reloads memory from disk).
+    pub fn store_failed(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.failed())
+    }
+
     /// Writes queued for the store now.
     pub fn store_queued(&self) -> usize {
         self.store.as_ref().map_or(0, |s| s.queued())
@@ -422,14 +439,14 @@ impl Directory {
     }
 
     /// Creates or updates a user (a merge: fields the patch leaves out keep
-    /// their value). Answers the user and whether it was created.
+    /// their value). Answers the user and what was done.
     pub fn put_user(
         &self,
         tenant: TenantId,
         subject: &str,
         patch: &UserPatch,
         now_ms: u64,
-    ) -> Result<Durable<(User, bool)>, DirectoryError> {
+    ) -> Result<Durable<(User, Upsert)>, DirectoryError> {
         validate_subject(subject)?;
         validate_patch(patch)?;
         self.write(tenant, |map, tenant_name| {
@@ -468,11 +485,16 @@ impl Directory {
             }
             if !created && user == before {
                 // Nothing changed: nothing to write.
-                return Ok(((user, false), Vec::new(), Edit::None));
+                return Ok(((user, Upsert::Unchanged), Vec::new(), Edit::None));
             }
             user.updated_at_ms = now_ms;
             let ops = vec![StoreOp::PutUser(user.to_stored(tenant_name))];
-            Ok(((user.clone(), created), ops, Edit::Put(user)))
+            let done = if created {
+                Upsert::Created
+            } else {
+                Upsert::Updated
+            };
+            Ok(((user.clone(), done), ops, Edit::Put(user)))
         })
     }
 
@@ -679,7 +701,7 @@ mod tests {
             .unwrap()
             .wait_blocking()
             .unwrap();
-        assert!(created && u.enabled && u.created_at_ms == 10);
+        assert!(created == Upsert::Created && u.enabled && u.created_at_ms == 10);
         let p2 = UserPatch {
             locale: Some(Some("fr".into())),
             ..UserPatch::default()
@@ -689,7 +711,7 @@ mod tests {
             .unwrap()
             .wait_blocking()
             .unwrap();
-        assert!(!created);
+        assert_eq!(created, Upsert::Updated);
         assert_eq!(
             u.display_name.as_deref(),
             Some("Ann"),
@@ -707,6 +729,16 @@ mod tests {
             .wait_blocking()
             .unwrap();
         assert_eq!(u.display_name, None);
+        let (u, same) = d
+            .put_user(T, "ann", &clear, 40)
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+        assert_eq!(
+            (same, u.updated_at_ms),
+            (Upsert::Unchanged, 30),
+            "nothing written"
+        );
     }
 
     #[test]

@@ -299,4 +299,10 @@ pub trait DirectoryStore: Send + Sync + 'static {
 
     /// Gauge for metrics: ops queued now (including the batch being committed).
     fn queued(&self) -> usize;
+
+    /// Whether a commit failed: the store takes no more writes until a
+    /// restart (readiness reports it).
+    fn failed(&self) -> bool {
+        false
+    }
 }

@@ -205,6 +205,10 @@ impl Drop for SqliteStore {
 }
 
 impl DirectoryStore for SqliteStore {
+    fn failed(&self) -> bool {
+        self.has_failed()
+    }
+
     fn load(&self, sink: &mut dyn FnMut(Loaded)) -> Result<(), StoreError> {
         let conn = self.reader.lock();
         read_transaction(&conn, |conn| {
