@@ -83,15 +83,20 @@ const ADMIN: Option<&str> = Some("demo-admin-key");
 const HELPDESK: Option<&str> = Some("demo-helpdesk-key");
 const CLIENT: Option<&str> = Some("demo-client-key");
 
-async fn simulator(r: &Running) -> (Client, Receiver<Delivered>) {
-    let c = Client::connect(ClientConfig {
+/// A protocol connection as `tenant`.
+async fn connect(r: &Running, tenant: &str, key: &str) -> Client {
+    Client::connect(ClientConfig {
         addr: r.addr.to_string(),
-        tenant: "demo".into(),
-        key: "demo-key".into(),
+        tenant: tenant.into(),
+        key: key.into(),
         ..ClientConfig::default()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+async fn simulator(r: &Running) -> (Client, Receiver<Delivered>) {
+    let c = connect(r, "demo", "demo-key").await;
     let rx = c.subscribe_outbox().await.unwrap();
     (c, rx)
 }
@@ -722,28 +727,14 @@ async fn check_and_call_answer_over_the_protocol() {
 
     // A client connection checks; the CHECK on the call's state is held
     // until the handset answers.
-    let client = Client::connect(ClientConfig {
-        addr: r.addr.to_string(),
-        tenant: "demo".into(),
-        key: "demo-key".into(),
-        ..ClientConfig::default()
-    })
-    .await
-    .unwrap();
+    let client = connect(&r, "demo", "demo-key").await;
     let ch = client.check("ann", "", "", "192.0.2.9").await.unwrap();
     seen.0.push(format!("{ch:?}"));
     assert_eq!((ch.result, ch.method), (2, 5), "{ch:?}");
     assert_eq!(ch.masked_destination, "+14*******99");
     assert_eq!(ch.message, "Answer the call and press #");
     let held = {
-        let c2 = Client::connect(ClientConfig {
-            addr: r.addr.to_string(),
-            tenant: "demo".into(),
-            key: "demo-key".into(),
-            ..ClientConfig::default()
-        })
-        .await
-        .unwrap();
+        let c2 = connect(&r, "demo", "demo-key").await;
         let st = ch.state.clone();
         tokio::spawn(async move { c2.check("ann", "", &st, "").await })
     };
@@ -766,14 +757,7 @@ async fn check_and_call_answer_over_the_protocol() {
     seen.0.push(format!("{done:?}"));
     assert_eq!((done.result, done.reason), (1, 6));
     // CALL_ANSWER needs the simulator role; an unknown id is NOT_FOUND.
-    let acme = Client::connect(ClientConfig {
-        addr: r.addr.to_string(),
-        tenant: "acme".into(),
-        key: "acme-key-1".into(),
-        ..ClientConfig::default()
-    })
-    .await
-    .unwrap();
+    let acme = connect(&r, "acme", "acme-key-1").await;
     let e = acme.call_answer(ring.id, "#").await.unwrap_err();
     seen.0.push(format!("{e:?}"));
     assert!(format!("{e:?}").contains("Forbidden"), "{e:?}");

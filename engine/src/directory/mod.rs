@@ -528,10 +528,7 @@ impl Directory {
     ) -> Result<Durable<Method>, DirectoryError> {
         validate_subject(subject)?;
         self.write(tenant, |map, tenant_name| {
-            let mut user = map
-                .get(subject.as_bytes())
-                .ok_or(DirectoryError::NotFound("no such user"))?
-                .decode();
+            let mut user = existing(map, subject)?;
             admits(&user, method.kind, &method.destination, now_ms)?;
             let ops = vec![StoreOp::PutMethod(method.to_stored(tenant_name, subject))];
             let mut methods = std::mem::take(&mut user.methods).into_vec();
@@ -551,10 +548,7 @@ impl Directory {
         change: impl FnOnce(&mut Method) -> bool,
     ) -> Result<Durable<Method>, DirectoryError> {
         self.write(tenant, |map, tenant_name| {
-            let mut user = map
-                .get(subject.as_bytes())
-                .ok_or(DirectoryError::NotFound("no such user"))?
-                .decode();
+            let mut user = existing(map, subject)?;
             let m = user
                 .methods
                 .iter_mut()
@@ -578,10 +572,7 @@ impl Directory {
         id: MethodId,
     ) -> Result<Durable<Method>, DirectoryError> {
         self.write(tenant, |map, tenant_name| {
-            let mut user = map
-                .get(subject.as_bytes())
-                .ok_or(DirectoryError::NotFound("no such user"))?
-                .decode();
+            let mut user = existing(map, subject)?;
             let at = user
                 .methods
                 .iter()
@@ -598,6 +589,13 @@ impl Directory {
             Ok((m, ops, Edit::Put(user)))
         })
     }
+}
+
+/// The user `subject` of `map`, decoded, or NotFound.
+fn existing(map: &UserMap, subject: &str) -> Result<User, DirectoryError> {
+    map.get(subject.as_bytes())
+        .map(Packed::decode)
+        .ok_or(DirectoryError::NotFound("no such user"))
 }
 
 /// Whether `user` may register one more method of `kind` to `destination`:
