@@ -14,6 +14,7 @@ pub mod directory;
 pub mod events;
 pub mod mask;
 pub mod memory;
+pub mod oath;
 pub mod secret;
 pub mod service;
 pub mod store;
