@@ -9,7 +9,7 @@ use watchword_engine::directory::{
     Directory, Method, MethodId, MethodState, MethodType, UserPatch,
 };
 use watchword_engine::secret::MasterKey;
-use watchword_engine::store::{SqliteStore, StoreOptions};
+use watchword_engine::store::{DirectoryStore, SqliteStore, StoreOp, StoreOptions, StoredToken};
 
 fn method(id: u64, kind: MethodType, dest: &str, at: u64) -> Method {
     Method {
@@ -65,11 +65,42 @@ fn what_was_written_loads_back_whole() {
             .map(|t| d.list(TenantId(t), "", 100).0)
             .collect::<Vec<_>>()
     };
+    {
+        // A token of tenant a, as the OATH issue's enrollment will write it.
+        let store = SqliteStore::open(dir.path(), &key, StoreOptions::default()).unwrap();
+        let tok = StoredToken {
+            tenant: "a".into(),
+            serial: "T1".into(),
+            subject: Some("amy".into()),
+            kind: "totp".into(),
+            algorithm: "SHA1".into(),
+            digits: 6,
+            period: 30,
+            secret_sealed: key.seal(b"12345678901234567890", b"a/T1"),
+            counter: 0,
+            last_step: 7,
+            drift: 0,
+            failcount: 0,
+            state: "active".into(),
+            created_at_ms: 50,
+        };
+        store
+            .submit(vec![StoreOp::PutToken(tok)])
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+    }
     let store = SqliteStore::open(dir.path(), &key, StoreOptions::default()).unwrap();
     let (d, report) = Directory::load(names(&["a", "b"]), Arc::new(store)).unwrap();
     assert_eq!(
         (report.users, report.methods, report.skipped_unknown_tenant),
         (4, 3, 2)
+    );
+    assert_eq!(report.tokens, 1);
+    assert_eq!(d.token(TenantId(0), "T1").map(|t| t.last_step), Some(7));
+    assert!(
+        d.token(TenantId(1), "T1").is_none(),
+        "another tenant's serial"
     );
     for (t, users) in written.iter().enumerate() {
         assert_eq!(&d.list(TenantId(t as u16), "", 100).0, users);

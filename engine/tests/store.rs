@@ -12,7 +12,7 @@ use rusqlite::Connection;
 use watchword_engine::secret::MasterKey;
 use watchword_engine::store::{
     DB_FILE, DirectoryStore, Loaded, SCHEMA_VERSION, SqliteStore, StoreError, StoreOp,
-    StoreOptions, StoredMethod, StoredUser,
+    StoreOptions, StoredMethod, StoredToken, StoredUser,
 };
 
 fn key() -> MasterKey {
@@ -59,6 +59,7 @@ fn load_all(store: &dyn DirectoryStore) -> (Vec<StoredUser>, Vec<StoredMethod>) 
     store
         .load(&mut |row| match row {
             Loaded::User(u) => users.push(u),
+            Loaded::Token(_) => {}
             Loaded::Method(m) => {
                 let last = users.last().expect("a method before any user");
                 assert_eq!(
@@ -792,4 +793,108 @@ fn acknowledged_writes_survive_kill_9() {
         );
     }
     assert!(store.check().unwrap().is_clean());
+}
+
+fn token(tenant: &str, serial: &str, subject: Option<&str>) -> StoredToken {
+    StoredToken {
+        tenant: tenant.to_owned(),
+        serial: serial.to_owned(),
+        subject: subject.map(str::to_owned),
+        kind: "totp".to_owned(),
+        algorithm: "SHA256".to_owned(),
+        digits: 8,
+        period: 30,
+        secret_sealed: key().seal(b"12345678901234567890", serial.as_bytes()),
+        counter: 0,
+        last_step: 0,
+        drift: 0,
+        failcount: 0,
+        state: "active".to_owned(),
+        created_at_ms: 1_700_000_000_000,
+    }
+}
+
+fn tokens_of(store: &dyn DirectoryStore) -> Vec<StoredToken> {
+    let mut out = Vec::new();
+    store
+        .load(&mut |row| {
+            if let Loaded::Token(t) = row {
+                out.push(t);
+            }
+        })
+        .unwrap();
+    out
+}
+
+#[test]
+fn tokens_round_trip_progress_and_go_with_their_user() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        submit(&store, vec![StoreOp::PutUser(user("t", "ann"))]);
+        submit(
+            &store,
+            vec![
+                StoreOp::PutToken(token("t", "TOK-2", Some("ann"))),
+                StoreOp::PutToken(token("t", "TOK-1", None)),
+                StoreOp::TokenProgress {
+                    tenant: "t".into(),
+                    serial: "TOK-2".into(),
+                    counter: 0,
+                    last_step: 56_666_667,
+                    drift: -1,
+                    failcount: 0,
+                    state: "active".into(),
+                },
+            ],
+        );
+        let big = StoreOp::TokenProgress {
+            tenant: "t".into(),
+            serial: "TOK-2".into(),
+            counter: u64::MAX,
+            last_step: 0,
+            drift: 0,
+            failcount: 0,
+            state: "active".into(),
+        };
+        assert!(matches!(
+            store.submit(vec![big]),
+            Err(StoreError::Invalid(_))
+        ));
+    }
+    let store = open(dir.path());
+    let tokens = tokens_of(&store);
+    let serials: Vec<_> = tokens.iter().map(|t| t.serial.as_str()).collect();
+    assert_eq!(serials, ["TOK-1", "TOK-2"], "by serial");
+    let t2 = &tokens[1];
+    assert_eq!(
+        (t2.last_step, t2.drift, t2.subject.as_deref()),
+        (56_666_667, -1, Some("ann"))
+    );
+    assert_eq!(
+        key().open(&t2.secret_sealed, b"TOK-2").unwrap(),
+        b"12345678901234567890"
+    );
+    assert!(
+        !format!("{t2:?}").contains("1234567890"),
+        "Debug shows no secret"
+    );
+    // The user's token goes with the user; the unassigned one stays.
+    submit(
+        &store,
+        vec![StoreOp::DeleteUser {
+            tenant: "t".into(),
+            subject: "ann".into(),
+        }],
+    );
+    let left: Vec<_> = tokens_of(&store).into_iter().map(|t| t.serial).collect();
+    assert_eq!(left, ["TOK-1"]);
+    submit(
+        &store,
+        vec![StoreOp::DeleteToken {
+            tenant: "t".into(),
+            serial: "TOK-1".into(),
+        }],
+    );
+    assert!(tokens_of(&store).is_empty());
 }

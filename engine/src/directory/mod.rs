@@ -28,7 +28,7 @@ pub use packed::{MethodView, UserView};
 
 use packed::Packed;
 
-use crate::store::{DirectoryStore, Loaded, StoreError, StoreOp, Ticket};
+use crate::store::{DirectoryStore, Loaded, StoreError, StoreOp, StoredToken, Ticket};
 use crate::types::TenantId;
 
 /// Longest subject, bytes (as ISSUE's).
@@ -167,16 +167,23 @@ pub struct LoadReport {
     pub users: usize,
     /// Methods loaded.
     pub methods: usize,
+    /// Tokens loaded.
+    pub tokens: usize,
     /// Rows of tenants no longer configured (kept on disk, not served).
     pub skipped_unknown_tenant: usize,
 }
 
 type UserMap = BTreeSet<Packed>;
 
+/// A tenant's OATH tokens by serial, as stored (secrets sealed). The OATH
+/// tokens issue builds their verification on it.
+type TokenMap = std::collections::HashMap<Box<str>, StoredToken>;
+
 /// Every tenant's users and methods.
 pub struct Directory {
     tenants: Vec<String>,
     maps: Box<[RwLock<UserMap>]>,
+    tokens: Box<[RwLock<TokenMap>]>,
     store: Option<Arc<dyn DirectoryStore>>,
 }
 
@@ -220,9 +227,11 @@ impl Directory {
     /// in memory (tests, benchmarks).
     pub fn in_memory(tenants: Vec<String>) -> Directory {
         let maps = tenants.iter().map(|_| RwLock::default()).collect();
+        let tokens = tenants.iter().map(|_| RwLock::default()).collect();
         Directory {
             tenants,
             maps,
+            tokens,
             store: None,
         }
     }
@@ -245,6 +254,7 @@ impl Directory {
             .map(|(i, n)| (n.clone(), i))
             .collect();
         let mut users: Vec<Vec<Packed>> = dir.tenants.iter().map(|_| Vec::new()).collect();
+        let mut tokens: Vec<TokenMap> = dir.tenants.iter().map(|_| TokenMap::default()).collect();
         // The user being read: its tenant, subject, head and methods.
         let mut current: Option<(usize, String)> = None;
         let (mut head, mut methods) = (Vec::new(), Vec::new());
@@ -302,6 +312,15 @@ impl Directory {
                             Err(e) => error = Some(e),
                         }
                     }
+                    Loaded::Token(tok) => {
+                        finish(&mut current, &mut head, &mut methods, &mut count);
+                        let Some(&t) = index.get(&tok.tenant) else {
+                            report.skipped_unknown_tenant += 1;
+                            return;
+                        };
+                        tokens[t].insert(tok.serial.clone().into(), tok);
+                        report.tokens += 1;
+                    }
                 }
             })
             .map_err(|e| e.to_string())?;
@@ -312,8 +331,20 @@ impl Directory {
         for (map, users) in dir.maps.iter_mut().zip(users) {
             *map.get_mut() = users.into_iter().collect();
         }
+        for (map, tokens) in dir.tokens.iter_mut().zip(tokens) {
+            *map.get_mut() = tokens;
+        }
         dir.store = Some(store);
         Ok((dir, report))
+    }
+
+    /// A stored token of the tenant (its secret sealed).
+    pub fn token(&self, tenant: TenantId, serial: &str) -> Option<StoredToken> {
+        self.tokens
+            .get(usize::from(tenant.0))?
+            .read()
+            .get(serial)
+            .cloned()
     }
 
     /// Users of every tenant.

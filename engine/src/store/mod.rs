@@ -109,6 +109,63 @@ impl fmt::Debug for StoredMethod {
     }
 }
 
+/// One OATH token as stored. Its secret is sealed with the master key (the
+/// store never sees it in clear); its `Debug` prints no secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    /// The tenant's id.
+    pub tenant: String,
+    /// The token's serial, unique within the tenant.
+    pub serial: String,
+    /// The user it is assigned to, if any.
+    pub subject: Option<String>,
+    /// `totp` or `hotp`.
+    pub kind: String,
+    /// `SHA1`, `SHA256` or `SHA512`.
+    pub algorithm: String,
+    /// 6 or 8.
+    pub digits: u8,
+    /// The TOTP step, seconds (0 for HOTP).
+    pub period: u32,
+    /// The secret, sealed by `MasterKey::seal` (with the tenant and serial
+    /// as associated data).
+    pub secret_sealed: Vec<u8>,
+    /// HOTP: the next counter expected.
+    pub counter: u64,
+    /// TOTP: the last accepted step (0: none).
+    pub last_step: u64,
+    /// TOTP: the drift remembered at the last success, steps.
+    pub drift: i64,
+    /// Wrong codes in a row.
+    pub failcount: u32,
+    /// `active`, `locked` or `disabled`.
+    pub state: String,
+    /// When it was enrolled or imported.
+    pub created_at_ms: u64,
+}
+
+impl fmt::Debug for StoredToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredToken")
+            .field("tenant", &self.tenant)
+            .field("serial", &self.serial)
+            .field("subject", &self.subject)
+            .field("kind", &self.kind)
+            .field("algorithm", &self.algorithm)
+            .field("digits", &self.digits)
+            .field("period", &self.period)
+            .field(
+                "secret_sealed",
+                &format_args!("<{} bytes>", self.secret_sealed.len()),
+            )
+            .field("counter", &self.counter)
+            .field("last_step", &self.last_step)
+            .field("failcount", &self.failcount)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One change to the store. A submit's ops are applied in order, in one
 /// transaction with the submits around it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,15 +192,46 @@ pub enum StoreOp {
         /// The method's id.
         id: u64,
     },
+    /// Insert or replace the token `(tenant, serial)` whole (enrollment,
+    /// import, assignment). A subject, when given, must exist.
+    PutToken(StoredToken),
+    /// The replay-sensitive state of a token after a verification: its
+    /// counter, last step, drift, failures and state. Written before the
+    /// answer, so an accepted code stays used across a crash.
+    TokenProgress {
+        /// The tenant's id.
+        tenant: String,
+        /// The token.
+        serial: String,
+        /// HOTP: the next counter expected.
+        counter: u64,
+        /// TOTP: the last accepted step.
+        last_step: u64,
+        /// TOTP: the drift.
+        drift: i64,
+        /// Wrong codes in a row.
+        failcount: u32,
+        /// `active`, `locked` or `disabled`.
+        state: String,
+    },
+    /// Delete the token `(tenant, serial)`.
+    DeleteToken {
+        /// The tenant's id.
+        tenant: String,
+        /// The token.
+        serial: String,
+    },
 }
 
 /// One row streamed by [`DirectoryStore::load`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Loaded {
-    /// A user (all users come before any method).
+    /// A user (each user is followed by its methods).
     User(StoredUser),
-    /// A method (after every user).
+    /// A method of the user just streamed.
     Method(StoredMethod),
+    /// A token (all tokens come after every user, by serial).
+    Token(StoredToken),
 }
 
 /// Why the store refused or failed. Messages carry no stored value.
@@ -280,7 +368,8 @@ impl CheckReport {
 pub trait DirectoryStore: Send + Sync + 'static {
     /// Streams every stored row to `sink` from one consistent snapshot, in
     /// (tenant, subject) order: each user followed by its methods, oldest
-    /// first. Called once at start.
+    /// first; then every token in (tenant, serial) order. Called once at
+    /// start.
     fn load(&self, sink: &mut dyn FnMut(Loaded)) -> Result<(), StoreError>;
 
     /// Queues `ops` to be written in one transaction (with others: group

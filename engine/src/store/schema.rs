@@ -126,6 +126,37 @@ pub(crate) const PUT_METHOD: &str = "INSERT INTO methods
 pub(crate) const DELETE_METHOD: &str =
     "DELETE FROM methods WHERE tenant = ?1 AND id = ?2 AND subject = ?3";
 
+/// Insert or replace a token whole, by `(tenant, serial)`.
+pub(crate) const PUT_TOKEN: &str = "INSERT INTO tokens
+    (tenant, serial, subject, kind, algorithm, digits, period, secret_sealed, counter, last_step, drift, failcount, state, created_at_ms)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+    ON CONFLICT (tenant, serial) DO UPDATE SET
+        subject = excluded.subject,
+        kind = excluded.kind,
+        algorithm = excluded.algorithm,
+        digits = excluded.digits,
+        period = excluded.period,
+        secret_sealed = excluded.secret_sealed,
+        counter = excluded.counter,
+        last_step = excluded.last_step,
+        drift = excluded.drift,
+        failcount = excluded.failcount,
+        state = excluded.state,
+        created_at_ms = excluded.created_at_ms";
+
+/// A token's replay-sensitive state.
+pub(crate) const TOKEN_PROGRESS: &str = "UPDATE tokens SET
+    counter = ?3, last_step = ?4, drift = ?5, failcount = ?6, state = ?7
+    WHERE tenant = ?1 AND serial = ?2";
+
+/// Deletes a token.
+pub(crate) const DELETE_TOKEN: &str = "DELETE FROM tokens WHERE tenant = ?1 AND serial = ?2";
+
+/// Every token, in primary-key order.
+pub(crate) const SELECT_TOKENS: &str = "SELECT tenant, serial, subject, kind, algorithm, digits,
+    period, secret_sealed, counter, last_step, drift, failcount, state, created_at_ms
+    FROM tokens ORDER BY tenant, serial";
+
 /// Every user, in primary-key order.
 pub(crate) const SELECT_USERS: &str =
     "SELECT tenant, subject, display_name, email, locale, enabled,

@@ -26,11 +26,12 @@ use tokio::sync::oneshot;
 
 use super::schema::{
     KEY_CHECK, KEY_SCHEMA_VERSION, META_TABLE, MIGRATIONS, SCHEMA_VERSION, SELECT_METHODS,
-    SELECT_USERS,
+    SELECT_TOKENS, SELECT_USERS,
 };
 use super::writer::{self, FAILED_EARLIER, Request, Shared};
 use super::{
-    CheckReport, DirectoryStore, Loaded, StoreError, StoreOp, StoredMethod, StoredUser, Ticket,
+    CheckReport, DirectoryStore, Loaded, StoreError, StoreOp, StoredMethod, StoredToken,
+    StoredUser, Ticket,
 };
 use crate::secret::{MasterKey, sync_parent_dir};
 
@@ -248,6 +249,11 @@ impl DirectoryStore for SqliteStore {
             while let Some(m) = method {
                 sink(Loaded::Method(m));
                 method = next_method()?;
+            }
+            let mut tokens = conn.prepare_cached(SELECT_TOKENS).map_err(map_err)?;
+            let mut rows = tokens.query([]).map_err(map_err)?;
+            while let Some(row) = rows.next().map_err(map_err)? {
+                sink(Loaded::Token(token_from_row(row)?));
             }
             Ok(())
         })
@@ -737,10 +743,43 @@ fn validate(ops: &[StoreOp]) -> Result<(), StoreError> {
                     return Err(out_of_range("a method id"));
                 }
             }
-            StoreOp::DeleteUser { .. } => {}
+            StoreOp::PutToken(t) => {
+                if t.counter > MAX || t.last_step > MAX || t.created_at_ms > MAX {
+                    return Err(out_of_range("a token's counter, step or time"));
+                }
+            }
+            StoreOp::TokenProgress {
+                counter, last_step, ..
+            } => {
+                if *counter > MAX || *last_step > MAX {
+                    return Err(out_of_range("a token's counter or step"));
+                }
+            }
+            StoreOp::DeleteUser { .. } | StoreOp::DeleteToken { .. } => {}
         }
     }
     Ok(())
+}
+
+fn token_from_row(row: &Row<'_>) -> Result<StoredToken, StoreError> {
+    let corrupt =
+        |e: rusqlite::Error| StoreError::Corrupt(format!("a tokens row does not read back: {e}"));
+    Ok(StoredToken {
+        tenant: row.get(0).map_err(corrupt)?,
+        serial: row.get(1).map_err(corrupt)?,
+        subject: row.get(2).map_err(corrupt)?,
+        kind: row.get(3).map_err(corrupt)?,
+        algorithm: row.get(4).map_err(corrupt)?,
+        digits: row.get(5).map_err(corrupt)?,
+        period: row.get(6).map_err(corrupt)?,
+        secret_sealed: row.get(7).map_err(corrupt)?,
+        counter: row.get(8).map_err(corrupt)?,
+        last_step: row.get(9).map_err(corrupt)?,
+        drift: row.get(10).map_err(corrupt)?,
+        failcount: row.get(11).map_err(corrupt)?,
+        state: row.get(12).map_err(corrupt)?,
+        created_at_ms: row.get(13).map_err(corrupt)?,
+    })
 }
 
 fn user_from_row(row: &Row<'_>) -> Result<StoredUser, StoreError> {

@@ -17,7 +17,9 @@ use crossbeam::channel::Receiver;
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
-use super::schema::{DELETE_METHOD, DELETE_USER, PUT_METHOD, PUT_USER};
+use super::schema::{
+    DELETE_METHOD, DELETE_TOKEN, DELETE_USER, PUT_METHOD, PUT_TOKEN, PUT_USER, TOKEN_PROGRESS,
+};
 use super::{StoreError, StoreOp};
 
 /// One submit on its way to the writer.
@@ -179,6 +181,41 @@ fn apply(conn: &Connection, op: &StoreOp) -> rusqlite::Result<()> {
         } => {
             conn.prepare_cached(DELETE_METHOD)?
                 .execute(params![tenant, id, subject])?;
+        }
+        StoreOp::PutToken(t) => {
+            conn.prepare_cached(PUT_TOKEN)?.execute(params![
+                t.tenant,
+                t.serial,
+                t.subject,
+                t.kind,
+                t.algorithm,
+                t.digits,
+                t.period,
+                t.secret_sealed,
+                t.counter,
+                t.last_step,
+                t.drift,
+                t.failcount,
+                t.state,
+                t.created_at_ms,
+            ])?;
+        }
+        StoreOp::TokenProgress {
+            tenant,
+            serial,
+            counter,
+            last_step,
+            drift,
+            failcount,
+            state,
+        } => {
+            conn.prepare_cached(TOKEN_PROGRESS)?.execute(params![
+                tenant, serial, counter, last_step, drift, failcount, state
+            ])?;
+        }
+        StoreOp::DeleteToken { tenant, serial } => {
+            conn.prepare_cached(DELETE_TOKEN)?
+                .execute(params![tenant, serial])?;
         }
     }
     Ok(())
