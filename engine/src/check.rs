@@ -20,7 +20,8 @@ use std::time::Duration;
 use crate::calls::{CallHandle, CallOutcome};
 use crate::delivery::MessagePurpose;
 use crate::directory::{
-    DirectoryError, Durable, Method, MethodId, MethodState, MethodType, validate_subject,
+    DirectoryError, Durable, Method, MethodId, MethodState, MethodType, TokenCheck,
+    validate_subject,
 };
 use crate::events::Record;
 use crate::mask::mask_destination;
@@ -145,6 +146,60 @@ pub enum CheckStep {
     Done(CheckResult),
     /// Await [`CallWait::finish`] (at most [`CALL_HOLD`]).
     WaitCall(CallWait),
+    /// Await [`WriteWait::finish`] (a token's new state reaching the disk).
+    WaitWrite(WriteWait),
+}
+
+impl CheckStep {
+    /// The decision: at once, or once its call or write is over.
+    pub async fn finish(self) -> CheckResult {
+        match self {
+            CheckStep::Done(r) => r,
+            CheckStep::WaitCall(w) => w.finish().await,
+            CheckStep::WaitWrite(w) => w.finish().await,
+        }
+    }
+}
+
+/// A decision whose token state must reach the disk before it is answered.
+#[derive(Debug)]
+pub struct WriteWait {
+    engine: Engine,
+    tenant: TenantId,
+    subject: String,
+    client_ip: String,
+    result: CheckResult,
+    write: Durable<()>,
+}
+
+impl WriteWait {
+    /// Waits for the write, then answers (REJECT if it failed: a code whose
+    /// use could not be recorded must not let anyone in).
+    pub async fn finish(self) -> CheckResult {
+        let WriteWait {
+            engine,
+            tenant,
+            subject,
+            client_ip,
+            result,
+            write,
+        } = self;
+        let result = match write.wait().await {
+            Ok(()) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "a token's state could not be written; refusing");
+                CheckResult::reject(RejectReason::WrongAnswer)
+            }
+        };
+        let on = On {
+            method: Some(MethodType::Token),
+            challenge: None,
+            destination: None,
+            client_ip: &client_ip,
+        };
+        engine.audit_check(tenant, &subject, &result, on);
+        result
+    }
 }
 
 /// A CHECK held on a ringing call.
@@ -235,6 +290,9 @@ pub(crate) fn check_counters() -> [metrics::Counter; 9] {
     ]
 }
 
+/// How long a token challenge's state is accepted, ms.
+pub const TOKEN_STATE_TTL_MS: u64 = 300_000;
+
 /// Length of a state: `ws1`, 32 hex digits of the challenge id, 16 of the tag.
 pub const STATE_LEN: usize = 3 + 32 + 16;
 
@@ -276,6 +334,51 @@ impl StateSeal {
             s.push(char::from(HEX[usize::from(b & 0x0f)]));
         }
         s
+    }
+
+    /// The state of a token challenge of `subject` until `expires_ms`:
+    /// `wt1`, 12 hex digits of the expiry, 32 of a random nonce, 16 of a tag
+    /// over tenant, subject, expiry and nonce (63 bytes).
+    pub(crate) fn token_state(&self, tenant: TenantId, subject: &str, expires_ms: u64) -> String {
+        let nonce: u128 = rand::random();
+        let body = format!("wt1{:012x}{nonce:032x}", expires_ms & 0xffff_ffff_ffff);
+        let tag = self.token_tag(tenant, subject, &body);
+        format!("{body}{:016x}", u64::from_be_bytes(tag))
+    }
+
+    fn token_tag(&self, tenant: TenantId, subject: &str, body: &str) -> [u8; 8] {
+        let mut ctx = ring::hmac::Context::with_key(&self.0);
+        ctx.update(b"token-state\0");
+        ctx.update(&tenant.0.to_be_bytes());
+        ctx.update(&(subject.len() as u32).to_be_bytes());
+        ctx.update(subject.as_bytes());
+        ctx.update(body.as_bytes());
+        let mut t = [0u8; 8];
+        t.copy_from_slice(&ctx.sign().as_ref()[..8]);
+        t
+    }
+
+    /// The expiry of a token state this seal made for `tenant` and
+    /// `subject`; `None` for anything else.
+    pub(crate) fn open_token_state(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        state: &str,
+    ) -> Option<u64> {
+        use subtle::ConstantTimeEq;
+        if state.len() != 63
+            || !state.starts_with("wt1")
+            || !state[3..].bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return None;
+        }
+        let (body, tag) = state.split_at(47);
+        let tag = u64::from_str_radix(tag, 16).ok()?.to_be_bytes();
+        if !bool::from(self.token_tag(tenant, subject, body).ct_eq(&tag)) {
+            return None;
+        }
+        u64::from_str_radix(&body[3..15], 16).ok()
     }
 
     /// The challenge id of a state this seal made for `tenant`; `None` for
@@ -348,6 +451,7 @@ impl Engine {
         if !req.state.is_empty() {
             return Ok(self.check_state(tenant, req));
         }
+        let tokens = self.inner.directory.has_active_token(tenant, req.subject);
         let picked = self.inner.directory.with_view(tenant, req.subject, |u| {
             if !u.enabled {
                 return Err(RejectReason::UnknownUser);
@@ -356,17 +460,42 @@ impl Engine {
                 .filter(|t| MethodType::REGISTRABLE.contains(t));
             if !req.answer.is_empty() && keyword.is_none() {
                 // An answer without a state is checked against the user's
-                // tokens (and PIN, per policy); without any, nothing can
-                // check it.
-                return Err(RejectReason::NoMethod);
+                // tokens (and PIN, per policy, when that lands).
+                return Ok(None);
             }
-            let m = u.pick_method(keyword).ok_or(RejectReason::NoMethod)?;
-            Ok((
-                m.kind,
-                m.destination.to_owned(),
-                u.locale.map(str::to_owned),
-            ))
+            let token_first =
+                keyword.is_none() && tokens && u.default_method == Some(MethodType::Token);
+            match u.pick_method(keyword) {
+                Some(m) if !token_first => Ok(Some((
+                    m.kind,
+                    m.destination.to_owned(),
+                    u.locale.map(str::to_owned),
+                ))),
+                _ if keyword.is_none() && tokens => Err(RejectReason::WrongAnswer),
+                _ => Err(RejectReason::NoMethod),
+            }
         });
+        let picked = match picked {
+            Some(Ok(None)) => return Ok(self.check_token_code(tenant, req, None)),
+            // WrongAnswer stands here for "challenge on the user's token".
+            Some(Err(RejectReason::WrongAnswer)) => {
+                let result = CheckResult::Challenge(ChallengeInfo {
+                    state: self.inner.state_seal.token_state(
+                        tenant,
+                        req.subject,
+                        self.now_ms() + TOKEN_STATE_TTL_MS,
+                    ),
+                    method: MethodType::Token,
+                    masked_destination: String::new(),
+                    expires_at_ms: self.now_ms() + TOKEN_STATE_TTL_MS,
+                    message: challenge_message(MethodType::Token, ""),
+                });
+                return Ok(self.decided(tenant, req, result, Some(MethodType::Token), None));
+            }
+            Some(Ok(Some(x))) => Some(Ok(x)),
+            Some(Err(r)) => Some(Err(r)),
+            None => None,
+        };
         let (kind, destination, locale) = match picked {
             None => {
                 return Ok(self.decided(
@@ -449,6 +578,68 @@ impl Engine {
         CheckStep::Done(result)
     }
 
+    /// Step 3 of the decision: the answer against the user's tokens. The
+    /// token's moved state is durable before the answer (`WaitWrite`).
+    fn check_token_code(
+        &self,
+        tenant: TenantId,
+        req: &CheckRequest<'_>,
+        state: Option<&str>,
+    ) -> CheckStep {
+        let policy = self
+            .tenant_policy(tenant)
+            .map(|p| p.tokens)
+            .unwrap_or_default();
+        let now_s = self.now_ms() / 1000;
+        let done = self.inner.directory.verify_token_code(
+            tenant,
+            req.subject,
+            req.answer.as_bytes(),
+            now_s,
+            policy,
+        );
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "a token verification could not be written");
+                return self.decided(
+                    tenant,
+                    req,
+                    CheckResult::reject(RejectReason::WrongAnswer),
+                    Some(MethodType::Token),
+                    None,
+                );
+            }
+        };
+        let result = match done.value() {
+            TokenCheck::NoTokens => CheckResult::reject(RejectReason::NoMethod),
+            TokenCheck::AllLocked => CheckResult::reject(RejectReason::Locked),
+            TokenCheck::Accepted { .. } => CheckResult::Accept,
+            TokenCheck::Wrong {
+                all_locked: true, ..
+            } => CheckResult::reject(RejectReason::Locked),
+            TokenCheck::Wrong { .. } => CheckResult::Reject {
+                reason: RejectReason::WrongAnswer,
+                attempts_left: 0,
+                state: state.unwrap_or("").to_owned(),
+            },
+        };
+        let on = On {
+            method: Some(MethodType::Token),
+            challenge: None,
+            destination: None,
+            client_ip: req.client_ip,
+        };
+        CheckStep::WaitWrite(WriteWait {
+            engine: self.clone(),
+            tenant,
+            subject: req.subject.to_owned(),
+            client_ip: on.client_ip.to_owned(),
+            result,
+            write: done.map(|_| ()),
+        })
+    }
+
     fn check_state(&self, tenant: TenantId, req: &CheckRequest<'_>) -> CheckStep {
         // Step 1 holds with a state too: a user disabled or deleted since
         // the challenge began is rejected, whatever the answer.
@@ -465,6 +656,31 @@ impl Engine {
                 None,
                 None,
             );
+        }
+        if req.state.starts_with("wt1") {
+            return match self
+                .inner
+                .state_seal
+                .open_token_state(tenant, req.subject, req.state)
+            {
+                Some(expires) if self.now_ms() < expires => {
+                    self.check_token_code(tenant, req, Some(req.state))
+                }
+                Some(_) => self.decided(
+                    tenant,
+                    req,
+                    CheckResult::reject(RejectReason::Expired),
+                    Some(MethodType::Token),
+                    None,
+                ),
+                None => self.decided(
+                    tenant,
+                    req,
+                    CheckResult::reject(RejectReason::UnknownState),
+                    None,
+                    None,
+                ),
+            };
         }
         let Some(id) = self.inner.state_seal.open(tenant, req.state) else {
             return self.decided(

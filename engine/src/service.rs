@@ -58,6 +58,9 @@ pub struct TenantPolicy {
     /// Hours after its confirmation before an added or changed phone number
     /// or address counts for help-desk caller verification (seed 000: 48).
     pub contact_hold_hours: u32,
+    /// How OATH tokens verify (window, look-ahead, lockout).
+    #[serde(skip)]
+    pub tokens: crate::directory::TokenPolicy,
 }
 
 impl Default for TenantPolicy {
@@ -72,6 +75,7 @@ impl Default for TenantPolicy {
             locale: "en".into(),
             service_name: "Watchword".into(),
             contact_hold_hours: 48,
+            tokens: crate::directory::TokenPolicy::default(),
         }
     }
 }

@@ -136,6 +136,10 @@ fn check(r: &Rig, tenant: TenantId, subject: &str, answer: &str, state: &str) ->
     {
         CheckStep::Done(res) => res,
         CheckStep::WaitCall(_) => panic!("held on a call"),
+        // A token's new state: in memory here, nothing to wait for on disk.
+        w @ CheckStep::WaitWrite(_) => {
+            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(w.finish()))
+        }
     }
 }
 
@@ -662,5 +666,146 @@ async fn an_expired_challenge_rejects_as_expired_and_returns_no_state() {
             assert!(state.is_empty());
         }
         other => panic!("{other:?}"),
+    }
+}
+
+fn totp(secret: &watchword_engine::oath::Secret, now_ms: u64) -> String {
+    let p = watchword_engine::oath::Params {
+        algorithm: watchword_engine::oath::Algorithm::Sha1,
+        digits: 6,
+        period: 30,
+    };
+    watchword_engine::oath::Token::new(secret, p)
+        .unwrap()
+        .totp(now_ms / 1000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_code_accepts_once_challenges_and_locks() {
+    use watchword_engine::oath::{Algorithm, Kind, Params};
+    let clock = watchword_engine::ManualClock::new(1_800_000_000_000);
+    let r = rig_on(RouterConfig::default(), clock.clone());
+    user(&r, DEMO, "ann");
+    let params = Params {
+        algorithm: Algorithm::Sha1,
+        digits: 6,
+        period: 30,
+    };
+    let (serial, secret) = r
+        .engine
+        .directory()
+        .enroll_token(DEMO, "ann", Kind::Totp, params, r.engine.now_ms())
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(r.engine.directory().token_info(OTHER, &serial).is_none());
+    let code = totp(&secret, r.engine.now_ms());
+    assert_eq!(check(&r, DEMO, "ann", &code, ""), CheckResult::Accept);
+    assert_eq!(
+        reason(&check(&r, DEMO, "ann", &code, "")),
+        RejectReason::WrongAnswer,
+        "a code is accepted once"
+    );
+    // Two concurrent checks of the next code: exactly one accept.
+    clock.advance_s(30);
+    let code = totp(&secret, r.engine.now_ms());
+    let accepts = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let step = r
+                        .engine
+                        .check(
+                            DEMO,
+                            &CheckRequest {
+                                subject: "ann",
+                                answer: &code,
+                                state: "",
+                                client_ip: "",
+                            },
+                        )
+                        .unwrap();
+                    matches!(step, CheckStep::WaitWrite(_))
+                        && tokio::runtime::Runtime::new()
+                            .unwrap()
+                            .block_on(step.finish())
+                            == CheckResult::Accept
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|accepted| *accepted)
+            .count()
+    });
+    assert_eq!(accepts, 1);
+    // With the token as default method, an empty answer is a token challenge.
+    let token_first = UserPatch {
+        default_method: Some(Some(MethodType::Token)),
+        ..UserPatch::default()
+    };
+    let _ = r
+        .engine
+        .directory()
+        .put_user(DEMO, "ann", &token_first, 1)
+        .unwrap();
+    let c = challenge(check(&r, DEMO, "ann", "", ""));
+    assert_eq!(
+        (c.method, c.message.as_str()),
+        (MethodType::Token, "Enter the code from your token")
+    );
+    assert!(c.state.len() <= 64 && c.state.starts_with("wt1"));
+    assert_eq!(
+        reason(&check(&r, DEMO, "bob", "123456", &c.state)),
+        RejectReason::UnknownUser
+    );
+    user(&r, DEMO, "bob");
+    assert_eq!(
+        reason(&check(&r, DEMO, "bob", "123456", &c.state)),
+        RejectReason::UnknownState,
+        "another user's state"
+    );
+    clock.advance_s(30);
+    let code = totp(&secret, r.engine.now_ms());
+    assert_eq!(check(&r, DEMO, "ann", &code, &c.state), CheckResult::Accept);
+    // Ten wrong codes in a row lock it; a reset unlocks it.
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for _ in 0..9 {
+        assert_eq!(
+            reason(&check(&r, DEMO, "ann", wrong, "")),
+            RejectReason::WrongAnswer
+        );
+    }
+    assert_eq!(
+        reason(&check(&r, DEMO, "ann", wrong, "")),
+        RejectReason::Locked
+    );
+    clock.advance_s(30);
+    let code = totp(&secret, r.engine.now_ms());
+    assert_eq!(
+        reason(&check(&r, DEMO, "ann", &code, "")),
+        RejectReason::Locked,
+        "locked until reset"
+    );
+    let info = r
+        .engine
+        .directory()
+        .reset_token(DEMO, &serial)
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!((info.state.name(), info.failcount), ("active", 0));
+    assert_eq!(check(&r, DEMO, "ann", &code, ""), CheckResult::Accept);
+    // Deleting the user takes its token.
+    let _ = r.engine.directory().delete_user(DEMO, "ann").unwrap();
+    assert!(r.engine.directory().token_info(DEMO, &serial).is_none());
+    let records = r.sink.records();
+    assert!(records.iter().any(|x| x.event == "check"
+        && x.method.as_deref() == Some("token")
+        && x.result == "success"));
+    for x in &records {
+        assert!(!format!("{x:?}").contains(&code));
     }
 }

@@ -31,7 +31,12 @@ fn what_was_written_loads_back_whole() {
     let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let written = {
         let store = SqliteStore::open(dir.path(), &key, StoreOptions::default()).unwrap();
-        let (d, _) = Directory::load(names(&["a", "b", "gone"]), Arc::new(store)).unwrap();
+        let (d, _) = Directory::load(
+            names(&["a", "b", "gone"]),
+            Arc::new(store),
+            Arc::new(MasterKey::from_bytes([9; 32])),
+        )
+        .unwrap();
         let patch = UserPatch {
             display_name: Some(Some("Zoë".into())),
             locale: Some(Some("fr".into())),
@@ -76,7 +81,7 @@ fn what_was_written_loads_back_whole() {
             algorithm: "SHA1".into(),
             digits: 6,
             period: 30,
-            secret_sealed: key.seal(b"12345678901234567890", b"a/T1"),
+            secret_sealed: key.seal(b"12345678901234567890", b"a\0T1"),
             counter: 0,
             last_step: 7,
             drift: 0,
@@ -91,17 +96,24 @@ fn what_was_written_loads_back_whole() {
             .unwrap();
     }
     let store = SqliteStore::open(dir.path(), &key, StoreOptions::default()).unwrap();
-    let (d, report) = Directory::load(names(&["a", "b"]), Arc::new(store)).unwrap();
+    let (d, report) = Directory::load(
+        names(&["a", "b"]),
+        Arc::new(store),
+        Arc::new(MasterKey::from_bytes([9; 32])),
+    )
+    .unwrap();
     assert_eq!(
         (report.users, report.methods, report.skipped_unknown_tenant),
         (4, 3, 2)
     );
     assert_eq!(report.tokens, 1);
-    assert_eq!(d.token(TenantId(0), "T1").map(|t| t.last_step), Some(7));
+    let info = d.token_info(TenantId(0), "T1").unwrap();
+    assert_eq!((info.subject.as_deref(), info.digits), (Some("amy"), 6));
     assert!(
-        d.token(TenantId(1), "T1").is_none(),
+        d.token_info(TenantId(1), "T1").is_none(),
         "another tenant's serial"
     );
+    assert_eq!(d.tokens_of(TenantId(0), "amy"), ["T1"]);
     for (t, users) in written.iter().enumerate() {
         assert_eq!(&d.list(TenantId(t as u16), "", 100).0, users);
     }

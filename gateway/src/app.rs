@@ -75,6 +75,7 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
                 locale: t.locale.clone(),
                 service_name: t.service_name.clone(),
                 contact_hold_hours: t.contact_hold_hours,
+                tokens: Default::default(),
             })
             .collect(),
     }
@@ -274,10 +275,11 @@ async fn open_directory(cfg: &Config) -> Result<Directory, String> {
         };
         let store = SqliteStore::open(&cfg.storage.path, &key, opts)
             .map_err(|e| format!("storage.path {}: {e}", cfg.storage.path.display()))?;
-        let (dir, report) = Directory::load(names, Arc::new(store))?;
+        let (dir, report) = Directory::load(names, Arc::new(store), Arc::new(key))?;
         tracing::info!(
             users = report.users,
             methods = report.methods,
+            tokens = report.tokens,
             skipped_unknown_tenant = report.skipped_unknown_tenant,
             ms = started.elapsed().as_millis() as u64,
             "directory loaded"

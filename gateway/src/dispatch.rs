@@ -213,8 +213,8 @@ impl Backend for Engine {
         };
         match Engine::check(self, tenant, &r) {
             Ok(CheckStep::Done(result)) => Reply::Now(Response::Checked(check_reply(result))),
-            Ok(CheckStep::WaitCall(wait)) => Reply::Later(Box::pin(async move {
-                Response::Checked(check_reply(wait.finish().await))
+            Ok(held) => Reply::Later(Box::pin(async move {
+                Response::Checked(check_reply(held.finish().await))
             })),
             Err(e) => Reply::Now(error_response(e)),
         }

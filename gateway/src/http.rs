@@ -34,7 +34,7 @@ use watchword_engine::check::{ConfirmOutcome, MAX_CHECK_FIELD};
 use watchword_engine::directory::{
     DirectoryError, Method, MethodId, MethodType, Upsert, User, UserPatch,
 };
-use watchword_engine::{CheckRequest, CheckResult, CheckStep, Engine, EngineError, TenantId};
+use watchword_engine::{CheckRequest, CheckResult, Engine, EngineError, TenantId};
 
 use crate::config::{Config, HttpRole};
 
@@ -669,10 +669,7 @@ async fn check(
         state: &b.state,
         client_ip: &b.client_ip,
     };
-    let result = match st.engine.check(tenant, &req)? {
-        CheckStep::Done(r) => r,
-        CheckStep::WaitCall(w) => w.finish().await,
-    };
+    let result = st.engine.check(tenant, &req)?.finish().await;
     ok(StatusCode::OK, check_json(&result))
 }
 

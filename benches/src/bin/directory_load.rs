@@ -116,11 +116,12 @@ fn main() -> Result<(), String> {
     let store =
         SqliteStore::open(&dir, &key, StoreOptions::default()).map_err(|e| e.to_string())?;
     let (directory, report) = if std::env::var_os("LOAD_IN_THREAD").is_some() {
-        std::thread::spawn(move || Directory::load(vec!["demo".into()], Arc::new(store)))
+        let key = Arc::new(key);
+        std::thread::spawn(move || Directory::load(vec!["demo".into()], Arc::new(store), key))
             .join()
             .map_err(|_| "the load thread panicked".to_owned())??
     } else {
-        Directory::load(vec!["demo".into()], Arc::new(store))?
+        Directory::load(vec!["demo".into()], Arc::new(store), Arc::new(key))?
     };
     let load_s = t0.elapsed().as_secs_f64();
     let rss_peak = rss_bytes().unwrap_or(0);

@@ -17,6 +17,7 @@
 
 pub mod model;
 mod packed;
+mod tokens;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -25,10 +26,12 @@ use parking_lot::RwLock;
 
 pub use model::{Method, MethodId, MethodState, MethodType, User};
 pub use packed::{MethodView, UserView};
+pub use tokens::{TokenInfo, TokenState};
 
 use packed::Packed;
 
-use crate::store::{DirectoryStore, Loaded, StoreError, StoreOp, StoredToken, Ticket};
+use crate::secret::MasterKey;
+use crate::store::{DirectoryStore, Loaded, StoreError, StoreOp, Ticket};
 use crate::types::TenantId;
 
 /// Longest subject, bytes (as ISSUE's).
@@ -175,15 +178,15 @@ pub struct LoadReport {
 
 type UserMap = BTreeSet<Packed>;
 
-/// A tenant's OATH tokens by serial, as stored (secrets sealed). The OATH
-/// tokens issue builds their verification on it.
-type TokenMap = std::collections::HashMap<Box<str>, StoredToken>;
+use tokens::{TokenEntry, TokenTable};
 
 /// Every tenant's users and methods.
 pub struct Directory {
     tenants: Vec<String>,
     maps: Box<[RwLock<UserMap>]>,
-    tokens: Box<[RwLock<TokenMap>]>,
+    tokens: Box<[RwLock<TokenTable>]>,
+    /// Opens token secrets at load, seals them for the store.
+    key: Arc<MasterKey>,
     store: Option<Arc<dyn DirectoryStore>>,
 }
 
@@ -232,6 +235,7 @@ impl Directory {
             tenants,
             maps,
             tokens,
+            key: Arc::new(MasterKey::generate()),
             store: None,
         }
     }
@@ -243,8 +247,10 @@ impl Directory {
     pub fn load(
         tenants: Vec<String>,
         store: Arc<dyn DirectoryStore>,
+        key: Arc<MasterKey>,
     ) -> Result<(Directory, LoadReport), String> {
         let mut dir = Directory::in_memory(tenants);
+        dir.key = key;
         let mut report = LoadReport::default();
         let mut error = None;
         let index: std::collections::HashMap<String, usize> = dir
@@ -254,7 +260,9 @@ impl Directory {
             .map(|(i, n)| (n.clone(), i))
             .collect();
         let mut users: Vec<Vec<Packed>> = dir.tenants.iter().map(|_| Vec::new()).collect();
-        let mut tokens: Vec<TokenMap> = dir.tenants.iter().map(|_| TokenMap::default()).collect();
+        let mut tokens: Vec<TokenTable> =
+            dir.tenants.iter().map(|_| TokenTable::default()).collect();
+        let key = dir.key.clone();
         // The user being read: its tenant, subject, head and methods.
         let mut current: Option<(usize, String)> = None;
         let (mut head, mut methods) = (Vec::new(), Vec::new());
@@ -318,8 +326,13 @@ impl Directory {
                             report.skipped_unknown_tenant += 1;
                             return;
                         };
-                        tokens[t].insert(tok.serial.clone().into(), tok);
-                        report.tokens += 1;
+                        match TokenEntry::from_stored(&tok, &key) {
+                            Ok(entry) => {
+                                tokens[t].put(&tok.serial, entry);
+                                report.tokens += 1;
+                            }
+                            Err(e) => error = Some(e),
+                        }
                     }
                 }
             })
@@ -338,13 +351,32 @@ impl Directory {
         Ok((dir, report))
     }
 
-    /// A stored token of the tenant (its secret sealed).
-    pub fn token(&self, tenant: TenantId, serial: &str) -> Option<StoredToken> {
+    /// What the API shows of a token of the tenant.
+    pub fn token_info(&self, tenant: TenantId, serial: &str) -> Option<TokenInfo> {
+        let t = self.tokens.get(usize::from(tenant.0))?.read();
+        t.by_serial.get(serial).map(|e| e.info(serial))
+    }
+
+    /// Whether the user holds an active token.
+    pub fn has_active_token(&self, tenant: TenantId, subject: &str) -> bool {
+        self.tokens.get(usize::from(tenant.0)).is_some_and(|t| {
+            let t = t.read();
+            t.by_subject.get(subject).is_some_and(|serials| {
+                serials.iter().any(|s| {
+                    t.by_serial
+                        .get(s)
+                        .is_some_and(|e| e.state == TokenState::Active)
+                })
+            })
+        })
+    }
+
+    /// The serials of a user's tokens.
+    pub fn tokens_of(&self, tenant: TenantId, subject: &str) -> Vec<String> {
         self.tokens
-            .get(usize::from(tenant.0))?
-            .read()
-            .get(serial)
-            .cloned()
+            .get(usize::from(tenant.0))
+            .map(|t| t.read().of(subject).into_iter().map(Into::into).collect())
+            .unwrap_or_default()
     }
 
     /// Users of every tenant.
@@ -547,6 +579,204 @@ impl Directory {
             }];
             Ok((user, ops, Edit::Remove(subject.to_owned())))
         })
+        .inspect(|_| {
+            // The store's cascade takes the user's tokens; so does memory.
+            if let Some(t) = self.tokens.get(usize::from(tenant.0)) {
+                t.write().remove_subject(subject);
+            }
+        })
+    }
+
+    /// Applies one change to the tenant's tokens: `change` gets the table
+    /// and returns the value and the rows to write; the rows are queued in
+    /// the same critical section. Callers that need the user to exist hold
+    /// its tenant's user lock around this (users before tokens, always).
+    ///
+    /// Locking behaviour: takes the tenant's token write lock for the call.
+    fn write_tokens<R>(
+        &self,
+        tenant: TenantId,
+        change: impl FnOnce(
+            &mut TokenTable,
+            &str,
+            &MasterKey,
+        ) -> Result<(R, Vec<StoreOp>), DirectoryError>,
+    ) -> Result<Durable<R>, DirectoryError> {
+        let table = self
+            .tokens
+            .get(usize::from(tenant.0))
+            .ok_or(DirectoryError::NotFound("no such tenant"))?;
+        let name = self.tenant_name(tenant);
+        let mut table = table.write();
+        let (value, ops) = change(&mut table, name, &self.key)?;
+        let ticket = match (&self.store, ops.is_empty()) {
+            (Some(store), false) => Some(store.submit(ops)?),
+            _ => None,
+        };
+        Ok(Durable { value, ticket })
+    }
+
+    /// Enrolls a software token for an existing user: a fresh secret from
+    /// the CSPRNG, a new serial. Answers the serial and the secret (shown
+    /// once, as the enrollment's URI; never again).
+    pub fn enroll_token(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        kind: crate::oath::Kind,
+        params: crate::oath::Params,
+        now_ms: u64,
+    ) -> Result<Durable<(String, crate::oath::Secret)>, DirectoryError> {
+        params
+            .validate()
+            .map_err(|e| DirectoryError::InvalidArgument(e.to_string()))?;
+        let users = self
+            .map(tenant)
+            .ok_or(DirectoryError::NotFound("no such tenant"))?
+            .read();
+        if !users.contains(subject.as_bytes()) {
+            return Err(DirectoryError::NotFound("no such user"));
+        }
+        let secret_len = match params.algorithm {
+            crate::oath::Algorithm::Sha1 => 20,
+            crate::oath::Algorithm::Sha256 => 32,
+            crate::oath::Algorithm::Sha512 => 64,
+        };
+        let secret =
+            crate::oath::Secret::generate(secret_len).map_err(|e| DirectoryError::Unavailable {
+                retry_after_ms: 0,
+                message: e.to_string(),
+            })?;
+        let done = self.write_tokens(tenant, |table, tenant_name, key| {
+            let serial = loop {
+                let s = format!("WW{:012X}", rand::random::<u64>() >> 16);
+                if !table.by_serial.contains_key(s.as_str()) {
+                    break s;
+                }
+            };
+            let entry = TokenEntry {
+                subject: Some(subject.into()),
+                kind,
+                params,
+                secret: secret.clone(),
+                counter: 0,
+                last_step: 0,
+                drift: 0,
+                failcount: 0,
+                state: TokenState::Active,
+                created_at_ms: now_ms,
+            };
+            let ops = vec![StoreOp::PutToken(entry.to_stored(
+                tenant_name,
+                &serial,
+                key,
+            ))];
+            table.put(&serial, entry);
+            Ok(((serial, secret), ops))
+        });
+        drop(users);
+        done
+    }
+
+    /// Checks `code` against the user's active tokens at `now_s`; the first
+    /// that matches takes it (its step or counter moves past it), and when
+    /// none does, each active token counts one more failure (locking at
+    /// `max_failures`). The moved state is queued for the store before the
+    /// lock is released: answer only after [`Durable::wait`].
+    pub fn verify_token_code(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        code: &[u8],
+        now_s: u64,
+        policy: TokenPolicy,
+    ) -> Result<Durable<TokenCheck>, DirectoryError> {
+        self.write_tokens(tenant, |table, tenant_name, _| {
+            let serials = table.of(subject);
+            let mut active = 0;
+            let mut ops = Vec::new();
+            let mut matched = None;
+            for serial in &serials {
+                let Some(e) = table.by_serial.get_mut(serial) else {
+                    continue;
+                };
+                if e.state != TokenState::Active {
+                    continue;
+                }
+                active += 1;
+                if matched.is_none() && e.verify(code, now_s, policy.window, policy.lookahead) {
+                    matched = Some(serial.clone());
+                    ops.push(progress(tenant_name, serial, e));
+                }
+            }
+            if active == 0 {
+                let result = if serials.is_empty() {
+                    TokenCheck::NoTokens
+                } else {
+                    TokenCheck::AllLocked
+                };
+                return Ok((result, ops));
+            }
+            if let Some(serial) = matched {
+                return Ok((TokenCheck::Accepted { serial }, ops));
+            }
+            // No token took it: one more failure on each active token.
+            let mut locked = Vec::new();
+            for serial in &serials {
+                let Some(e) = table.by_serial.get_mut(serial) else {
+                    continue;
+                };
+                if e.state != TokenState::Active {
+                    continue;
+                }
+                e.failcount = e.failcount.saturating_add(1);
+                if e.failcount >= policy.max_failures {
+                    e.state = TokenState::Locked;
+                    locked.push(serial.to_string());
+                }
+                ops.push(progress(tenant_name, serial, e));
+            }
+            let all_locked = locked.len() == active;
+            Ok((TokenCheck::Wrong { locked, all_locked }, ops))
+        })
+    }
+
+    /// Unlocks a token and clears its failures.
+    pub fn reset_token(
+        &self,
+        tenant: TenantId,
+        serial: &str,
+    ) -> Result<Durable<TokenInfo>, DirectoryError> {
+        self.write_tokens(tenant, |table, tenant_name, _| {
+            let e = table
+                .by_serial
+                .get_mut(serial)
+                .ok_or(DirectoryError::NotFound("no such token"))?;
+            e.failcount = 0;
+            if e.state == TokenState::Locked {
+                e.state = TokenState::Active;
+            }
+            let ops = vec![progress(tenant_name, serial, e)];
+            Ok((e.info(serial), ops))
+        })
+    }
+
+    /// Deletes a token.
+    pub fn delete_token(
+        &self,
+        tenant: TenantId,
+        serial: &str,
+    ) -> Result<Durable<TokenInfo>, DirectoryError> {
+        self.write_tokens(tenant, |table, tenant_name, _| {
+            let e = table
+                .remove(serial)
+                .ok_or(DirectoryError::NotFound("no such token"))?;
+            let ops = vec![StoreOp::DeleteToken {
+                tenant: tenant_name.to_owned(),
+                serial: serial.to_owned(),
+            }];
+            Ok((e.info(serial), ops))
+        })
     }
 
     /// Registers a method for an existing user.
@@ -654,6 +884,60 @@ pub fn admits(
         )));
     }
     Ok(())
+}
+
+/// How tokens verify, per tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenPolicy {
+    /// TOTP steps accepted either side of the current one (1 by default).
+    pub window: u8,
+    /// HOTP counters tried from the next expected (10 by default).
+    pub lookahead: u32,
+    /// Wrong codes in a row that lock a token (10 by default).
+    pub max_failures: u32,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        Self {
+            window: 1,
+            lookahead: 10,
+            max_failures: 10,
+        }
+    }
+}
+
+/// What a code did against a user's tokens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// The user holds no token.
+    NoTokens,
+    /// Every token of the user is locked or disabled.
+    AllLocked,
+    /// This token took the code.
+    Accepted {
+        /// Its serial.
+        serial: Box<str>,
+    },
+    /// No token took it; these were locked by this failure.
+    Wrong {
+        /// Tokens locked now.
+        locked: Vec<String>,
+        /// Whether no active token is left.
+        all_locked: bool,
+    },
+}
+
+fn progress(tenant: &str, serial: &str, e: &TokenEntry) -> StoreOp {
+    StoreOp::TokenProgress {
+        tenant: tenant.to_owned(),
+        serial: serial.to_owned(),
+        counter: e.counter,
+        last_step: e.last_step,
+        drift: e.drift,
+        failcount: e.failcount,
+        state: e.state.name().to_owned(),
+    }
 }
 
 /// What a write does to the map once its rows are queued.
