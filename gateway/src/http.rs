@@ -32,8 +32,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use watchword_engine::check::{ConfirmOutcome, MAX_CHECK_FIELD};
 use watchword_engine::directory::{
-    DirectoryError, Method, MethodId, MethodType, Upsert, User, UserPatch,
+    DirectoryError, Method, MethodId, MethodType, TokenInfo, Upsert, User, UserPatch,
 };
+use watchword_engine::oath::{Algorithm, Kind, Params, otpauth_uri};
 use watchword_engine::{CheckRequest, CheckResult, Engine, EngineError, TenantId};
 
 use crate::config::{Config, HttpRole};
@@ -611,6 +612,136 @@ async fn delete_method(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct EnrollBody {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    algorithm: Option<String>,
+    #[serde(default)]
+    digits: Option<u8>,
+    #[serde(default)]
+    period: Option<u32>,
+}
+
+/// The API's view of a token (never its secret).
+fn token_json(t: &TokenInfo) -> Value {
+    json!({
+        "serial": t.serial,
+        "type": t.kind,
+        "algorithm": t.algorithm.name(),
+        "digits": t.digits,
+        "period": t.period,
+        "subject": t.subject,
+        "state": t.state.name(),
+        "failcount": t.failcount,
+    })
+}
+
+/// Enrolls a software token: the secret is answered once, as an
+/// `otpauth://` URI and its QR code, and never again.
+async fn enroll_token(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(subject): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Admin)?;
+    let b: EnrollBody = parse_body(body)?;
+    let kind = match b.kind.as_str() {
+        "totp" => Kind::Totp,
+        "hotp" => Kind::Hotp,
+        _ => return Err(ApiError::invalid("type: must be totp or hotp")),
+    };
+    let algorithm = match b.algorithm.as_deref() {
+        None => Algorithm::Sha1,
+        Some(a) => Algorithm::parse(a)
+            .ok_or_else(|| ApiError::invalid("algorithm: must be SHA1, SHA256 or SHA512"))?,
+    };
+    let params = Params {
+        algorithm,
+        digits: b.digits.unwrap_or(6),
+        period: b.period.unwrap_or(30),
+    };
+    let e = &st.engine;
+    let (serial, secret) = e
+        .directory()
+        .enroll_token(tenant, &subject, kind, params, e.now_ms())?
+        .wait()
+        .await?;
+    e.audit_directory(tenant, &subject, "token_enrolled", None, None);
+    let issuer = e
+        .tenant_policy(tenant)
+        .map_or("Watchword", |p| p.service_name.as_str());
+    let uri = otpauth_uri(kind, issuer, &subject, &secret, params, 0);
+    let qr = qrcode::QrCode::new(uri.as_bytes())
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the QR code could not be made",
+            )
+        })?
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(200, 200)
+        .build();
+    ok(
+        StatusCode::CREATED,
+        json!({"serial": serial, "otpauth_uri": uri, "qr_svg": qr}),
+    )
+}
+
+async fn get_token(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(serial): Path<String>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Helpdesk)?;
+    let t = st
+        .engine
+        .directory()
+        .token_info(tenant, &serial)
+        .ok_or(DirectoryError::NotFound("no such token"))?;
+    ok(StatusCode::OK, token_json(&t))
+}
+
+async fn reset_token(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(serial): Path<String>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Admin)?;
+    let t = st
+        .engine
+        .directory()
+        .reset_token(tenant, &serial)?
+        .wait()
+        .await?;
+    let subject = t.subject.as_deref().unwrap_or("");
+    st.engine
+        .audit_directory(tenant, subject, "token_reset", None, None);
+    ok(StatusCode::OK, token_json(&t))
+}
+
+async fn delete_token(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(serial): Path<String>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Admin)?;
+    let t = st
+        .engine
+        .directory()
+        .delete_token(tenant, &serial)?
+        .wait()
+        .await?;
+    let subject = t.subject.as_deref().unwrap_or("");
+    st.engine
+        .audit_directory(tenant, subject, "token_deleted", None, None);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CheckBody {
     subject: String,
     #[serde(default)]
@@ -747,6 +878,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
             put(put_user).get(get_user).delete(delete_user),
         )
         .route("/v1/users/{subject}/methods", post(add_method))
+        .route("/v1/users/{subject}/tokens", post(enroll_token))
+        .route("/v1/tokens/{serial}", get(get_token).delete(delete_token))
+        .route("/v1/tokens/{serial}/reset", post(reset_token))
         .route(
             "/v1/users/{subject}/methods/{method_id}",
             get(get_method).delete(delete_method),

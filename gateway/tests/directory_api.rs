@@ -888,3 +888,149 @@ async fn the_http_api_speaks_tls_with_the_protocols_certificate() {
     r.shutdown();
     r.wait().await;
 }
+
+/// The secret in an enrollment's otpauth URI.
+fn uri_secret(uri: &str) -> watchword_engine::oath::Secret {
+    let b32 = uri
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("secret="))
+        .expect("a secret in the URI");
+    watchword_engine::oath::Secret::new(watchword_engine::oath::base32_decode(b32).unwrap())
+}
+
+fn totp_now(secret: &watchword_engine::oath::Secret) -> String {
+    let p = watchword_engine::oath::Params {
+        algorithm: watchword_engine::oath::Algorithm::Sha1,
+        digits: 6,
+        period: 30,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    watchword_engine::oath::Token::new(secret, p)
+        .unwrap()
+        .totp(now)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_enrolled_once_checks_and_stays_used_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = Seen::default();
+    let r = start(config(dir.path())).await.unwrap();
+    let (s, _, _) = http(&r, &mut seen, "PUT", "/v1/users/ann", ADMIN, Some("{}")).await;
+    assert_eq!(s, 201);
+    let (s, e, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/users/ann/tokens",
+        ADMIN,
+        Some(r#"{"type": "totp", "digits": 7}"#),
+    )
+    .await;
+    assert_eq!((s, &e["error"]), (422, &json!("invalid_argument")), "{e}");
+    // The enrollment answer is the one place the secret appears.
+    let mut enrollment = Seen::default();
+    let (s, t, _) = http(
+        &r,
+        &mut enrollment,
+        "POST",
+        "/v1/users/ann/tokens",
+        ADMIN,
+        Some(r#"{"type": "totp"}"#),
+    )
+    .await;
+    assert_eq!(s, 201, "{t}");
+    let serial = t["serial"].as_str().unwrap().to_owned();
+    let uri = t["otpauth_uri"].as_str().unwrap().to_owned();
+    assert!(
+        uri.starts_with("otpauth://totp/Watchword:ann?secret="),
+        "{uri}"
+    );
+    assert!(t["qr_svg"].as_str().unwrap().starts_with("<?xml"));
+    let secret = uri_secret(&uri);
+    let b32 = secret.to_base32();
+    let (s, info, _) = http(
+        &r,
+        &mut seen,
+        "GET",
+        &format!("/v1/tokens/{serial}"),
+        HELPDESK,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, &info["state"], &info["subject"]),
+        (200, &json!("active"), &json!("ann"))
+    );
+    let (s, _, _) = http(
+        &r,
+        &mut seen,
+        "GET",
+        &format!("/v1/tokens/{serial}"),
+        Some("acme-admin-key"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404, "another tenant's token");
+    let code = totp_now(&secret);
+    let body = json!({"subject": "ann", "answer": code}).to_string();
+    let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(&body)).await;
+    assert_eq!(c, json!({"result": "accept"}));
+    r.shutdown();
+    r.wait().await;
+
+    // After a restart the accepted code is still used; the token still works.
+    let r = start(config(dir.path())).await.unwrap();
+    let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(&body)).await;
+    assert_eq!(
+        (&c["result"], &c["reason"]),
+        (&json!("reject"), &json!("wrong_answer")),
+        "replayed after a restart"
+    );
+    let (s, info, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        &format!("/v1/tokens/{serial}/reset"),
+        ADMIN,
+        None,
+    )
+    .await;
+    assert_eq!((s, &info["failcount"]), (200, &json!(0)));
+    let (s, _, _) = http(
+        &r,
+        &mut seen,
+        "DELETE",
+        &format!("/v1/tokens/{serial}"),
+        ADMIN,
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, _, _) = http(
+        &r,
+        &mut seen,
+        "GET",
+        &format!("/v1/tokens/{serial}"),
+        ADMIN,
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    r.shutdown();
+    r.wait().await;
+    // Nothing but the enrollment answer ever carried the secret.
+    let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert!(log.contains("\"token_enrolled\""));
+    for text in seen.0.iter().map(String::as_str).chain([log.as_str()]) {
+        assert!(!text.contains(&b32), "the secret leaked: {text}");
+    }
+    let db = std::fs::read(dir.path().join("data").join("watchword.db")).unwrap();
+    assert!(
+        !db.windows(secret.expose().len())
+            .any(|w| w == secret.expose()),
+        "the secret in clear in the database"
+    );
+}
