@@ -34,6 +34,7 @@ use watchword_engine::check::{ConfirmOutcome, MAX_CHECK_FIELD};
 use watchword_engine::directory::{
     DirectoryError, Method, MethodId, MethodType, TokenInfo, Upsert, User, UserPatch,
 };
+use watchword_engine::import::Row;
 use watchword_engine::oath::{Algorithm, Kind, Params, otpauth_uri};
 use watchword_engine::{CheckRequest, CheckResult, Engine, EngineError, TenantId};
 
@@ -690,6 +691,148 @@ async fn enroll_token(
     )
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportQuery {
+    format: String,
+}
+
+/// Largest token import, bytes.
+pub const MAX_IMPORT: usize = 16 << 20;
+
+/// Imports tokens from a file: every row or key package reported, imported
+/// or skipped with the reason; a bad row never stops the rest, a serial the
+/// tenant has is never overwritten, a `upn` creates its user if needed.
+async fn import_tokens(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    query: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Admin)?;
+    let Query(q) =
+        query.map_err(|_| ApiError::invalid("format: csv (pskc is not supported yet)"))?;
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the file is over {MAX_IMPORT} bytes"),
+            )
+        } else {
+            ApiError::bad_request("the body could not be read")
+        }
+    })?;
+    if q.format != "csv" {
+        return Err(ApiError::invalid("format: csv (pskc is not supported yet)"));
+    }
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::bad_request("the file is not UTF-8 text"))?;
+    let rows = watchword_engine::import::parse_csv(text).map_err(ApiError::invalid)?;
+    let e = &st.engine;
+    let now = e.now_ms();
+    let mut imported = 0u64;
+    let mut skipped = Vec::new();
+    let mut writes = Vec::new();
+    for row in rows {
+        let t = match row {
+            Row::Skipped { serial, reason } => {
+                skipped.push(json!({"serial": serial, "reason": reason}));
+                continue;
+            }
+            Row::Token(t) => t,
+        };
+        if let Some(s) = &t.subject
+            && e.directory().user(tenant, s).is_none()
+        {
+            match e
+                .directory()
+                .put_user(tenant, s, &UserPatch::default(), now)
+            {
+                Ok(d) => writes.push(d.map(|_| ())),
+                Err(err) => {
+                    skipped.push(json!({"serial": t.serial, "reason": format!("upn: {err}")}));
+                    continue;
+                }
+            }
+        }
+        let serial = t.serial.clone();
+        match e.directory().import_token(tenant, t, now) {
+            Ok(d) => {
+                imported += 1;
+                writes.push(d);
+            }
+            Err(DirectoryError::Conflict(m)) | Err(DirectoryError::InvalidArgument(m)) => {
+                skipped.push(json!({"serial": serial, "reason": m}));
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    for w in writes {
+        w.wait().await?;
+    }
+    e.audit_directory(tenant, "", "tokens_imported", None, None);
+    ok(
+        StatusCode::OK,
+        json!({"imported": imported, "skipped": skipped}),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResyncBody {
+    code1: String,
+    code2: String,
+}
+
+async fn resync_token(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(serial): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Admin)?;
+    let b: ResyncBody = parse_body(body)?;
+    if b.code1.len() > 16 || b.code2.len() > 16 {
+        return Err(ApiError::invalid("code1, code2: at most 16 bytes each"));
+    }
+    let now_s = st.engine.now_ms() / 1000;
+    match st
+        .engine
+        .directory()
+        .resync_token(tenant, &serial, &b.code1, &b.code2, now_s)?
+        .wait()
+        .await?
+    {
+        Some(t) => {
+            let subject = t.subject.clone().unwrap_or_default();
+            st.engine
+                .audit_directory(tenant, &subject, "token_resynced", None, None);
+            ok(StatusCode::OK, token_json(&t))
+        }
+        None => Err(ApiError::invalid(
+            "code1, code2: no two consecutive codes match within 1000 counters or steps",
+        )),
+    }
+}
+
+async fn assign_token(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((subject, serial)): Path<(String, String)>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Admin)?;
+    let t = st
+        .engine
+        .directory()
+        .assign_token(tenant, &serial, &subject)?
+        .wait()
+        .await?;
+    st.engine
+        .audit_directory(tenant, &subject, "token_assigned", None, None);
+    ok(StatusCode::OK, token_json(&t))
+}
+
 async fn get_token(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -879,6 +1022,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/users/{subject}/methods", post(add_method))
         .route("/v1/users/{subject}/tokens", post(enroll_token))
+        .route("/v1/users/{subject}/tokens/{serial}", put(assign_token))
+        .route(
+            "/v1/tokens/import",
+            post(import_tokens).layer(DefaultBodyLimit::max(MAX_IMPORT)),
+        )
+        .route("/v1/tokens/{serial}/resync", post(resync_token))
         .route("/v1/tokens/{serial}", get(get_token).delete(delete_token))
         .route("/v1/tokens/{serial}/reset", post(reset_token))
         .route(

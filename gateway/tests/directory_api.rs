@@ -1034,3 +1034,118 @@ async fn a_token_is_enrolled_once_checks_and_stays_used_across_a_restart() {
         "the secret in clear in the database"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_import_from_csv_assign_and_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = Seen::default();
+    let r = start(config(dir.path())).await.unwrap();
+    let b32 = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+    let csv = format!(
+        "upn,serial number,secret key,time interval,manufacturer,model\n\
+         zoe@example.com,HW-1,{b32},30,Contoso,HardwareKey\n\
+         ,HW-2,{b32},30,Contoso,HardwareKey\n\
+         ,HW-3,not-base32,30,Contoso,HardwareKey\n\
+         ,HW-1,{b32},30,Contoso,HardwareKey\n"
+    );
+    let (s, rep, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/tokens/import?format=csv",
+        ADMIN,
+        Some(&csv),
+    )
+    .await;
+    assert_eq!(s, 200, "{rep}");
+    assert_eq!(rep["imported"], 2);
+    let skipped = rep["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 2);
+    assert!(
+        skipped
+            .iter()
+            .any(|x| x["serial"] == "HW-3" && x["reason"].as_str().unwrap().contains("bad secret"))
+    );
+    assert!(
+        skipped
+            .iter()
+            .any(|x| x["serial"] == "HW-1" && x["reason"] == "duplicate serial")
+    );
+    let (s, e, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/tokens/import?format=pskc",
+        ADMIN,
+        Some("<x/>"),
+    )
+    .await;
+    assert_eq!((s, &e["error"]), (422, &json!("invalid_argument")));
+    // The upn made its user; its code checks.
+    let secret =
+        watchword_engine::oath::Secret::new(watchword_engine::oath::base32_decode(b32).unwrap());
+    let body = json!({"subject": "zoe@example.com", "answer": totp_now(&secret)}).to_string();
+    let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(&body)).await;
+    assert_eq!(c, json!({"result": "accept"}));
+    // An unassigned token goes to a user; another user's is a conflict.
+    let (s, _, _) = http(&r, &mut seen, "PUT", "/v1/users/amy", ADMIN, Some("{}")).await;
+    assert_eq!(s, 201);
+    let (s, t, _) = http(
+        &r,
+        &mut seen,
+        "PUT",
+        "/v1/users/amy/tokens/HW-2",
+        ADMIN,
+        None,
+    )
+    .await;
+    assert_eq!((s, &t["subject"]), (200, &json!("amy")));
+    let (s, _, _) = http(
+        &r,
+        &mut seen,
+        "PUT",
+        "/v1/users/amy/tokens/HW-1",
+        ADMIN,
+        None,
+    )
+    .await;
+    assert_eq!(s, 409);
+    // Resync: two consecutive codes ten steps ahead move the token's drift.
+    let p = watchword_engine::oath::Params {
+        algorithm: watchword_engine::oath::Algorithm::Sha1,
+        digits: 6,
+        period: 30,
+    };
+    let tok = watchword_engine::oath::Token::new(&secret, p).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (c1, c2) = (tok.totp(now + 300), tok.totp(now + 330));
+    let body = json!({"code1": c1, "code2": c2}).to_string();
+    let (s, t, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/tokens/HW-2/resync",
+        ADMIN,
+        Some(&body),
+    )
+    .await;
+    assert_eq!((s, &t["serial"]), (200, &json!("HW-2")), "{t}");
+    let (s, _, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/tokens/HW-2/resync",
+        ADMIN,
+        Some(&body),
+    )
+    .await;
+    assert_eq!(s, 422, "the same codes again are behind the token now");
+    r.shutdown();
+    r.wait().await;
+    for text in &seen.0 {
+        assert!(!text.contains(b32), "the secret in an answer: {text}");
+    }
+}

@@ -741,6 +741,143 @@ impl Directory {
         })
     }
 
+    /// Resynchronises a token with two consecutive codes: HOTP searches the
+    /// next 1000 counters, TOTP the 1000 steps either side of now (never at
+    /// or before its last accepted step). Answers whether they were found.
+    pub fn resync_token(
+        &self,
+        tenant: TenantId,
+        serial: &str,
+        code1: &str,
+        code2: &str,
+        now_s: u64,
+    ) -> Result<Durable<Option<TokenInfo>>, DirectoryError> {
+        self.write_tokens(tenant, |table, tenant_name, _| {
+            let e = table
+                .by_serial
+                .get_mut(serial)
+                .ok_or(DirectoryError::NotFound("no such token"))?;
+            let token = crate::oath::Token::new(&e.secret, e.params)
+                .map_err(|err| DirectoryError::Conflict(err.to_string()))?;
+            let found = match e.kind {
+                crate::oath::Kind::Hotp => token
+                    .resync(code1.as_bytes(), code2.as_bytes(), e.counter, 1000)
+                    .map(|c| e.counter = c + 1),
+                crate::oath::Kind::Totp => {
+                    let now = token.step_at(now_s);
+                    let from = now.saturating_sub(1000).max(e.last_step.saturating_add(1));
+                    token
+                        .resync(code1.as_bytes(), code2.as_bytes(), from, 2001)
+                        .map(|step| {
+                            e.last_step = step;
+                            e.drift = (i128::from(step) - i128::from(now)) as i64;
+                        })
+                }
+            };
+            if found.is_none() {
+                return Ok((None, Vec::new()));
+            }
+            e.failcount = 0;
+            let ops = vec![progress(tenant_name, serial, e)];
+            Ok((Some(e.info(serial)), ops))
+        })
+    }
+
+    /// Assigns a token (an imported one, or another user's after a
+    /// deletion) to an existing user.
+    pub fn assign_token(
+        &self,
+        tenant: TenantId,
+        serial: &str,
+        subject: &str,
+    ) -> Result<Durable<TokenInfo>, DirectoryError> {
+        let users = self
+            .map(tenant)
+            .ok_or(DirectoryError::NotFound("no such tenant"))?
+            .read();
+        if !users.contains(subject.as_bytes()) {
+            return Err(DirectoryError::NotFound("no such user"));
+        }
+        let done = self.write_tokens(tenant, |table, tenant_name, key| {
+            let mut e = table
+                .remove(serial)
+                .ok_or(DirectoryError::NotFound("no such token"))?;
+            if e.subject.as_deref().is_some_and(|s| s != subject) {
+                table.put(serial, e);
+                return Err(DirectoryError::Conflict(
+                    "the token is assigned to another user; delete or reassign it there first"
+                        .into(),
+                ));
+            }
+            e.subject = Some(subject.into());
+            let ops = vec![StoreOp::PutToken(e.to_stored(tenant_name, serial, key))];
+            let info = e.info(serial);
+            table.put(serial, e);
+            Ok((info, ops))
+        });
+        drop(users);
+        done
+    }
+
+    /// Adds an imported token (not yet anyone's unless `subject` names an
+    /// existing user); a serial the tenant has already is refused, never
+    /// overwritten.
+    pub fn import_token(
+        &self,
+        tenant: TenantId,
+        token: crate::import::ImportedToken,
+        now_ms: u64,
+    ) -> Result<Durable<()>, DirectoryError> {
+        let crate::import::ImportedToken {
+            serial,
+            subject,
+            kind,
+            params,
+            secret,
+        } = token;
+        let (serial, subject) = (serial.as_str(), subject.as_deref());
+        params
+            .validate()
+            .and_then(|()| crate::oath::validate_secret(secret.expose()))
+            .map_err(|e| DirectoryError::InvalidArgument(e.to_string()))?;
+        if serial.is_empty() || serial.len() > 128 || serial.chars().any(char::is_control) {
+            return Err(DirectoryError::InvalidArgument(
+                "serial: must be 1 to 128 bytes without control characters".into(),
+            ));
+        }
+        let users = self
+            .map(tenant)
+            .ok_or(DirectoryError::NotFound("no such tenant"))?
+            .read();
+        if let Some(s) = subject
+            && !users.contains(s.as_bytes())
+        {
+            return Err(DirectoryError::NotFound("no such user"));
+        }
+        let done = self.write_tokens(tenant, |table, tenant_name, key| {
+            if table.by_serial.contains_key(serial) {
+                return Err(DirectoryError::Conflict("duplicate serial".into()));
+            }
+            let entry = TokenEntry {
+                subject: subject.map(Into::into),
+                kind,
+                params,
+                secret,
+                counter: 0,
+                last_step: 0,
+                drift: 0,
+                failcount: 0,
+                state: TokenState::Active,
+                created_at_ms: now_ms,
+            };
+            let ops = vec![StoreOp::PutToken(entry.to_stored(tenant_name, serial, key))];
+            table.put(serial, entry);
+            Ok(((), ops))
+        });
+        drop(users);
+        done
+    }
+
     /// Unlocks a token and clears its failures.
     pub fn reset_token(
         &self,
