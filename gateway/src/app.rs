@@ -75,7 +75,11 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
                 locale: t.locale.clone(),
                 service_name: t.service_name.clone(),
                 contact_hold_hours: t.contact_hold_hours,
-                tokens: Default::default(),
+                tokens: watchword_engine::directory::TokenPolicy {
+                    window: t.token_window,
+                    lookahead: t.hotp_lookahead,
+                    max_failures: t.token_max_failures,
+                },
             })
             .collect(),
     }

@@ -105,6 +105,12 @@ pub struct TenantConfig {
     /// Hours after a contact's confirmation before it counts for help-desk
     /// caller verification.
     pub contact_hold_hours: u32,
+    /// TOTP steps accepted either side of the current one (0..=10).
+    pub token_window: u8,
+    /// HOTP counters tried from the next expected one (1..=100).
+    pub hotp_lookahead: u32,
+    /// Wrong token codes in a row that lock a token (1..=100).
+    pub token_max_failures: u32,
     /// Keys of the HTTP API, each with its role.
     pub http_keys: Vec<HttpKey>,
 }
@@ -165,6 +171,9 @@ impl std::fmt::Debug for TenantConfig {
             .field("locale", &self.locale)
             .field("service_name", &self.service_name)
             .field("contact_hold_hours", &self.contact_hold_hours)
+            .field("token_window", &self.token_window)
+            .field("hotp_lookahead", &self.hotp_lookahead)
+            .field("token_max_failures", &self.token_max_failures)
             .field("http_keys", &self.http_keys)
             .finish()
     }
@@ -184,6 +193,9 @@ impl Default for TenantConfig {
             locale: "en".into(),
             service_name: "Watchword".into(),
             contact_hold_hours: 48,
+            token_window: 1,
+            hotp_lookahead: 10,
+            token_max_failures: 10,
             // None by default: a tenant written without `http_keys` must not
             // inherit the development profile's keys.
             http_keys: Vec::new(),
@@ -522,6 +534,24 @@ impl Config {
             if t.max_attempts == 0 {
                 errors.push(err(at("max_attempts"), "must be at least 1"));
             }
+            if t.token_window > 10 {
+                errors.push(err(
+                    at("token_window"),
+                    format!("must be 0..=10, got {}", t.token_window),
+                ));
+            }
+            if !(1..=100).contains(&t.hotp_lookahead) {
+                errors.push(err(
+                    at("hotp_lookahead"),
+                    format!("must be 1..=100, got {}", t.hotp_lookahead),
+                ));
+            }
+            if !(1..=100).contains(&t.token_max_failures) {
+                errors.push(err(
+                    at("token_max_failures"),
+                    format!("must be 1..=100, got {}", t.token_max_failures),
+                ));
+            }
             if t.contact_hold_hours > 24 * 365 {
                 errors.push(err(
                     at("contact_hold_hours"),
@@ -754,6 +784,13 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
         }
         ("[[tenants]]", "locale") => "Message language when a request gives none (BCP 47).",
         ("[[tenants]]", "service_name") => "The service name written in messages.",
+        ("[[tenants]]", "token_window") => {
+            "TOTP steps accepted either side of the current one (the drift seen is remembered)."
+        }
+        ("[[tenants]]", "hotp_lookahead") => "HOTP counters tried from the next expected one.",
+        ("[[tenants]]", "token_max_failures") => {
+            "Wrong token codes in a row that lock a token until an administrator resets it."
+        }
         ("[[tenants]]", "contact_hold_hours") => {
             "Hours after confirmation before a new phone or address counts for\n\
              help-desk caller verification (seed 000: 48)."
