@@ -1,16 +1,19 @@
 //! The operator subcommands of the `watchword` binary, as a library:
 //! `keygen`, `backup` and `check-store` (local files: the master key and the
 //! directory's store), and [`ApiClient`], the small HTTP/1.1 client that the
-//! `users`, `methods` and `check` subcommands use to talk to a running
-//! server's HTTP API (`admin-api.md`). The binary only parses flags and
-//! prints what these functions return.
+//! `users`, `methods`, `tokens` and `check` subcommands use to talk to a
+//! running server's HTTP API (`admin-api.md`). The binary only parses flags
+//! and prints what these functions return.
 //!
 //! This module must never print, log or put into an error message a key (a
-//! master key byte or an HTTP key) and never a full phone number or address:
-//! it prints only the server's answers, which the server has already masked,
-//! and counts from the store.
+//! master key byte, an HTTP key, a token file's password or key) and never a
+//! full phone number or address: it prints only the server's answers, which
+//! the server has already masked, and counts from the store. The one secret
+//! that reaches the operator is a new software token's, in the enrollment
+//! answer (`otpauth_uri`, `qr_svg`), which exists to hand it over once.
 
 use std::fmt;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -44,6 +47,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_ANSWER: usize = 16 << 20;
 /// The most of a non-JSON answer quoted in an error.
 const MAX_QUOTE: usize = 200;
+/// The largest token file `tokens import` sends: the server's limit for the
+/// import's body (16 MiB); a larger file is refused before any request.
+pub const MAX_IMPORT_FILE: usize = crate::http::MAX_IMPORT;
+/// The largest key file read for a PSKC import (a key is 16 to 32 bytes, 64
+/// hex digits; this leaves room for line ends and a comment-free file).
+const MAX_KEY_FILE: u64 = 4096;
 
 /// Why a subcommand failed. No message carries a key, and none carries a
 /// destination other than as the server (masked) or the operator wrote it.
@@ -214,6 +223,30 @@ pub fn method_path(subject: &str, method_id: &str) -> Result<String, CliError> {
     ))
 }
 
+/// `/v1/users/{subject}/tokens` (a software token's enrollment).
+pub fn user_tokens_path(subject: &str) -> Result<String, CliError> {
+    Ok(format!("{}/tokens", user_path(subject)?))
+}
+
+/// `/v1/users/{subject}/tokens/{serial}` (an imported token's assignment).
+pub fn user_token_path(subject: &str, serial: &str) -> Result<String, CliError> {
+    let serial = serial_segment(serial)?;
+    Ok(format!("{}/{serial}", user_tokens_path(subject)?))
+}
+
+/// `/v1/tokens/{serial}`; an empty serial is refused.
+pub fn token_path(serial: &str) -> Result<String, CliError> {
+    Ok(format!("/v1/tokens/{}", serial_segment(serial)?))
+}
+
+/// A serial, encoded for a path; an empty one is refused.
+fn serial_segment(serial: &str) -> Result<String, CliError> {
+    if serial.is_empty() {
+        return Err(CliError::Usage("SERIAL must not be empty".to_owned()));
+    }
+    Ok(encode_segment(serial))
+}
+
 /// `/v1/users?after=S&limit=N`, with only the parameters given.
 pub fn list_path(after: Option<&str>, limit: Option<u32>) -> String {
     let mut params = Vec::new();
@@ -266,6 +299,294 @@ impl UserFields {
         }
         Value::Object(body)
     }
+}
+
+/// A software token's type, for `tokens enroll`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenKind {
+    /// Time-based (RFC 6238): a code per period.
+    Totp,
+    /// Counter-based (RFC 4226): a code per press.
+    Hotp,
+}
+
+impl TokenKind {
+    /// The API's name (`totp`, `hotp`).
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenKind::Totp => "totp",
+            TokenKind::Hotp => "hotp",
+        }
+    }
+}
+
+/// The body of `POST /v1/users/{subject}/tokens`; `None` leaves a field to
+/// the server's default (SHA1, 6 digits, 30 s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollFields {
+    /// `type`.
+    pub kind: TokenKind,
+    /// `algorithm`: `SHA1`, `SHA256` or `SHA512`.
+    pub algorithm: Option<String>,
+    /// `digits`: 6 or 8.
+    pub digits: Option<u8>,
+    /// `period` in seconds (30 or 60); TOTP only.
+    pub period: Option<u32>,
+}
+
+impl EnrollFields {
+    /// The JSON body, with only the fields given; a period for an HOTP token
+    /// (which has none) is refused.
+    pub fn to_json(&self) -> Result<Value, CliError> {
+        if self.kind == TokenKind::Hotp && self.period.is_some() {
+            return Err(CliError::Usage(
+                "--period applies to totp tokens only (an hotp token counts presses)".to_owned(),
+            ));
+        }
+        let mut body = serde_json::Map::new();
+        body.insert("type".to_owned(), json!(self.kind.name()));
+        if let Some(a) = &self.algorithm {
+            body.insert("algorithm".to_owned(), json!(a));
+        }
+        if let Some(d) = self.digits {
+            body.insert("digits".to_owned(), json!(d));
+        }
+        if let Some(p) = self.period {
+            body.insert("period".to_owned(), json!(p));
+        }
+        Ok(Value::Object(body))
+    }
+}
+
+/// The file that `tokens enroll --qr FILE` writes the QR code to. It is
+/// made (new only, mode 0600: the code holds the token's secret) before the
+/// enrollment is asked, so that a file that cannot be made costs no
+/// enrollment; it is removed again when nothing could be written to it.
+#[derive(Debug)]
+pub struct QrFile {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl QrFile {
+    /// Creates `path`; an existing file is never overwritten.
+    pub fn create(path: &Path) -> Result<QrFile, CliError> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                CliError::Local(format!(
+                    "{} already exists; refusing to overwrite it (give a new file name for the \
+                     QR code)",
+                    path.display()
+                ))
+            } else {
+                CliError::Local(format!("cannot create {}: {e}", path.display()))
+            }
+        })?;
+        Ok(QrFile {
+            path: path.to_owned(),
+            file: Some(file),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Moves the `qr_svg` of an enrollment `answer` into the file. When it
+    /// cannot be written, `answer` keeps its `qr_svg` (the enrollment is
+    /// shown only once: printing it is then the only way not to lose it)
+    /// and the file is removed.
+    pub fn store(mut self, answer: &mut Value) -> Result<(), CliError> {
+        let svg = match answer.get("qr_svg") {
+            Some(Value::String(svg)) => svg.clone(),
+            _ => {
+                return Err(CliError::Local(
+                    "the enrollment answer has no qr_svg to write".to_owned(),
+                ));
+            }
+        };
+        let written = match self.file.take() {
+            Some(mut f) => f.write_all(svg.as_bytes()).and_then(|()| f.sync_all()),
+            None => Err(std::io::Error::other("the file is closed")),
+        };
+        match written {
+            Ok(()) => {
+                if let Some(map) = answer.as_object_mut() {
+                    map.remove("qr_svg");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&self.path);
+                Err(CliError::Local(format!(
+                    "cannot write the QR code to {}: {e}",
+                    self.path.display()
+                )))
+            }
+        }
+    }
+}
+
+impl Drop for QrFile {
+    /// Removes the (empty) file when nothing was stored in it.
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A token file's format, for `tokens import`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportFormat {
+    /// CSV: `serial,secret,period` or the Entra layout (`upn,serial number,
+    /// secret key,time interval,...`).
+    Csv,
+    /// PSKC (RFC 6030) XML.
+    Pskc,
+}
+
+impl ImportFormat {
+    /// The API's name, for `format=`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImportFormat::Csv => "csv",
+            ImportFormat::Pskc => "pskc",
+        }
+    }
+
+    /// The `Content-Type` the file is sent with.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ImportFormat::Csv => "text/csv",
+            ImportFormat::Pskc => "application/xml",
+        }
+    }
+}
+
+/// What opens an encrypted PSKC file. `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ImportSecret {
+    /// Nothing (a file whose keys are not encrypted, or a CSV).
+    None,
+    /// A passphrase (PBKDF2), sent as `password=`.
+    Password(String),
+    /// A pre-shared key as hex, sent as `key=`.
+    KeyHex(String),
+}
+
+impl fmt::Debug for ImportSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ImportSecret::None => "None",
+            ImportSecret::Password(_) => "Password(<redacted>)",
+            ImportSecret::KeyHex(_) => "KeyHex(<redacted>)",
+        })
+    }
+}
+
+/// `/v1/tokens/import?format=F[&password=P or &key=HEX]`, the values
+/// percent-encoded. The path holds the password or key: never print it.
+pub fn import_path(format: ImportFormat, secret: &ImportSecret) -> String {
+    let mut path = format!("/v1/tokens/import?format={}", format.name());
+    match secret {
+        ImportSecret::None => {}
+        ImportSecret::Password(p) => {
+            path.push_str("&password=");
+            path.push_str(&encode_segment(p));
+        }
+        ImportSecret::KeyHex(k) => {
+            path.push_str("&key=");
+            path.push_str(&encode_segment(k));
+        }
+    }
+    path
+}
+
+/// Reads a token file for `tokens import`; a file over
+/// [`MAX_IMPORT_FILE`] is refused before it is read.
+pub fn read_import_file(path: &Path) -> Result<Vec<u8>, CliError> {
+    let too_large = |size: u64| {
+        CliError::Local(format!(
+            "{} is {size} bytes, over the {} MiB ({MAX_IMPORT_FILE} bytes) a token import takes; \
+             split the file",
+            path.display(),
+            MAX_IMPORT_FILE >> 20
+        ))
+    };
+    let cannot =
+        |e: std::io::Error| CliError::Local(format!("cannot read {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(CliError::Local(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let limit = u64::try_from(MAX_IMPORT_FILE).unwrap_or(u64::MAX);
+    if meta.len() > limit {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // The file may grow while it is read: read one byte past the limit.
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() > MAX_IMPORT_FILE {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// Reads a PSKC pre-shared key file as hex for `key=`: a file of hex
+/// digits (whitespace around them trimmed, as most vendors ship the key),
+/// else a binary key of 16, 24 or 32 bytes, hex-encoded. No error names a
+/// byte of the file.
+pub fn read_key_file(path: &Path) -> Result<String, CliError> {
+    let cannot =
+        |e: std::io::Error| CliError::Local(format!("cannot read {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_KEY_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_KEY_FILE {
+        return Err(CliError::Local(format!(
+            "{} is too large for a key file (over {MAX_KEY_FILE} bytes)",
+            path.display()
+        )));
+    }
+    let text = std::str::from_utf8(&bytes).map(str::trim).unwrap_or("");
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if text.len() % 2 != 0 {
+            return Err(CliError::Local(format!(
+                "{}: the key has an odd number of hex digits",
+                path.display()
+            )));
+        }
+        return Ok(text.to_ascii_lowercase());
+    }
+    // Text that is not hex is a mistake (a typo, the wrong file), never a
+    // binary key that happens to be printable.
+    let is_text = bytes
+        .iter()
+        .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
+    if !is_text && matches!(bytes.len(), 16 | 24 | 32) {
+        return Ok(bytes.iter().map(|b| format!("{b:02x}")).collect());
+    }
+    Err(CliError::Local(format!(
+        "{} holds neither a key in hex nor a binary key of 16, 24 or 32 bytes",
+        path.display()
+    )))
 }
 
 /// A client of one server's HTTP API with one key: plain `http://` over
@@ -323,9 +644,40 @@ impl ApiClient {
         path: &str,
         body: Option<Value>,
     ) -> Result<(StatusCode, Value), CliError> {
-        let uri: Uri = format!("{}{path}", self.base)
-            .parse()
-            .map_err(|e| CliError::Usage(format!("cannot make a URL of {path}: {e}")))?;
+        let content = match body {
+            Some(v) => Some((
+                "application/json",
+                Bytes::from(serde_json::to_vec(&v).map_err(|e| CliError::Usage(e.to_string()))?),
+            )),
+            None => None,
+        };
+        self.send(method, path, content).await
+    }
+
+    /// Sends `method` to `path` with `body` as it is (a file), labelled
+    /// `content_type`; the answer as [`ApiClient::request`] reads it.
+    pub async fn request_raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Value), CliError> {
+        self.send(method, path, Some((content_type, body))).await
+    }
+
+    /// One exchange. `path` may hold a secret in its query (an import's
+    /// password or key): no error quotes the query.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content: Option<(&str, Bytes)>,
+    ) -> Result<(StatusCode, Value), CliError> {
+        let uri: Uri = format!("{}{path}", self.base).parse().map_err(|e| {
+            let shown = path.split_once('?').map_or(path, |(p, _)| p);
+            CliError::Usage(format!("cannot make a URL of {shown}: {e}"))
+        })?;
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
@@ -335,10 +687,10 @@ impl ApiClient {
                 header::USER_AGENT,
                 concat!("watchword-cli/", env!("CARGO_PKG_VERSION")),
             );
-        let bytes = match body {
-            Some(v) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                Bytes::from(serde_json::to_vec(&v).map_err(|e| CliError::Usage(e.to_string()))?)
+        let bytes = match content {
+            Some((content_type, bytes)) => {
+                req = req.header(header::CONTENT_TYPE, content_type);
+                bytes
             }
             None => Bytes::new(),
         };
@@ -725,5 +1077,130 @@ mod tests {
     fn the_key_is_not_in_debug() {
         let c = ApiClient::new("http://127.0.0.1:1", "very-secret-key").unwrap();
         assert!(!format!("{c:?}").contains("very-secret-key"));
+    }
+
+    #[test]
+    fn token_paths_are_built_and_empty_serials_refused() {
+        assert_eq!(token_path("A/1").unwrap(), "/v1/tokens/A%2F1");
+        assert_eq!(user_tokens_path("bob").unwrap(), "/v1/users/bob/tokens");
+        assert_eq!(
+            user_token_path("bob ops", "CLI-1").unwrap(),
+            "/v1/users/bob%20ops/tokens/CLI-1"
+        );
+        assert!(token_path("").is_err());
+        assert!(user_token_path("bob", "").is_err());
+        assert!(user_token_path("", "CLI-1").is_err());
+    }
+
+    #[test]
+    fn import_paths_encode_the_secret_and_debug_hides_it() {
+        assert_eq!(
+            import_path(ImportFormat::Csv, &ImportSecret::None),
+            "/v1/tokens/import?format=csv"
+        );
+        let pw = ImportSecret::Password("p&w =?".into());
+        assert_eq!(
+            import_path(ImportFormat::Pskc, &pw),
+            "/v1/tokens/import?format=pskc&password=p%26w%20%3D%3F"
+        );
+        assert_eq!(
+            import_path(ImportFormat::Pskc, &ImportSecret::KeyHex("00ff".into())),
+            "/v1/tokens/import?format=pskc&key=00ff"
+        );
+        assert!(!format!("{pw:?}").contains("p&w"));
+        assert_eq!(ImportFormat::Pskc.content_type(), "application/xml");
+        assert_eq!(ImportFormat::Csv.content_type(), "text/csv");
+    }
+
+    #[test]
+    fn key_files_are_hex_text_or_binary_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        let hex = file("hex", b"  12345678901234567890ABCDEFabcdef\n");
+        assert_eq!(
+            read_key_file(&hex).unwrap(),
+            "12345678901234567890abcdefabcdef"
+        );
+        let raw: Vec<u8> = (0u8..16).map(|b| b.wrapping_mul(37) | 0x80).collect();
+        let bin = file("bin", &raw);
+        let expected: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(read_key_file(&bin).unwrap(), expected);
+        let odd = read_key_file(&file("odd", b"abc\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(odd.contains("odd number"), "{odd}");
+        // 16 bytes of text: not taken for a binary key.
+        let junk = read_key_file(&file("junk", b"not a key at all"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            junk.contains("neither") && !junk.contains("not a key"),
+            "{junk}"
+        );
+    }
+
+    #[test]
+    fn import_files_over_the_limit_are_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.csv");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_IMPORT_FILE as u64 + 1).unwrap();
+        let e = read_import_file(&big).unwrap_err().to_string();
+        assert!(e.contains("16 MiB"), "{e}");
+        let ok = dir.path().join("ok.csv");
+        std::fs::write(&ok, "serial,secret\n").unwrap();
+        assert_eq!(read_import_file(&ok).unwrap(), b"serial,secret\n");
+        assert!(read_import_file(dir.path()).is_err());
+    }
+
+    #[test]
+    fn enroll_bodies_send_what_was_given() {
+        let f = EnrollFields {
+            kind: TokenKind::Totp,
+            algorithm: Some("SHA256".into()),
+            digits: Some(8),
+            period: Some(60),
+        };
+        assert_eq!(
+            f.to_json().unwrap(),
+            json!({"type": "totp", "algorithm": "SHA256", "digits": 8, "period": 60})
+        );
+        let hotp = EnrollFields {
+            kind: TokenKind::Hotp,
+            algorithm: None,
+            digits: None,
+            period: None,
+        };
+        assert_eq!(hotp.to_json().unwrap(), json!({"type": "hotp"}));
+        let bad = EnrollFields {
+            period: Some(30),
+            ..hotp
+        };
+        assert!(bad.to_json().is_err());
+    }
+
+    #[test]
+    fn qr_files_are_new_private_and_removed_when_unused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qr.svg");
+        let qr = QrFile::create(&path).unwrap();
+        assert!(QrFile::create(&path).is_err(), "never overwritten");
+        let mut answer = json!({"serial": "S", "qr_svg": "<?xml x?><svg/>"});
+        qr.store(&mut answer).unwrap();
+        assert_eq!(answer, json!({"serial": "S"}));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "<?xml x?><svg/>");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let unused = dir.path().join("unused.svg");
+        drop(QrFile::create(&unused).unwrap());
+        assert!(!unused.exists());
     }
 }

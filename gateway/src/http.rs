@@ -695,6 +695,12 @@ async fn enroll_token(
 #[serde(deny_unknown_fields)]
 struct ImportQuery {
     format: String,
+    /// PSKC: the passphrase of a PBKDF2-encrypted file (never logged).
+    #[serde(default)]
+    password: Option<String>,
+    /// PSKC: the pre-shared key, hex (never logged).
+    #[serde(default)]
+    key: Option<String>,
 }
 
 /// Largest token import, bytes.
@@ -725,6 +731,9 @@ async fn import_tokens(
     })?;
     if q.format != "csv" {
         return Err(ApiError::invalid("format: csv (pskc is not supported yet)"));
+    }
+    if q.password.is_some() || q.key.is_some() {
+        return Err(ApiError::invalid("password, key: only for format=pskc"));
     }
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::bad_request("the file is not UTF-8 text"))?;

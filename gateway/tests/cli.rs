@@ -1,7 +1,7 @@
 //! The `watchword` operator subcommands end to end: a real `watchword serve`
 //! child on free loopback ports with a temporary configuration, and the
-//! binary's `users`, `methods`, `check`, `keygen`, `backup` and `check-store`
-//! run against it as an operator would.
+//! binary's `users`, `methods`, `tokens`, `check`, `keygen`, `backup` and
+//! `check-store` run against it as an operator would.
 //!
 //! These tests must never leave a server running (a guard kills it, also on
 //! panic), and they check that no output carries a key or a full phone
@@ -172,6 +172,201 @@ fn users_and_methods_round_trip_through_the_http_api() {
         &s.api(ADMIN_KEY, &["users", "show", "bob/ops"]),
         "not_found",
     );
+}
+
+/// The `serial` of a token answer, as text.
+fn serial_of(v: &Value) -> String {
+    v["serial"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no serial in {v}"))
+        .to_owned()
+}
+
+#[test]
+fn tokens_enroll_import_assign_reset_and_delete_through_the_http_api() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    json_ok(&s.api(ADMIN_KEY, &["users", "add", "tina"]));
+
+    // Enrolled with --qr: the SVG goes to the file, not to stdout; the URI
+    // (with the secret) is printed once, with a warning on stderr.
+    let qr = dir.path().join("tina.svg");
+    let q = qr.to_str().unwrap();
+    let enroll = s.api(
+        ADMIN_KEY,
+        &["tokens", "enroll", "tina", "--type", "totp", "--qr", q],
+    );
+    nothing_secret(&enroll);
+    let token = json_ok(&enroll);
+    let serial = serial_of(&token);
+    let uri = token["otpauth_uri"].as_str().unwrap();
+    assert!(
+        uri.starts_with("otpauth://totp/") && uri.contains("secret="),
+        "{uri}"
+    );
+    assert!(token.get("qr_svg").is_none(), "{token}");
+    let warning = stderr(&enroll);
+    assert!(
+        warning.contains("shown only this once") && warning.contains(q),
+        "{warning}"
+    );
+    assert_eq!(warning.lines().count(), 1, "{warning}");
+    let svg = std::fs::read_to_string(&qr).unwrap();
+    assert!(svg.starts_with("<?xml"), "{svg}");
+
+    // The same --qr file again: refused before anything is enrolled.
+    let again = s.api(
+        ADMIN_KEY,
+        &["tokens", "enroll", "tina", "--type", "totp", "--qr", q],
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(std::fs::read_to_string(&qr).unwrap(), svg);
+
+    // Without --qr the SVG is in the printed answer; options are passed.
+    let hotp = json_ok(&s.api(
+        ADMIN_KEY,
+        &[
+            "tokens",
+            "enroll",
+            "tina",
+            "--type",
+            "hotp",
+            "--algorithm",
+            "sha256",
+            "--digits",
+            "8",
+        ],
+    ));
+    assert!(hotp["qr_svg"].as_str().unwrap().starts_with("<?xml"));
+    let hotp_uri = hotp["otpauth_uri"].as_str().unwrap();
+    assert!(
+        hotp_uri.starts_with("otpauth://hotp/")
+            && hotp_uri.contains("SHA256")
+            && hotp_uri.contains("digits=8"),
+        "{hotp_uri}"
+    );
+
+    // Shown: its parameters and user, never its secret.
+    let shown = s.api(ADMIN_KEY, &["tokens", "show", &serial]);
+    nothing_secret(&shown);
+    assert!(!stdout(&shown).contains("secret="), "{}", stdout(&shown));
+    let info = json_ok(&shown);
+    assert_eq!(info["subject"], "tina");
+    assert_eq!(info["type"], "totp");
+    assert_eq!(info["state"], "active");
+
+    // A CSV import: the good row imported, the bad one skipped and named.
+    let csv = dir.path().join("tokens.csv");
+    std::fs::write(
+        &csv,
+        "serial,secret,period\n\
+         CLI-1,GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ,30\n\
+         CLI-2,not base32!,30\n",
+    )
+    .unwrap();
+    let import = s.api(
+        ADMIN_KEY,
+        &["tokens", "import", csv.to_str().unwrap(), "--format", "csv"],
+    );
+    let out = format!("{}{}", stdout(&import), stderr(&import));
+    assert!(!out.contains("GEZDGNBVGY3TQOJQ"), "{out}");
+    let report = json_ok(&import);
+    assert_eq!(report["imported"], 1, "{report}");
+    let skipped = report["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{report}");
+    assert_eq!(skipped[0]["serial"], "CLI-2");
+
+    // Assigned to the user, reset, a failed resync, then deleted.
+    let assigned = json_ok(&s.api(ADMIN_KEY, &["tokens", "assign", "CLI-1", "tina"]));
+    assert_eq!(assigned["serial"], "CLI-1");
+    assert_eq!(assigned["subject"], "tina");
+    let reset = json_ok(&s.api(ADMIN_KEY, &["tokens", "reset", "CLI-1"]));
+    assert_eq!(reset["failcount"], 0);
+    assert_eq!(reset["state"], "active");
+    fails_with(
+        &s.api(
+            ADMIN_KEY,
+            &[
+                "tokens", "resync", "CLI-1", "--code1", "000000", "--code2", "000000",
+            ],
+        ),
+        "invalid_argument",
+    );
+    let deleted = s.api(ADMIN_KEY, &["tokens", "delete", "CLI-1"]);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert_eq!(stdout(&deleted).trim(), "deleted");
+    fails_with(&s.api(ADMIN_KEY, &["tokens", "show", "CLI-1"]), "not_found");
+}
+
+#[test]
+fn token_imports_print_the_servers_error_and_never_the_password() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let xml = dir.path().join("tokens.pskc");
+    std::fs::write(&xml, "<?xml version=\"1.0\"?><KeyContainer/>").unwrap();
+    let x = xml.to_str().unwrap();
+
+    // PSKC is not supported by the server yet: its error, exit 1.
+    fails_with(
+        &s.api(ADMIN_KEY, &["tokens", "import", x, "--format", "pskc"]),
+        "invalid_argument",
+    );
+    let pw = s.api(
+        ADMIN_KEY,
+        &[
+            "tokens",
+            "import",
+            x,
+            "--format",
+            "pskc",
+            "--password",
+            "hunter2-pass",
+        ],
+    );
+    fails_with(&pw, "invalid_argument");
+    assert!(!stderr(&pw).contains("hunter2"), "{}", stderr(&pw));
+    let key = dir.path().join("psk.hex");
+    std::fs::write(&key, "00112233445566778899aabbccddeeff\n").unwrap();
+    let k = s.api(
+        ADMIN_KEY,
+        &[
+            "tokens",
+            "import",
+            x,
+            "--format",
+            "pskc",
+            "--key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    fails_with(&k, "invalid_argument");
+    assert!(!stderr(&k).contains("aabbccdd"), "{}", stderr(&k));
+
+    // A file over 16 MiB is refused locally (a sparse file: nothing written).
+    let big = dir.path().join("big.csv");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len((16 << 20) + 1)
+        .unwrap();
+    let o = s.api(
+        ADMIN_KEY,
+        &["tokens", "import", big.to_str().unwrap(), "--format", "csv"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("16 MiB"), "{}", stderr(&o));
+
+    // A password for a CSV file is a mistake, said before any request.
+    let csv_pw = s.api(
+        ADMIN_KEY,
+        &["tokens", "import", x, "--format", "csv", "--password", "p"],
+    );
+    assert_eq!(csv_pw.status.code(), Some(1));
+    assert!(stderr(&csv_pw).contains("PSKC"), "{}", stderr(&csv_pw));
 }
 
 #[test]

@@ -1,17 +1,22 @@
 //! The `watchword` binary: `serve [--config FILE]`, `print-config`,
 //! `check-config FILE`, the store tools (`keygen`, `backup`, `check-store`)
-//! and the HTTP API subcommands (`users`, `methods`, `check`). It only
-//! parses flags, sets up logging and calls the library
+//! and the HTTP API subcommands (`users`, `methods`, `tokens`, `check`). It
+//! only parses flags, sets up logging and calls the library
 //! ([`watchword_gateway::cli`] for the tools and the API client); it must
-//! never print a tenant key, an HTTP key or a master key, nor a full phone
-//! number or address (it prints the server's answers, already masked).
+//! never print a tenant key, an HTTP key, a master key or a token file's
+//! password or key, nor a full phone number or address (it prints the
+//! server's answers, already masked). A token's secret appears only in the
+//! answer of `tokens enroll`, which hands it over once.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
-use watchword_gateway::cli::{self, ApiClient, CliError, UserFields};
+use watchword_gateway::cli::{
+    self, ApiClient, CliError, EnrollFields, ImportFormat, ImportSecret, QrFile, TokenKind,
+    UserFields,
+};
 use watchword_gateway::config::Config;
 
 /// mimalloc: per-thread heaps that take frees from other threads without a
@@ -93,6 +98,12 @@ enum Command {
     Methods {
         #[command(subcommand)]
         command: MethodsCommand,
+    },
+    /// OTP tokens: software tokens enrolled for a user, hardware tokens
+    /// imported from a file, through a running server's HTTP API.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
     },
     /// Decide a check for a user (POST /v1/check), as an upstream system
     /// would: useful to test a user. Needs a key of role client or above.
@@ -252,6 +263,119 @@ enum MethodsCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Enroll a software token for a user (POST /v1/users/SUBJECT/tokens).
+    /// The answer holds the token's secret (otpauth_uri, the QR code) and
+    /// is shown only this once: hand it to the user, then delete it.
+    Enroll {
+        /// The user's subject (the user must exist: `users add`).
+        subject: String,
+        /// The token's type.
+        #[arg(long = "type", value_name = "TYPE", value_enum)]
+        kind: TokenKind,
+        /// The HMAC algorithm (server default SHA1; many authenticator apps
+        /// know only SHA1).
+        #[arg(long, value_parser = ["SHA1", "SHA256", "SHA512"], ignore_case = true)]
+        algorithm: Option<String>,
+        /// Code length, 6 or 8 (server default 6).
+        #[arg(long, value_parser = parse_digits)]
+        digits: Option<u8>,
+        /// Seconds per code, 30 or 60, totp only (server default 30).
+        #[arg(long, value_parser = parse_period)]
+        period: Option<u32>,
+        /// Write the QR code (SVG) to this new file (mode 0600; never over an
+        /// existing file) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        qr: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Import hardware tokens from a file (POST /v1/tokens/import): every
+    /// row or key package is reported, imported or skipped with the reason.
+    Import {
+        /// The token file (at most 16 MiB).
+        file: PathBuf,
+        /// The file's format.
+        #[arg(long, value_enum)]
+        format: ImportFormat,
+        /// The passphrase of an encrypted PSKC file. It is seen by other
+        /// local users on the command line: prefer a key file when you can.
+        #[arg(long, conflicts_with = "key_file")]
+        password: Option<String>,
+        /// A file holding the pre-shared key of an encrypted PSKC file: hex
+        /// (surrounding whitespace ignored) or the raw 16, 24 or 32 bytes.
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show a token: type, parameters, user, state, failcount (never its
+    /// secret).
+    Show {
+        /// The token's serial.
+        serial: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Unlock a token and set its failcount to 0.
+    Reset {
+        /// The token's serial.
+        serial: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Resynchronise a token that drifted, with two consecutive codes it
+    /// shows (searched up to 1000 counters or time steps ahead).
+    Resync {
+        /// The token's serial.
+        serial: String,
+        /// A code the token shows.
+        #[arg(long)]
+        code1: String,
+        /// The code it shows next.
+        #[arg(long)]
+        code2: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Assign a token (an imported one) to a user
+    /// (PUT /v1/users/SUBJECT/tokens/SERIAL).
+    Assign {
+        /// The token's serial.
+        serial: String,
+        /// The user's subject.
+        subject: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Delete a token.
+    Delete {
+        /// The token's serial.
+        serial: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// `--digits`: 6 or 8.
+fn parse_digits(s: &str) -> Result<u8, String> {
+    match s {
+        "6" => Ok(6),
+        "8" => Ok(8),
+        _ => Err("must be 6 or 8".to_owned()),
+    }
+}
+
+/// `--period`: 30 or 60.
+fn parse_period(s: &str) -> Result<u32, String> {
+    match s {
+        "30" => Ok(30),
+        "60" => Ok(60),
+        _ => Err("must be 30 or 60".to_owned()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -283,6 +407,7 @@ fn main() -> ExitCode {
         Command::CheckStore { config } => check_store(config.as_deref()),
         Command::Users { command } => users(command),
         Command::Methods { command } => methods(command),
+        Command::Tokens { command } => tokens(command),
         Command::Check {
             subject,
             answer,
@@ -397,11 +522,15 @@ fn users(command: UsersCommand) -> ExitCode {
                 },
                 default_method,
             };
-            call(
+            call_noting(
                 &api,
                 hyper::Method::PUT,
                 cli::user_path(&subject),
                 Some(fields.to_json()),
+                |status| match status {
+                    hyper::StatusCode::CREATED => eprintln!("created"),
+                    _ => eprintln!("updated (fields not given kept their values)"),
+                },
             )
         }
         UsersCommand::Show { subject, api } => {
@@ -475,27 +604,177 @@ fn methods(command: MethodsCommand) -> ExitCode {
     }
 }
 
-/// One request; prints the answer's JSON (or `deleted` for an empty 204),
-/// and on stderr whether a PUT created or updated.
+fn tokens(command: TokensCommand) -> ExitCode {
+    match command {
+        TokensCommand::Enroll {
+            subject,
+            kind,
+            algorithm,
+            digits,
+            period,
+            qr,
+            api,
+        } => enroll(&api, &subject, kind, algorithm, digits, period, qr),
+        TokensCommand::Import {
+            file,
+            format,
+            password,
+            key_file,
+            api,
+        } => import(&api, &file, format, password, key_file),
+        TokensCommand::Show { serial, api } => {
+            call(&api, hyper::Method::GET, cli::token_path(&serial), None)
+        }
+        TokensCommand::Reset { serial, api } => call(
+            &api,
+            hyper::Method::POST,
+            cli::token_path(&serial).map(|p| format!("{p}/reset")),
+            None,
+        ),
+        TokensCommand::Resync {
+            serial,
+            code1,
+            code2,
+            api,
+        } => call(
+            &api,
+            hyper::Method::POST,
+            cli::token_path(&serial).map(|p| format!("{p}/resync")),
+            Some(json!({ "code1": code1, "code2": code2 })),
+        ),
+        TokensCommand::Assign {
+            serial,
+            subject,
+            api,
+        } => call(
+            &api,
+            hyper::Method::PUT,
+            cli::user_token_path(&subject, &serial),
+            None,
+        ),
+        TokensCommand::Delete { serial, api } => {
+            call(&api, hyper::Method::DELETE, cli::token_path(&serial), None)
+        }
+    }
+}
+
+/// `tokens enroll`: the answer printed (its `qr_svg` written to `qr` when
+/// given) and a warning that it holds the secret, shown this once.
+fn enroll(
+    api: &ApiArgs,
+    subject: &str,
+    kind: TokenKind,
+    algorithm: Option<String>,
+    digits: Option<u8>,
+    period: Option<u32>,
+    qr: Option<PathBuf>,
+) -> ExitCode {
+    let fields = EnrollFields {
+        kind,
+        algorithm,
+        digits,
+        period,
+    };
+    let prepared = fields.to_json().and_then(|body| {
+        let path = cli::user_tokens_path(subject)?;
+        // The file first: one that cannot be made costs no enrollment.
+        let qr = qr.as_deref().map(QrFile::create).transpose()?;
+        Ok((body, path, qr))
+    });
+    let (body, path, qr) = match prepared {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    run_api_with(api, |client| async move {
+        let (_, mut answer) = client
+            .request(hyper::Method::POST, &path, Some(body))
+            .await?;
+        let mut code = ExitCode::SUCCESS;
+        let mut also = String::new();
+        if let Some(qr) = qr {
+            let shown = qr.path().display().to_string();
+            match qr.store(&mut answer) {
+                Ok(()) => also = format!("; so does the QR code in {shown}"),
+                Err(e) => {
+                    eprintln!("error: {e}; the QR code is printed instead");
+                    code = ExitCode::FAILURE;
+                }
+            }
+        }
+        eprintln!(
+            "warning: otpauth_uri holds the token's secret and is shown only this once{also}: \
+             hand it to the user, then delete every copy"
+        );
+        Ok((answer, code))
+    })
+}
+
+/// `tokens import`: the file sent as it is, the password or key in the
+/// query (never printed).
+fn import(
+    api: &ApiArgs,
+    file: &std::path::Path,
+    format: ImportFormat,
+    password: Option<String>,
+    key_file: Option<PathBuf>,
+) -> ExitCode {
+    let secret = match (password, key_file) {
+        (Some(_), _) | (_, Some(_)) if format != ImportFormat::Pskc => Err(CliError::Usage(
+            "--password and --key-file open an encrypted PSKC file; a CSV file takes neither"
+                .to_owned(),
+        )),
+        (Some(p), _) if p.is_empty() => {
+            Err(CliError::Usage("--password must not be empty".to_owned()))
+        }
+        (Some(p), _) => Ok(ImportSecret::Password(p)),
+        (None, Some(k)) => cli::read_key_file(&k).map(ImportSecret::KeyHex),
+        (None, None) => Ok(ImportSecret::None),
+    };
+    let prepared =
+        secret.and_then(|s| Ok((cli::import_path(format, &s), cli::read_import_file(file)?)));
+    let (path, bytes) = match prepared {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    run_api(api, |client| async move {
+        let (_, answer) = client
+            .request_raw(
+                hyper::Method::POST,
+                &path,
+                format.content_type(),
+                bytes.into(),
+            )
+            .await?;
+        Ok(answer)
+    })
+}
+
+/// One request; prints the answer's JSON (or `deleted` for an empty 204).
 fn call(
     api: &ApiArgs,
     method: hyper::Method,
     path: Result<String, CliError>,
     body: Option<Value>,
 ) -> ExitCode {
+    call_noting(api, method, path, body, |_| {})
+}
+
+/// [`call`], and `note` told the answer's status first (to say on stderr
+/// whether a PUT created or updated).
+fn call_noting(
+    api: &ApiArgs,
+    method: hyper::Method,
+    path: Result<String, CliError>,
+    body: Option<Value>,
+    note: fn(hyper::StatusCode),
+) -> ExitCode {
     let path = match path {
         Ok(p) => p,
         Err(e) => return fail(&e),
     };
-    let is_put = method == hyper::Method::PUT;
     run_api(api, |client| async move {
         let (status, value) = client.request(method, &path, body).await?;
-        if is_put {
-            match status {
-                hyper::StatusCode::CREATED => eprintln!("created"),
-                _ => eprintln!("updated (fields not given kept their values)"),
-            }
-        }
+        note(status);
         if status == hyper::StatusCode::NO_CONTENT && value.is_null() {
             return Ok(json!("deleted"));
         }
@@ -509,6 +788,18 @@ fn run_api<F, Fut>(api: &ApiArgs, f: F) -> ExitCode
 where
     F: FnOnce(ApiClient) -> Fut,
     Fut: std::future::Future<Output = Result<Value, CliError>>,
+{
+    run_api_with(api, |client| async move {
+        f(client).await.map(|v| (v, ExitCode::SUCCESS))
+    })
+}
+
+/// [`run_api`] where `f` also gives the exit code for an answer it printed
+/// (a request that succeeded but a local step after it that did not).
+fn run_api_with<F, Fut>(api: &ApiArgs, f: F) -> ExitCode
+where
+    F: FnOnce(ApiClient) -> Fut,
+    Fut: std::future::Future<Output = Result<(Value, ExitCode), CliError>>,
 {
     let url = cli::resolve_url(api.url.clone());
     let client = match cli::resolve_key(api.key.clone()).and_then(|k| ApiClient::new(&url, &k)) {
@@ -526,16 +817,16 @@ where
         }
     };
     match rt.block_on(f(client)) {
-        Ok(Value::String(s)) => {
+        Ok((Value::String(s), code)) => {
             println!("{s}");
-            ExitCode::SUCCESS
+            code
         }
-        Ok(v) => {
+        Ok((v, code)) => {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
             );
-            ExitCode::SUCCESS
+            code
         }
         Err(e) => fail(&e),
     }
