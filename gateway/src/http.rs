@@ -32,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use watchword_engine::check::{ConfirmOutcome, MAX_CHECK_FIELD};
 use watchword_engine::directory::{
-    DirectoryError, Method, MethodId, MethodType, TokenInfo, Upsert, User, UserPatch,
+    Directory, DirectoryError, Durable, Method, MethodId, MethodType, TokenInfo, Upsert, User,
+    UserPatch,
 };
 use watchword_engine::import::Row;
 use watchword_engine::oath::{Algorithm, Kind, Params, otpauth_uri};
@@ -856,21 +857,38 @@ async fn get_token(
     ok(StatusCode::OK, token_json(&t))
 }
 
+/// An admin change to one token (reset, delete), audited under `event`
+/// once it is on disk.
+async fn change_token(
+    st: &ApiState,
+    headers: &HeaderMap,
+    serial: &str,
+    event: &str,
+    change: fn(&Directory, TenantId, &str) -> Result<Durable<TokenInfo>, DirectoryError>,
+) -> Result<TokenInfo, ApiError> {
+    let tenant = allow(st, headers, HttpRole::Admin)?;
+    let t = change(st.engine.directory(), tenant, serial)?
+        .wait()
+        .await?;
+    let subject = t.subject.as_deref().unwrap_or("");
+    st.engine
+        .audit_directory(tenant, subject, event, None, None);
+    Ok(t)
+}
+
 async fn reset_token(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(serial): Path<String>,
 ) -> ApiResult {
-    let tenant = allow(&st, &headers, HttpRole::Admin)?;
-    let t = st
-        .engine
-        .directory()
-        .reset_token(tenant, &serial)?
-        .wait()
-        .await?;
-    let subject = t.subject.as_deref().unwrap_or("");
-    st.engine
-        .audit_directory(tenant, subject, "token_reset", None, None);
+    let t = change_token(
+        &st,
+        &headers,
+        &serial,
+        "token_reset",
+        Directory::reset_token,
+    )
+    .await?;
     ok(StatusCode::OK, token_json(&t))
 }
 
@@ -879,16 +897,14 @@ async fn delete_token(
     headers: HeaderMap,
     Path(serial): Path<String>,
 ) -> ApiResult {
-    let tenant = allow(&st, &headers, HttpRole::Admin)?;
-    let t = st
-        .engine
-        .directory()
-        .delete_token(tenant, &serial)?
-        .wait()
-        .await?;
-    let subject = t.subject.as_deref().unwrap_or("");
-    st.engine
-        .audit_directory(tenant, subject, "token_deleted", None, None);
+    change_token(
+        &st,
+        &headers,
+        &serial,
+        "token_deleted",
+        Directory::delete_token,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
