@@ -24,6 +24,8 @@ pub struct ImportedToken {
     pub params: Params,
     /// Its secret (never logged).
     pub secret: Secret,
+    /// HOTP: the next counter expected (0 unless the file says).
+    pub counter: u64,
 }
 
 /// One row's outcome.
@@ -128,6 +130,7 @@ pub fn parse_csv(text: &str) -> Result<Vec<Row>, String> {
                 period,
             },
             secret,
+            counter: 0,
         }));
     }
     Ok(rows)

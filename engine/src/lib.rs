@@ -16,6 +16,7 @@ pub mod import;
 pub mod mask;
 pub mod memory;
 pub mod oath;
+pub mod pskc;
 pub mod secret;
 pub mod service;
 pub mod store;

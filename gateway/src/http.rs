@@ -704,6 +704,17 @@ struct ImportQuery {
     key: Option<String>,
 }
 
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if s.len() % 2 != 0 || s.len() > 128 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Largest token import, bytes.
 pub const MAX_IMPORT: usize = 16 << 20;
 
@@ -717,8 +728,7 @@ async fn import_tokens(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let tenant = allow(&st, &headers, HttpRole::Admin)?;
-    let Query(q) =
-        query.map_err(|_| ApiError::invalid("format: csv (pskc is not supported yet)"))?;
+    let Query(q) = query.map_err(|_| ApiError::invalid("format: csv or pskc"))?;
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -730,15 +740,31 @@ async fn import_tokens(
             ApiError::bad_request("the body could not be read")
         }
     })?;
-    if q.format != "csv" {
-        return Err(ApiError::invalid("format: csv (pskc is not supported yet)"));
-    }
-    if q.password.is_some() || q.key.is_some() {
-        return Err(ApiError::invalid("password, key: only for format=pskc"));
-    }
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| ApiError::bad_request("the file is not UTF-8 text"))?;
-    let rows = watchword_engine::import::parse_csv(text).map_err(ApiError::invalid)?;
+    let rows = match q.format.as_str() {
+        "csv" => {
+            if q.password.is_some() || q.key.is_some() {
+                return Err(ApiError::invalid("password, key: only for format=pskc"));
+            }
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| ApiError::bad_request("the file is not UTF-8 text"))?;
+            watchword_engine::import::parse_csv(text).map_err(ApiError::invalid)?
+        }
+        "pskc" => {
+            let key =
+                match &q.key {
+                    None => None,
+                    Some(hex) => Some(decode_hex(hex).ok_or_else(|| {
+                        ApiError::invalid("key: must be hex (16 bytes for AES-128)")
+                    })?),
+                };
+            let keys = watchword_engine::pskc::Keys {
+                key,
+                password: q.password.clone(),
+            };
+            watchword_engine::pskc::parse(&bytes, &keys).map_err(ApiError::invalid)?
+        }
+        _ => return Err(ApiError::invalid("format: csv or pskc")),
+    };
     let e = &st.engine;
     let now = e.now_ms();
     let mut imported = 0u64;

@@ -1081,6 +1081,40 @@ async fn tokens_import_from_csv_assign_and_resync() {
     )
     .await;
     assert_eq!((s, &e["error"]), (422, &json!("invalid_argument")));
+    // A PSKC file with a plain HOTP secret (RFC 6030 Figure 2's shape),
+    // assigned, then its first code checks.
+    let pskc = r#"<?xml version="1.0" encoding="UTF-8"?>
+<KeyContainer Version="1.0" xmlns="urn:ietf:params:xml:ns:keyprov:pskc"><KeyPackage>
+<DeviceInfo><SerialNo>PSKC-1</SerialNo></DeviceInfo>
+<Key Id="1" Algorithm="urn:ietf:params:xml:ns:keyprov:pskc:hotp">
+<AlgorithmParameters><ResponseFormat Length="6" Encoding="DECIMAL"/></AlgorithmParameters>
+<Data><Secret><PlainValue>MTIzNDU2Nzg5MDEyMzQ1Njc4OTA=</PlainValue></Secret>
+<Counter><PlainValue>0</PlainValue></Counter></Data></Key></KeyPackage></KeyContainer>"#;
+    let (s, rep, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/tokens/import?format=pskc",
+        ADMIN,
+        Some(pskc),
+    )
+    .await;
+    assert_eq!((s, &rep["imported"]), (200, &json!(1)), "{rep}");
+    let (s, _, _) = http(&r, &mut seen, "PUT", "/v1/users/pat", ADMIN, Some("{}")).await;
+    assert_eq!(s, 201);
+    let (s, _, _) = http(
+        &r,
+        &mut seen,
+        "PUT",
+        "/v1/users/pat/tokens/PSKC-1",
+        ADMIN,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let body = json!({"subject": "pat", "answer": "755224"}).to_string();
+    let (_, c, _) = http(&r, &mut seen, "POST", "/v1/check", CLIENT, Some(&body)).await;
+    assert_eq!(c, json!({"result": "accept"}), "RFC 4226's counter-0 code");
     // The upn made its user; its code checks.
     let secret =
         watchword_engine::oath::Secret::new(watchword_engine::oath::base32_decode(b32).unwrap());

@@ -834,6 +834,7 @@ impl Directory {
             kind,
             params,
             secret,
+            counter,
         } = token;
         let (serial, subject) = (serial.as_str(), subject.as_deref());
         params
@@ -863,7 +864,7 @@ impl Directory {
                 kind,
                 params,
                 secret,
-                counter: 0,
+                counter,
                 last_step: 0,
                 drift: 0,
                 failcount: 0,
