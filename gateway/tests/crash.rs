@@ -107,3 +107,62 @@ fn acknowledged_writes_survive_kill_9() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The current TOTP code of a base32 secret.
+fn totp_now(b32: &str) -> String {
+    use watchword_engine::oath::{Algorithm, Params, Secret, Token, base32_decode};
+    let secret = Secret::new(base32_decode(b32).unwrap());
+    let p = Params {
+        algorithm: Algorithm::Sha1,
+        digits: 6,
+        period: 30,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    Token::new(&secret, p).unwrap().totp(now)
+}
+
+#[test]
+fn a_token_code_accepted_just_before_kill_9_is_refused_after_the_restart() {
+    let mut server = Server::start();
+    let addr = server.http_addr();
+    let (s, _) = http(&addr, "PUT", "/v1/users/ann", ADMIN_KEY, "{}").unwrap();
+    assert_eq!(s, 201);
+    let (s, body) = http(
+        &addr,
+        "POST",
+        "/v1/users/ann/tokens",
+        ADMIN_KEY,
+        r#"{"type": "totp"}"#,
+    )
+    .unwrap();
+    assert_eq!(s, 201, "{body}");
+    let t: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let uri = t["otpauth_uri"].as_str().unwrap();
+    let b32 = uri
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("secret="))
+        .unwrap()
+        .to_owned();
+    let check = format!(r#"{{"subject": "ann", "answer": "{}"}}"#, totp_now(&b32));
+    let (s, answer) = http(&addr, "POST", "/v1/check", child::CLIENT_KEY, &check).unwrap();
+    assert_eq!((s, answer.as_str()), (200, r#"{"result":"accept"}"#));
+    // No shutdown, no flush: the accept's write was acknowledged before the answer.
+    server.kill9();
+    server.restart();
+    let (s, answer) = http(
+        &server.http_addr(),
+        "POST",
+        "/v1/check",
+        child::CLIENT_KEY,
+        &check,
+    )
+    .unwrap();
+    assert_eq!(s, 200);
+    assert!(
+        answer.contains("wrong_answer"),
+        "the code verified again after kill -9: {answer}"
+    );
+}
