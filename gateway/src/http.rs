@@ -715,6 +715,9 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Tokens an import queues for the disk before it waits for them.
+const IMPORT_SLICE: usize = 4096;
+
 /// Largest token import, bytes.
 pub const MAX_IMPORT: usize = 16 << 20;
 
@@ -790,6 +793,13 @@ async fn import_tokens(
                     skipped.push(json!({"serial": t.serial, "reason": format!("upn: {err}")}));
                     continue;
                 }
+            }
+        }
+        // Backpressure: a large file must not fill the store's write queue
+        // (other writers would get 503): wait for each slice to be durable.
+        if writes.len() >= IMPORT_SLICE {
+            for w in writes.drain(..) {
+                w.wait().await?;
             }
         }
         let serial = t.serial.clone();
