@@ -538,16 +538,17 @@ impl Engine {
             expires_at_ms: issued.expires_at_ms,
             message,
         });
-        Ok(self.decided_to(
-            tenant,
-            req,
-            result,
-            Some(kind),
-            Some(issued.id),
-            Some(issued.masked_destination),
-        ))
+        let on = On {
+            method: Some(kind),
+            challenge: Some(issued.id),
+            destination: Some(issued.masked_destination),
+            client_ip: req.client_ip,
+        };
+        self.audit_check(tenant, req.subject, &result, on);
+        Ok(CheckStep::Done(result))
     }
 
+    /// Audits a decision made at once and answers it.
     fn decided(
         &self,
         tenant: TenantId,
@@ -556,22 +557,10 @@ impl Engine {
         method: Option<MethodType>,
         challenge: Option<ChallengeId>,
     ) -> CheckStep {
-        self.decided_to(tenant, req, result, method, challenge, None)
-    }
-
-    fn decided_to(
-        &self,
-        tenant: TenantId,
-        req: &CheckRequest<'_>,
-        result: CheckResult,
-        method: Option<MethodType>,
-        challenge: Option<ChallengeId>,
-        destination: Option<crate::mask::MaskedDestination>,
-    ) -> CheckStep {
         let on = On {
             method,
             challenge,
-            destination,
+            destination: None,
             client_ip: req.client_ip,
         };
         self.audit_check(tenant, req.subject, &result, on);

@@ -729,6 +729,10 @@ fn section_comment(header: &str) -> Option<&'static str> {
             "Behaviour of a simulated carrier (latencies, failure rates)."
         }
         "[router.carriers.http]" => "Settings of an HTTP carrier (JSON over HTTP/1.1).",
+        "[router.carriers.simulated.auto_answer]" => {
+            "The simulated handsets answer confirmation calls by themselves (keys, delay),\n\
+             only while no connection of the tenant is subscribed to the outbox."
+        }
         "[router.carriers.breaker]" => "The carrier's circuit breaker.",
         "[[router.senders.pools]]" => "An SMS sender pool (short codes) for one country.",
         "[router.limits.destination]" => {
@@ -801,7 +805,15 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
         ("[[tenants.http_keys]]", "role") => {
             "client (check only), helpdesk (check, help desk, read users) or admin."
         }
-        ("[storage]", "path") => "Data directory; empty keeps users in memory only (lost at exit).",
+        ("[storage]", "path") => {
+            "Data directory; empty keeps users in memory only (lost at exit).\n\
+             master_key = \"/etc/watchword/master.key\" names the master key (a file made by\n\
+             `watchword keygen`, outside this directory; required in production). Unset in\n\
+             development: one is made as master.key inside the directory, with a warning."
+        }
+        ("[router.carriers.simulated]", "ring_timeout_ms") => {
+            "A confirmation call nobody answers ends as not answered after this long."
+        }
         ("[storage]", "queue_ops") => "Writes queued for the disk before the API answers 503.",
         ("[http]", "listen") => "HTTP API address, ip:port; empty turns it off.",
         ("[table]", "shards") => "Lock shards; 0 picks (cores x 16) rounded up to a power of two.",
