@@ -224,10 +224,16 @@ pub struct TotpMatch {
 impl Token {
     /// A token computing with `secret` under `params`.
     pub fn new(secret: &Secret, params: Params) -> Result<Token, OathError> {
+        Token::from_bytes(secret.expose(), params)
+    }
+
+    /// The token of a secret's bytes (held elsewhere, e.g. packed in the
+    /// directory's memory).
+    pub fn from_bytes(secret: &[u8], params: Params) -> Result<Token, OathError> {
         params.validate()?;
-        validate_secret(secret.expose())?;
+        validate_secret(secret)?;
         Ok(Token {
-            key: ring::hmac::Key::new(params.algorithm.ring(), secret.expose()),
+            key: ring::hmac::Key::new(params.algorithm.ring(), secret),
             params,
         })
     }

@@ -4,9 +4,12 @@
 //! serve` does at start (open the store, stream every row into the in-memory
 //! directory) and the resident memory that directory holds per user.
 //!
-//! `cargo run --release -p watchword-benches --bin directory_load -- [USERS] [DIR]`
+//! `cargo run --release -p watchword-benches --bin directory_load -- [USERS] [DIR] [TOKENS]`
 //! (default 1,000,000 users in a temporary directory; an existing DIR with a
-//! `watchword.db` of the same master key is loaded without writing).
+//! `watchword.db` of the same master key is loaded without writing). With
+//! `TOKENS` = 1, each user also gets a TOTP token (imported through the
+//! directory, as `POST /v1/tokens/import` does), so two runs, with and
+//! without, give the memory per token.
 //! It measures; it never asserts a target (that is the benchmarks
 //! document's job).
 
@@ -68,6 +71,11 @@ fn main() -> Result<(), String> {
             keep.clone()
         }
     };
+    let with_tokens = match args.next().as_deref() {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(other) => return Err(format!("TOKENS: 0 or 1, got {other:?}")),
+    };
     let key = MasterKey::from_bytes(KEY);
     if !dir.join(watchword_engine::store::DB_FILE).exists() {
         // Room for the four batches of 30,000 rows kept in flight.
@@ -107,6 +115,9 @@ fn main() -> Result<(), String> {
             t0.elapsed().as_secs_f64(),
             store.commits()
         );
+        if with_tokens {
+            import_tokens(store, users, now)?;
+        }
     }
     let size = std::fs::metadata(dir.join(watchword_engine::store::DB_FILE))
         .map(|m| m.len())
@@ -137,9 +148,10 @@ fn main() -> Result<(), String> {
     let rss1 = rss_bytes().unwrap_or(0);
     let per_user = (rss1.saturating_sub(rss0)) as f64 / report.users.max(1) as f64;
     println!(
-        "loaded {} users and {} methods in {load_s:.2} s; database {:.0} MiB; RSS {:.0} -> {:.0} MiB at the end of the load, {:.0} MiB 2 s later: {per_user:.0} bytes per user",
+        "loaded {} users, {} methods and {} tokens in {load_s:.2} s; database {:.0} MiB; RSS {:.0} -> {:.0} MiB at the end of the load, {:.0} MiB 2 s later: {per_user:.0} bytes per user",
         report.users,
         report.methods,
+        report.tokens,
         size as f64 / (1 << 20) as f64,
         rss0 as f64 / (1 << 20) as f64,
         rss_peak as f64 / (1 << 20) as f64,
@@ -155,6 +167,54 @@ fn main() -> Result<(), String> {
     }
     // Keep the directory alive until measured.
     assert_eq!(directory.len(), report.users);
+    Ok(())
+}
+
+/// One TOTP token per user, through the directory (sealed with the master
+/// key, queued to the store), each 4,096th import waited for.
+fn import_tokens(store: SqliteStore, users: u64, now: u64) -> Result<(), String> {
+    use watchword_engine::import::ImportedToken;
+    use watchword_engine::oath::{Algorithm, Kind, Params, Secret};
+    let t0 = Instant::now();
+    let (directory, _) = Directory::load(
+        vec!["demo".into()],
+        Arc::new(store),
+        Arc::new(MasterKey::from_bytes(KEY)),
+    )?;
+    // The only tenant loaded.
+    let tenant = watchword_engine::types::TenantId(0);
+    let mut last = None;
+    for i in 0..users {
+        let mut secret = [0u8; 20];
+        secret[..8].copy_from_slice(&i.to_le_bytes());
+        let token = ImportedToken {
+            serial: format!("TOTP{i:08}"),
+            subject: Some(format!("user-{i:07}@corp.example.com")),
+            kind: Kind::Totp,
+            params: Params {
+                algorithm: Algorithm::Sha1,
+                digits: 6,
+                period: 30,
+            },
+            secret: Secret::new(secret.to_vec()),
+            counter: 0,
+        };
+        let done = directory
+            .import_token(tenant, token, now)
+            .map_err(|e| e.to_string())?;
+        if i % 4096 == 4095 {
+            done.wait_blocking().map_err(|e| e.to_string())?;
+        } else {
+            last = Some(done);
+        }
+    }
+    if let Some(done) = last {
+        done.wait_blocking().map_err(|e| e.to_string())?;
+    }
+    println!(
+        "imported {users} tokens in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -328,7 +328,7 @@ impl Directory {
                         };
                         match TokenEntry::from_stored(&tok, &key) {
                             Ok(entry) => {
-                                tokens[t].put(&tok.serial, entry);
+                                tokens[t].put(entry);
                                 report.tokens += 1;
                             }
                             Err(e) => error = Some(e),
@@ -344,7 +344,8 @@ impl Directory {
         for (map, users) in dir.maps.iter_mut().zip(users) {
             *map.get_mut() = users.into_iter().collect();
         }
-        for (map, tokens) in dir.tokens.iter_mut().zip(tokens) {
+        for (map, mut tokens) in dir.tokens.iter_mut().zip(tokens) {
+            tokens.shrink_to_fit();
             *map.get_mut() = tokens;
         }
         dir.store = Some(store);
@@ -354,20 +355,15 @@ impl Directory {
     /// What the API shows of a token of the tenant.
     pub fn token_info(&self, tenant: TenantId, serial: &str) -> Option<TokenInfo> {
         let t = self.tokens.get(usize::from(tenant.0))?.read();
-        t.by_serial.get(serial).map(|e| e.info(serial))
+        t.get(serial).map(TokenEntry::info)
     }
 
     /// Whether the user holds an active token.
     pub fn has_active_token(&self, tenant: TenantId, subject: &str) -> bool {
         self.tokens.get(usize::from(tenant.0)).is_some_and(|t| {
-            let t = t.read();
-            t.by_subject.get(subject).is_some_and(|serials| {
-                serials.iter().any(|s| {
-                    t.by_serial
-                        .get(s)
-                        .is_some_and(|e| e.state == TokenState::Active)
-                })
-            })
+            t.read()
+                .tokens_of(subject)
+                .any(|e| e.state == TokenState::Active)
         })
     }
 
@@ -375,7 +371,12 @@ impl Directory {
     pub fn tokens_of(&self, tenant: TenantId, subject: &str) -> Vec<String> {
         self.tokens
             .get(usize::from(tenant.0))
-            .map(|t| t.read().of(subject).into_iter().map(Into::into).collect())
+            .map(|t| {
+                t.read()
+                    .tokens_of(subject)
+                    .map(|e| e.serial().to_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -650,28 +651,21 @@ impl Directory {
         let done = self.write_tokens(tenant, |table, tenant_name, key| {
             let serial = loop {
                 let s = format!("WW{:012X}", rand::random::<u64>() >> 16);
-                if !table.by_serial.contains_key(s.as_str()) {
+                if !table.contains(&s) {
                     break s;
                 }
             };
-            let entry = TokenEntry {
-                subject: Some(subject.into()),
+            let entry = TokenEntry::new(
+                &serial,
+                Some(subject),
                 kind,
                 params,
-                secret: secret.clone(),
-                counter: 0,
-                last_step: 0,
-                drift: 0,
-                failcount: 0,
-                state: TokenState::Active,
-                created_at_ms: now_ms,
-            };
-            let ops = vec![StoreOp::PutToken(entry.to_stored(
-                tenant_name,
-                &serial,
-                key,
-            ))];
-            table.put(&serial, entry);
+                secret.expose(),
+                0,
+                now_ms,
+            );
+            let ops = vec![StoreOp::PutToken(entry.to_stored(tenant_name, key))];
+            table.put(entry);
             Ok(((serial, secret), ops))
         });
         drop(users);
@@ -692,12 +686,12 @@ impl Directory {
         policy: TokenPolicy,
     ) -> Result<Durable<TokenCheck>, DirectoryError> {
         self.write_tokens(tenant, |table, tenant_name, _| {
-            let serials = table.of(subject);
+            let slots = table.of(subject);
             let mut active = 0;
             let mut ops = Vec::new();
             let mut matched = None;
-            for serial in &serials {
-                let Some(e) = table.by_serial.get_mut(serial) else {
+            for &slot in &slots {
+                let Some(e) = table.at_mut(slot) else {
                     continue;
                 };
                 if e.state != TokenState::Active {
@@ -705,12 +699,12 @@ impl Directory {
                 }
                 active += 1;
                 if matched.is_none() && e.verify(code, now_s, policy.window, policy.lookahead) {
-                    matched = Some(serial.clone());
-                    ops.push(progress(tenant_name, serial, e));
+                    matched = Some(e.serial().to_owned());
+                    ops.push(progress(tenant_name, e));
                 }
             }
             if active == 0 {
-                let result = if serials.is_empty() {
+                let result = if slots.is_empty() {
                     TokenCheck::NoTokens
                 } else {
                     TokenCheck::AllLocked
@@ -718,12 +712,17 @@ impl Directory {
                 return Ok((result, ops));
             }
             if let Some(serial) = matched {
-                return Ok((TokenCheck::Accepted { serial }, ops));
+                return Ok((
+                    TokenCheck::Accepted {
+                        serial: serial.into(),
+                    },
+                    ops,
+                ));
             }
             // No token took it: one more failure on each active token.
             let mut locked = Vec::new();
-            for serial in &serials {
-                let Some(e) = table.by_serial.get_mut(serial) else {
+            for &slot in &slots {
+                let Some(e) = table.at_mut(slot) else {
                     continue;
                 };
                 if e.state != TokenState::Active {
@@ -732,9 +731,9 @@ impl Directory {
                 e.failcount = e.failcount.saturating_add(1);
                 if e.failcount >= policy.max_failures {
                     e.state = TokenState::Locked;
-                    locked.push(serial.to_string());
+                    locked.push(e.serial().to_owned());
                 }
-                ops.push(progress(tenant_name, serial, e));
+                ops.push(progress(tenant_name, e));
             }
             let all_locked = locked.len() == active;
             Ok((TokenCheck::Wrong { locked, all_locked }, ops))
@@ -754,10 +753,10 @@ impl Directory {
     ) -> Result<Durable<Option<TokenInfo>>, DirectoryError> {
         self.write_tokens(tenant, |table, tenant_name, _| {
             let e = table
-                .by_serial
                 .get_mut(serial)
                 .ok_or(DirectoryError::NotFound("no such token"))?;
-            let token = crate::oath::Token::new(&e.secret, e.params)
+            let token = e
+                .token()
                 .map_err(|err| DirectoryError::Conflict(err.to_string()))?;
             let found = match e.kind {
                 crate::oath::Kind::Hotp => token
@@ -770,7 +769,8 @@ impl Directory {
                         .resync(code1.as_bytes(), code2.as_bytes(), from, 2001)
                         .map(|step| {
                             e.last_step = step;
-                            e.drift = (i128::from(step) - i128::from(now)) as i64;
+                            e.drift =
+                                tokens::clamp_drift((i128::from(step) - i128::from(now)) as i64);
                         })
                 }
             };
@@ -778,8 +778,8 @@ impl Directory {
                 return Ok((None, Vec::new()));
             }
             e.failcount = 0;
-            let ops = vec![progress(tenant_name, serial, e)];
-            Ok((Some(e.info(serial)), ops))
+            let ops = vec![progress(tenant_name, e)];
+            Ok((Some(e.info()), ops))
         })
     }
 
@@ -802,17 +802,17 @@ impl Directory {
             let mut e = table
                 .remove(serial)
                 .ok_or(DirectoryError::NotFound("no such token"))?;
-            if e.subject.as_deref().is_some_and(|s| s != subject) {
-                table.put(serial, e);
+            if e.subject().is_some_and(|s| s != subject) {
+                table.put(e);
                 return Err(DirectoryError::Conflict(
                     "the token is assigned to another user; delete or reassign it there first"
                         .into(),
                 ));
             }
-            e.subject = Some(subject.into());
-            let ops = vec![StoreOp::PutToken(e.to_stored(tenant_name, serial, key))];
-            let info = e.info(serial);
-            table.put(serial, e);
+            e.set_subject(Some(subject));
+            let ops = vec![StoreOp::PutToken(e.to_stored(tenant_name, key))];
+            let info = e.info();
+            table.put(e);
             Ok((info, ops))
         });
         drop(users);
@@ -856,23 +856,20 @@ impl Directory {
             return Err(DirectoryError::NotFound("no such user"));
         }
         let done = self.write_tokens(tenant, |table, tenant_name, key| {
-            if table.by_serial.contains_key(serial) {
+            if table.contains(serial) {
                 return Err(DirectoryError::Conflict("duplicate serial".into()));
             }
-            let entry = TokenEntry {
-                subject: subject.map(Into::into),
+            let entry = TokenEntry::new(
+                serial,
+                subject,
                 kind,
                 params,
-                secret,
+                secret.expose(),
                 counter,
-                last_step: 0,
-                drift: 0,
-                failcount: 0,
-                state: TokenState::Active,
-                created_at_ms: now_ms,
-            };
-            let ops = vec![StoreOp::PutToken(entry.to_stored(tenant_name, serial, key))];
-            table.put(serial, entry);
+                now_ms,
+            );
+            let ops = vec![StoreOp::PutToken(entry.to_stored(tenant_name, key))];
+            table.put(entry);
             Ok(((), ops))
         });
         drop(users);
@@ -887,15 +884,14 @@ impl Directory {
     ) -> Result<Durable<TokenInfo>, DirectoryError> {
         self.write_tokens(tenant, |table, tenant_name, _| {
             let e = table
-                .by_serial
                 .get_mut(serial)
                 .ok_or(DirectoryError::NotFound("no such token"))?;
             e.failcount = 0;
             if e.state == TokenState::Locked {
                 e.state = TokenState::Active;
             }
-            let ops = vec![progress(tenant_name, serial, e)];
-            Ok((e.info(serial), ops))
+            let ops = vec![progress(tenant_name, e)];
+            Ok((e.info(), ops))
         })
     }
 
@@ -913,7 +909,7 @@ impl Directory {
                 tenant: tenant_name.to_owned(),
                 serial: serial.to_owned(),
             }];
-            Ok((e.info(serial), ops))
+            Ok((e.info(), ops))
         })
     }
 
@@ -1066,13 +1062,13 @@ pub enum TokenCheck {
     },
 }
 
-fn progress(tenant: &str, serial: &str, e: &TokenEntry) -> StoreOp {
+fn progress(tenant: &str, e: &TokenEntry) -> StoreOp {
     StoreOp::TokenProgress {
         tenant: tenant.to_owned(),
-        serial: serial.to_owned(),
+        serial: e.serial().to_owned(),
         counter: e.counter,
         last_step: e.last_step,
-        drift: e.drift,
+        drift: i64::from(e.drift),
         failcount: e.failcount,
         state: e.state.name().to_owned(),
     }
