@@ -451,14 +451,17 @@ impl Engine {
         if !req.state.is_empty() {
             return Ok(self.check_state(tenant, req));
         }
-        let tokens = self.inner.directory.has_active_token(tenant, req.subject);
+        let keyword =
+            MethodType::parse(req.answer.trim()).filter(|t| MethodType::REGISTRABLE.contains(t));
+        let answers_a_code = !req.answer.is_empty() && keyword.is_none();
+        // Whether the user holds a token matters only to pick a challenge:
+        // a code is checked against the tokens themselves.
+        let tokens = !answers_a_code && self.inner.directory.has_active_token(tenant, req.subject);
         let picked = self.inner.directory.with_view(tenant, req.subject, |u| {
             if !u.enabled {
                 return Err(RejectReason::UnknownUser);
             }
-            let keyword = MethodType::parse(req.answer.trim())
-                .filter(|t| MethodType::REGISTRABLE.contains(t));
-            if !req.answer.is_empty() && keyword.is_none() {
+            if answers_a_code {
                 // An answer without a state is checked against the user's
                 // tokens (and PIN, per policy, when that lands).
                 return Ok(None);

@@ -128,9 +128,10 @@ pub struct Common {
     /// Most flows waiting for codes at once.
     #[arg(long, default_value_t = 100_000)]
     pub max_pending_flows: usize,
-    /// Users the `check` scenario spreads over; made before the run through
-    /// the HTTP API (each with an e-mail method confirmed from the outbox)
-    /// unless they exist already.
+    /// Users the `check` and `totp` scenarios spread over; made before the
+    /// run through the HTTP API unless they exist already (`check`: each
+    /// with an e-mail method confirmed from the outbox; `totp`: each with a
+    /// TOTP token imported from CSV, good for 3 accepts a run).
     #[arg(long, default_value_t = 10_000)]
     pub users: u64,
     /// The gateway's HTTP API, for provisioning `check` users.
@@ -419,6 +420,19 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             match &a.target {
                 TargetAddr::Watchword(addr) => {
                     let backend = a.common.watchword(addr, a.depth);
+                    if a.mix.entries().iter().any(|(s, _)| *s == Scenario::Totp) {
+                        let c = &a.common;
+                        let t0 = std::time::Instant::now();
+                        let made =
+                            crate::users::provision_tokens(&c.http, &c.http_key, c.users).await?;
+                        eprintln!(
+                            "totp: {} users with a token ({} imported now) in {:.1} s; each token \
+                             accepts 3 codes a run (reruns within 90 s find its steps spent)",
+                            c.users,
+                            made,
+                            t0.elapsed().as_secs_f64()
+                        );
+                    }
                     if a.mix.entries().iter().any(|(s, _)| *s == Scenario::Check) {
                         let c = &a.common;
                         let t0 = std::time::Instant::now();

@@ -30,11 +30,16 @@ pub enum Scenario {
     /// starts an e-mail challenge (Watchword only; users made before the run
     /// through the HTTP API, see `--users`).
     Check,
+    /// A CHECK answered with the current TOTP code of a provisioned user's
+    /// token (Watchword only; users and tokens imported before the run
+    /// through the HTTP API, see `--users`): each accept moves the token's
+    /// last step, durably, so a code is never accepted twice.
+    Totp,
 }
 
 impl Scenario {
     /// Every scenario, in a stable order.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Self::Flow,
         Self::Wrong,
         Self::Resend,
@@ -43,6 +48,7 @@ impl Scenario {
         Self::Verify,
         Self::Ping,
         Self::Check,
+        Self::Totp,
     ];
 
     /// Lower-case name as used on the command line.
@@ -56,6 +62,7 @@ impl Scenario {
             Self::Verify => "verify",
             Self::Ping => "ping",
             Self::Check => "check",
+            Self::Totp => "totp",
         }
     }
 

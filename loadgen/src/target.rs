@@ -84,6 +84,18 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (conn, n);
         async { Err("unsupported") }
     }
+
+    /// A CHECK answered with a TOTP code of provisioned token number `n`;
+    /// `seq` (the request's sequence number) says which of the token's
+    /// fresh steps to use. Its label as for [`Backend::check`].
+    fn totp(
+        conn: &Self::Conn,
+        n: u64,
+        seq: u64,
+    ) -> impl Future<Output = Result<OutcomeLabel, ErrLabel>> + Send {
+        let _ = (conn, n, seq);
+        async { Err("unsupported") }
+    }
 }
 
 /// Which target a `--target` URL names.

@@ -1,6 +1,7 @@
 //! Users through the HTTP API: provisioning the users a `check` run needs
 //! (each with an e-mail method confirmed by the code its simulated mailbox
-//! received), and the durable-upsert measurement (`watchword-loadgen users`):
+//! received) and those a `totp` run needs (each with a TOTP token, imported
+//! from CSV), and the durable-upsert measurement (`watchword-loadgen users`):
 //! closed-loop `PUT /v1/users/{subject}` from many connections, each answer
 //! acknowledged only once the write reached the disk.
 //!
@@ -15,6 +16,8 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use watchword_gateway::client::{Client, ClientConfig};
 
+use watchword_engine::oath::{Algorithm, Params, Secret, Token};
+
 use crate::http::HttpConn;
 use crate::target::extract_code;
 
@@ -25,6 +28,72 @@ pub fn check_subject(k: u64) -> String {
 
 fn check_address(k: u64) -> String {
     format!("lg-check-{k}@loadgen.example.com")
+}
+
+/// The subject of TOTP user `k` (`--mix totp`).
+pub fn totp_subject(k: u64) -> String {
+    format!("lg-totp-{k}")
+}
+
+/// The serial of TOTP user `k`'s token.
+fn totp_serial(k: u64) -> String {
+    format!("LGTOTP{k:010}")
+}
+
+/// TOTP user `k`'s token: SHA-1, 6 digits, 30 s, a secret made from `k`
+/// (a load-test token: never a real one).
+fn totp_token(k: u64) -> (Secret, Params) {
+    let mut secret = vec![0x5a; 20];
+    secret[..8].copy_from_slice(&k.to_le_bytes());
+    let params = Params {
+        algorithm: Algorithm::Sha1,
+        digits: 6,
+        period: 30,
+    };
+    (Secret::new(secret), params)
+}
+
+/// The code token `k` answers at `now_s` for its `round`-th use in a run:
+/// the step before the current one, then the current one, then the next
+/// (all inside the default window of one step either side, each after the
+/// one before, so none is a replay). A fourth use repeats the next step and
+/// is refused as a replay: size `--users` above a third of the requests.
+pub fn totp_code(k: u64, now_s: u64, round: u64) -> String {
+    let (secret, params) = totp_token(k);
+    match Token::new(&secret, params) {
+        Ok(t) => t.hotp(t.step_at(now_s).saturating_sub(1) + round.min(2)),
+        Err(_) => String::new(),
+    }
+}
+
+/// Makes TOTP users `0..users` hold a token each: imports them through
+/// `POST /v1/tokens/import?format=csv` (the Entra layout: the `upn` makes
+/// the user), 100,000 rows a file. Tokens already there are skipped by
+/// serial (a rerun imports nothing). Returns how many were imported now.
+pub async fn provision_tokens(url: &str, key: &str, users: u64) -> anyhow::Result<u64> {
+    let mut c = HttpConn::connect(url, key).await?;
+    let mut imported = 0;
+    let mut from = 0;
+    while from < users {
+        let to = (from + 100_000).min(users);
+        let mut csv =
+            String::from("upn,serial number,secret key,time interval,manufacturer,model\n");
+        for k in from..to {
+            let (secret, _) = totp_token(k);
+            csv.push_str(&format!(
+                "{},{},{},30,loadgen,totp\n",
+                totp_subject(k),
+                totp_serial(k),
+                secret.to_base32()
+            ));
+        }
+        let r = c
+            .json("POST", "/v1/tokens/import?format=csv", &csv, &[200])
+            .await?;
+        imported += r["imported"].as_u64().unwrap_or(0);
+        from = to;
+    }
+    Ok(imported)
 }
 
 /// Makes users `0..users` exist with an active e-mail method, through the

@@ -164,10 +164,29 @@ impl Backend for WatchwordBackend {
     async fn check(c: &WatchwordConn, n: u64) -> Result<OutcomeLabel, ErrLabel> {
         let subject = crate::users::check_subject(n % c.users);
         let r = c.client.check(&subject, "", "", "").await.map_err(label)?;
-        Ok(match r.result {
-            0 => "accept",
-            1 => "reject",
-            _ => "challenge",
-        })
+        Ok(check_label(r.result))
+    }
+
+    async fn totp(c: &WatchwordConn, n: u64, seq: u64) -> Result<OutcomeLabel, ErrLabel> {
+        let k = n % c.users;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let code = crate::users::totp_code(k, now, seq / c.users);
+        let subject = crate::users::totp_subject(k);
+        let r = c
+            .client
+            .check(&subject, &code, "", "")
+            .await
+            .map_err(label)?;
+        Ok(check_label(r.result))
+    }
+}
+
+fn check_label(result: u8) -> OutcomeLabel {
+    match result {
+        0 => "accept",
+        1 => "reject",
+        _ => "challenge",
     }
 }
