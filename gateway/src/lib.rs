@@ -20,6 +20,7 @@ pub mod frame;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod radius;
 pub mod server;
 pub mod tls;
 
