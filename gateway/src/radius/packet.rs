@@ -400,7 +400,7 @@ pub fn reveal_user_password(
     request_authenticator: &[u8; 16],
 ) -> Result<Password, PasswordError> {
     let n = hidden.len();
-    if n == 0 || !n.is_multiple_of(16) || n > MAX_PASSWORD {
+    if n == 0 || n % 16 != 0 || n > MAX_PASSWORD {
         return Err(PasswordError::BadHiddenLength(n));
     }
     let mut out = Password {
