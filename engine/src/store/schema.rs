@@ -86,21 +86,6 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant, subject),
         FOREIGN KEY (tenant, subject) REFERENCES users (tenant, subject) ON DELETE CASCADE
     ) STRICT, WITHOUT ROWID;",
-    // v2: tokens' replay-sensitive state is appended to a log (one row per
-    // accepted or refused code, written at the end of one b-tree) instead of
-    // updated in place (one random page of `tokens` per code); the writer
-    // folds the log into `tokens` in chunks (see TOKEN_LOG_FOLD). No foreign
-    // key: a row of a deleted token is folded into nothing.
-    "CREATE TABLE token_progress (
-        seq        INTEGER PRIMARY KEY,
-        tenant     TEXT NOT NULL,
-        serial     TEXT NOT NULL,
-        counter    INTEGER NOT NULL,
-        last_step  INTEGER NOT NULL,
-        drift      INTEGER NOT NULL,
-        failcount  INTEGER NOT NULL,
-        state      TEXT NOT NULL
-    ) STRICT;",
 ];
 
 /// The schema version this binary writes: the number of migration steps.
@@ -159,43 +144,18 @@ pub(crate) const PUT_TOKEN: &str = "INSERT INTO tokens
         state = excluded.state,
         created_at_ms = excluded.created_at_ms";
 
-/// A token's replay-sensitive state, appended to the log.
-pub(crate) const TOKEN_PROGRESS: &str = "INSERT INTO token_progress
-    (tenant, serial, counter, last_step, drift, failcount, state)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-
-/// Folds the log's rows up to `seq` ?1 into `tokens`: each token takes its
-/// latest row (SQLite gives the bare columns of the row holding `max(seq)`).
-/// Rows of tokens that no longer exist change nothing.
-pub(crate) const TOKEN_LOG_FOLD: &str = "UPDATE tokens SET
-        counter = p.counter, last_step = p.last_step, drift = p.drift,
-        failcount = p.failcount, state = p.state
-    FROM (SELECT tenant, serial, counter, last_step, drift, failcount, state, max(seq)
-          FROM token_progress WHERE seq <= ?1 GROUP BY tenant, serial) AS p
-    WHERE tokens.tenant = p.tenant AND tokens.serial = p.serial";
-
-/// Drops the log's rows up to `seq` ?1 (once folded).
-pub(crate) const TOKEN_LOG_TRIM: &str = "DELETE FROM token_progress WHERE seq <= ?1";
-
-/// The log's first and last `seq` and its row count.
-pub(crate) const TOKEN_LOG_SPAN: &str = "SELECT min(seq), max(seq), count(*) FROM token_progress";
+/// A token's replay-sensitive state.
+pub(crate) const TOKEN_PROGRESS: &str = "UPDATE tokens SET
+    counter = ?3, last_step = ?4, drift = ?5, failcount = ?6, state = ?7
+    WHERE tenant = ?1 AND serial = ?2";
 
 /// Deletes a token.
 pub(crate) const DELETE_TOKEN: &str = "DELETE FROM tokens WHERE tenant = ?1 AND serial = ?2";
 
-/// Every token, in primary-key order, with the latest state of the token
-/// log laid over its row (the log is empty after open, which folds it; the
-/// overlay keeps a read on a running store right too).
-pub(crate) const SELECT_TOKENS: &str = "SELECT t.tenant, t.serial, t.subject, t.kind,
-    t.algorithm, t.digits, t.period, t.secret_sealed,
-    coalesce(p.counter, t.counter), coalesce(p.last_step, t.last_step),
-    coalesce(p.drift, t.drift), coalesce(p.failcount, t.failcount),
-    coalesce(p.state, t.state), t.created_at_ms
-    FROM tokens AS t LEFT JOIN
-        (SELECT tenant, serial, counter, last_step, drift, failcount, state, max(seq)
-         FROM token_progress GROUP BY tenant, serial) AS p
-        ON p.tenant = t.tenant AND p.serial = t.serial
-    ORDER BY t.tenant, t.serial";
+/// Every token, in primary-key order.
+pub(crate) const SELECT_TOKENS: &str = "SELECT tenant, serial, subject, kind, algorithm, digits,
+    period, secret_sealed, counter, last_step, drift, failcount, state, created_at_ms
+    FROM tokens ORDER BY tenant, serial";
 
 /// Every user, in primary-key order.
 pub(crate) const SELECT_USERS: &str =

@@ -54,13 +54,6 @@ pub struct StoreOptions {
     /// Ops the writer gathers into one transaction before committing (a
     /// batch exceeds it by at most one submit's ops). Default 8 192.
     pub max_batch_ops: usize,
-    /// Token-log rows from which the writer folds a chunk into `tokens`
-    /// after every commit (below it, only when idle). Default 1 048 576
-    /// (about 60 MB of log): a burst of accepted codes appends and is
-    /// folded once the burst is over.
-    pub token_log_fold_at: u64,
-    /// Token-log rows folded in one transaction. Default 16 384.
-    pub token_log_chunk: u64,
 }
 
 impl Default for StoreOptions {
@@ -68,8 +61,6 @@ impl Default for StoreOptions {
         StoreOptions {
             queue_ops: 65_536,
             max_batch_ops: 8_192,
-            token_log_fold_at: 1 << 20,
-            token_log_chunk: 16_384,
         }
     }
 }
@@ -135,16 +126,6 @@ impl SqliteStore {
         .map_err(map_err)?;
         configure_writer(&conn)?;
         prepare(&conn, key)?;
-        // What the last run appended and did not fold (a crash): folded
-        // before anything reads the tokens.
-        write_transaction(&conn, |conn| {
-            while writer::fold_token_log(conn, u64::MAX).map_err(map_err)? > 0 {}
-            Ok(())
-        })?;
-        let fold = writer::FoldPolicy {
-            fold_at: opts.token_log_fold_at.max(1),
-            fold_chunk: opts.token_log_chunk.max(1),
-        };
         if created {
             sync_parent_dir(&path).map_err(|e| io_err("sync the data directory", &e))?;
         }
@@ -156,7 +137,7 @@ impl SqliteStore {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("watchword-store".to_owned())
-                .spawn(move || writer::run(conn, rx, shared, max_batch_ops, fold))
+                .spawn(move || writer::run(conn, rx, shared, max_batch_ops))
                 .map_err(|e| io_err("start the writer thread", &e))?
         };
         Ok(SqliteStore {
@@ -204,12 +185,6 @@ impl SqliteStore {
     /// Successful commits since open (each may hold many submits).
     pub fn commits(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
-    }
-
-    /// Token-log rows not yet folded into the tokens table, as the writer
-    /// last counted them.
-    pub fn token_log_rows(&self) -> u64 {
-        self.shared.token_log_rows.load(Ordering::Relaxed)
     }
 
     /// Whether a commit has failed (the store then refuses every write).
@@ -896,14 +871,7 @@ mod tests {
         assert_eq!(read_version(&conn).unwrap(), SCHEMA_VERSION);
         assert_eq!(
             tables(&conn),
-            [
-                "meta",
-                "methods",
-                "pins",
-                "token_progress",
-                "tokens",
-                "users"
-            ]
+            ["meta", "methods", "pins", "tokens", "users"]
         );
         let stored = read_key_check(&conn).unwrap().unwrap();
         assert_eq!(stored, key().check_value());
