@@ -157,7 +157,8 @@ pub struct RunArgs {
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 1)]
     pub depth: usize,
-    /// Scenario mix (flow, wrong, resend, unknown) or a single op (issue, verify, ping).
+    /// Scenario mix (flow, wrong, resend, unknown) or a single op (issue, verify, ping; check and
+    /// totp: the user-level decision, Watchword only, users made first through the HTTP API).
     #[arg(long, default_value = "flow=80,wrong=10,resend=5,unknown=5")]
     pub mix: Mix,
     /// Write the report as JSON.
