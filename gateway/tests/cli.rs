@@ -610,3 +610,19 @@ fn backup_of_a_data_directory_never_used_says_there_is_nothing() {
         "a tool makes no key and no directory"
     );
 }
+
+#[test]
+fn version_and_help_name_the_binary_and_say_what_it_does() {
+    let v = ww(&["--version"], &[]);
+    assert!(v.status.success());
+    assert_eq!(
+        stdout(&v).trim(),
+        format!("watchword {}", env!("CARGO_PKG_VERSION"))
+    );
+    let h = stdout(&ww(&["--help"], &[]));
+    assert!(
+        h.starts_with("Watchword, a one-time passcode and MFA server"),
+        "{h}"
+    );
+    assert!(h.contains("Usage: watchword"), "{h}");
+}

@@ -28,7 +28,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Watchword: a one-time passcode engine behind protocol v1.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    name = "watchword",
+    version,
+    about = "Watchword, a one-time passcode and MFA server: `watchword serve` runs it (the \
+             binary protocol, the HTTP API and RADIUS); the other commands check its \
+             configuration, manage its keys and store, and manage users, methods and tokens \
+             through a running server's HTTP API."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
