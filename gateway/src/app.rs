@@ -1,6 +1,6 @@
 //! Wires a whole gateway from a [`Config`]: the audit log, the engine, the
-//! protocol listener (optionally TLS), the metrics listener, and the shutdown
-//! sequence.
+//! protocol listener (optionally TLS), the metrics listener, the HTTP API,
+//! the RADIUS server, and the shutdown sequence.
 //!
 //! Shutdown order: stop accepting and answer SHUTTING_DOWN to new ISSUEs;
 //! keep serving open connections while the engine drains queued deliveries
@@ -39,6 +39,8 @@ pub struct Running {
     pub metrics_addr: SocketAddr,
     /// The HTTP API's address, when it is on.
     pub http_addr: Option<SocketAddr>,
+    /// The RADIUS server's UDP address, when it is on.
+    pub radius_addr: Option<SocketAddr>,
     /// The engine (for tools and tests).
     pub engine: Engine,
     signals: Shutdown,
@@ -127,6 +129,11 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         Some(l) => Some(l.local_addr().map_err(|e| e.to_string())?),
         None => None,
     };
+    let radius_socket = bind_radius(&cfg).await?;
+    let radius_addr = match &radius_socket {
+        Some(s) => Some(s.local_addr().map_err(|e| e.to_string())?),
+        None => None,
+    };
     // The recorder first: the store and the engine register their metric
     // handles when they start, and handles taken before the recorder exists
     // count nowhere.
@@ -145,8 +152,12 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         Some(a) => a.clone(),
         None => Arc::new(NullSink),
     };
-    let engine =
-        Engine::start_with_directory(engine_config(&cfg), SystemClock::shared(), sink, directory)?;
+    let engine = Engine::start_with_directory(
+        engine_config(&cfg),
+        SystemClock::shared(),
+        sink.clone(),
+        directory,
+    )?;
     // Load the phone-number metadata now (process-wide, once), so the first
     // ISSUE does not pay for it (about a second in debug builds).
     let _ = tokio::task::spawn_blocking(|| {
@@ -180,6 +191,20 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
     ));
     let signals = Shutdown::default();
     let tracker = TaskTracker::new();
+    if let Some(socket) = radius_socket {
+        let settings = crate::radius::server::RadiusSettings::from_config(&cfg.radius, |name| {
+            engine.tenant_id(name)
+        })?;
+        let server = crate::radius::server::RadiusServer::new(
+            socket,
+            settings,
+            engine.clone(),
+            sink.clone(),
+            signals.close.clone(),
+        )
+        .await?;
+        tracker.spawn(server.run(signals.clone()));
+    }
     let http_stop = CancellationToken::new();
     if let Some(l) = http_listener {
         let state = Arc::new(crate::http::ApiState::new(
@@ -203,7 +228,7 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         signals.clone(),
         tracker.clone(),
     ));
-    tracing::info!(%addr, %metrics_addr, http = ?http_addr, tls = cfg.server.tls_cert.is_some(), "watchword gateway listening");
+    tracing::info!(%addr, %metrics_addr, http = ?http_addr, radius = ?radius_addr, tls = cfg.server.tls_cert.is_some(), "watchword gateway listening");
     let deadline = Duration::from_secs(cfg.server.shutdown_deadline_s);
     let done = {
         let engine = engine.clone();
@@ -228,10 +253,36 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         addr,
         metrics_addr,
         http_addr,
+        radius_addr,
         engine,
         signals,
         done,
     })
+}
+
+/// Binds the RADIUS socket when `radius.listen` is set. In the development
+/// profile an address already in use (another local gateway, or a
+/// FreeRADIUS) is logged and RADIUS stays off; in production it is an error.
+async fn bind_radius(cfg: &Config) -> Result<Option<tokio::net::UdpSocket>, String> {
+    let listen = &cfg.radius.listen;
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    match tokio::net::UdpSocket::bind(listen).await {
+        Ok(s) => Ok(Some(s)),
+        Err(e)
+            if cfg.server.profile == crate::config::Profile::Development
+                && e.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            tracing::error!(
+                error = %e,
+                %listen,
+                "development profile: the RADIUS address is taken; RADIUS is OFF for this run"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(format!("radius.listen {listen}: {e}")),
+    }
 }
 
 /// The master key `cfg` names; in the development profile without one, a key

@@ -1,11 +1,13 @@
 //! The gateway's TOML configuration: `[server]`, `[[tenants]]` (keys, role and
 //! the tenant's defaults), `[table]`, `[router]` (carriers, sender pools, rate
-//! limits) and `[audit]`; the embedded development profile; the commented
+//! limits), `[audit]`, `[storage]`, `[http]` and `[radius]` (clients, their
+//! secrets, the upstream server); the embedded development profile; the commented
 //! default printed by `watchword print-config`; and validation that lists
 //! every mistake with its field and reason (`watchword check-config`).
 //!
-//! This module must never print or log a tenant key, and never let the
-//! development profile listen on a non-loopback address.
+//! This module must never print or log a tenant key or a RADIUS secret
+//! (their `Debug` output is redacted, their errors name the field only),
+//! and never let the development profile listen on a non-loopback address.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -261,6 +263,151 @@ impl Default for HttpConfig {
     }
 }
 
+/// `[radius]`: the RADIUS server (docs/radius.md). Off while `listen` is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RadiusConfig {
+    /// UDP `ip:port`; empty turns RADIUS off.
+    pub listen: String,
+    /// Longest a request is held on a ringing confirmation call, seconds.
+    pub call_wait_s: u64,
+    /// Requests of one client being processed at once (held calls, token
+    /// writes, upstream checks); more are discarded and counted as `full`.
+    pub max_in_flight: usize,
+    /// Replies of one client kept for retransmissions (30 s each); when
+    /// full, the oldest is pushed out early (counted in
+    /// `watchword_radius_reply_cache_evicted_total`).
+    pub reply_cache_entries: usize,
+    /// The clients (NAS): a source address or prefix each.
+    pub clients: Vec<RadiusClientConfig>,
+    /// The upstream server of clients with `first_factor = "upstream"`.
+    pub upstream: Option<RadiusUpstreamConfig>,
+}
+
+impl Default for RadiusConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            call_wait_s: 50,
+            max_in_flight: 1024,
+            reply_cache_entries: 131_072,
+            clients: Vec::new(),
+            upstream: None,
+        }
+    }
+}
+
+impl RadiusConfig {
+    /// The development profile's: `127.0.0.1:1812`, one client `local` for
+    /// `127.0.0.0/8`, secret `demo-radius-secret`, tenant `demo`,
+    /// Message-Authenticator required, first factor `none`.
+    pub fn development() -> Self {
+        Self {
+            listen: "127.0.0.1:1812".into(),
+            clients: vec![RadiusClientConfig {
+                name: "local".into(),
+                address: "127.0.0.0/8".into(),
+                secret: "demo-radius-secret".into(),
+                tenant: "demo".into(),
+                require_message_authenticator: true,
+                first_factor: FirstFactor::None,
+            }],
+            ..Self::default()
+        }
+    }
+}
+
+/// Who checks the password (docs/radius.md, "First factor").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FirstFactor {
+    /// The NAS checked it; User-Password carries only the one-time answer.
+    #[default]
+    None,
+    /// The first request's password is checked by `[radius.upstream]`.
+    Upstream,
+}
+
+/// One `[[radius.clients]]` entry. Its `Debug` output redacts the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RadiusClientConfig {
+    /// Its name in metrics, logs and the audit trail (1..=64 of `A-Za-z0-9._-`).
+    pub name: String,
+    /// Its source address or prefix: `192.0.2.7`, `10.0.0.0/8`, `2001:db8::/32`.
+    pub address: String,
+    /// The shared secret (16..=256 bytes).
+    pub secret: String,
+    /// The tenant whose users it authenticates.
+    pub tenant: String,
+    /// Discard its requests that have no Message-Authenticator.
+    #[serde(default = "yes")]
+    pub require_message_authenticator: bool,
+    /// `none` or `upstream`.
+    #[serde(default)]
+    pub first_factor: FirstFactor,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl std::fmt::Debug for RadiusClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RadiusClientConfig")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .field("secret", &"<redacted>")
+            .field("tenant", &self.tenant)
+            .field(
+                "require_message_authenticator",
+                &self.require_message_authenticator,
+            )
+            .field("first_factor", &self.first_factor)
+            .finish()
+    }
+}
+
+/// `[radius.upstream]`. Its `Debug` output redacts the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RadiusUpstreamConfig {
+    /// The upstream RADIUS server, `ip:port`.
+    pub address: String,
+    /// The secret shared with it (16..=256 bytes).
+    pub secret: String,
+    /// How long to wait for its answer (sent up to 3 times), ms.
+    pub timeout_ms: u64,
+    /// Refuse its replies without Message-Authenticator (FreeRADIUS sends
+    /// one from 3.2.5 on).
+    pub require_message_authenticator: bool,
+}
+
+impl Default for RadiusUpstreamConfig {
+    fn default() -> Self {
+        Self {
+            address: String::new(),
+            secret: String::new(),
+            timeout_ms: 5000,
+            require_message_authenticator: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for RadiusUpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RadiusUpstreamConfig")
+            .field("address", &self.address)
+            .field("secret", &"<redacted>")
+            .field("timeout_ms", &self.timeout_ms)
+            .field(
+                "require_message_authenticator",
+                &self.require_message_authenticator,
+            )
+            .finish()
+    }
+}
+
 /// `[audit]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -310,6 +457,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[http]`.
     pub http: HttpConfig,
+    /// `[radius]`: off unless configured (on in the development profile).
+    pub radius: RadiusConfig,
 }
 
 impl Default for Config {
@@ -359,6 +508,7 @@ impl Config {
             audit: AuditConfig::default(),
             storage: StorageConfig::default(),
             http: HttpConfig::default(),
+            radius: RadiusConfig::development(),
         }
     }
 
@@ -368,8 +518,11 @@ impl Config {
             vec![err("(syntax)", e.to_string().trim_end().replace('\n', " "))]
         })?;
         let mut errors = Vec::new();
+        // A file without [radius] has RADIUS off: the development profile's
+        // client and its well-known secret are never inherited.
         let mut cfg = Config {
             tenants: Vec::new(),
+            radius: RadiusConfig::default(),
             ..Config::development()
         };
         for (key, value) in table {
@@ -392,6 +545,9 @@ impl Config {
                 "http" => {
                     section(value, &key, &mut errors, &mut cfg.http);
                 }
+                "radius" => {
+                    section(value, &key, &mut errors, &mut cfg.radius);
+                }
                 "tenants" => match value {
                     toml::Value::Array(items) => {
                         for (i, item) in items.into_iter().enumerate() {
@@ -411,7 +567,7 @@ impl Config {
                 },
                 other => errors.push(err(
                     other,
-                    "unknown section (expected server, tenants, table, router, audit, storage, http)",
+                    "unknown section (expected server, tenants, table, router, audit, storage, http, radius)",
                 )),
             }
         }
@@ -613,6 +769,7 @@ impl Config {
         if let Err(e) = self.router.validate() {
             errors.push(err("router", e.0));
         }
+        self.validate_radius(&mut errors);
         let a = &self.audit;
         if a.enabled {
             if a.path.as_os_str().is_empty() {
@@ -629,6 +786,131 @@ impl Config {
             }
         }
         errors
+    }
+
+    /// The `[radius]` mistakes. Secrets are never quoted, only their length.
+    fn validate_radius(&self, errors: &mut Vec<ConfigError>) {
+        let r = &self.radius;
+        if r.listen.is_empty() {
+            return;
+        }
+        match r.listen.parse::<SocketAddr>() {
+            Ok(a) if self.server.profile == Profile::Development && !a.ip().is_loopback() => {
+                errors.push(err(
+                    "radius.listen",
+                    format!(
+                        "{} is not a loopback address; the development profile only \
+                         listens on loopback (set server.profile = \"production\")",
+                        r.listen
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(err(
+                "radius.listen",
+                format!("{:?} is not an ip:port address: {e}", r.listen),
+            )),
+        }
+        if !(1..=600).contains(&r.call_wait_s) {
+            errors.push(err(
+                "radius.call_wait_s",
+                format!("must be 1..=600, got {}", r.call_wait_s),
+            ));
+        }
+        if !(1..=65_536).contains(&r.max_in_flight) {
+            errors.push(err("radius.max_in_flight", "must be 1..=65536"));
+        }
+        if r.reply_cache_entries < r.max_in_flight || r.reply_cache_entries > 16 * 1024 * 1024 {
+            errors.push(err(
+                "radius.reply_cache_entries",
+                "must be at least radius.max_in_flight and at most 16777216",
+            ));
+        }
+        if r.clients.is_empty() {
+            errors.push(err(
+                "radius.clients",
+                "at least one [[radius.clients]] entry is required when radius.listen is set",
+            ));
+        }
+        let secret_ok = |s: &str| (16..=256).contains(&s.len());
+        let mut prefixes = Vec::new();
+        for (i, c) in r.clients.iter().enumerate() {
+            let at = |f: &str| format!("radius.clients[{i}].{f}");
+            let name_ok = !c.name.is_empty()
+                && c.name.len() <= 64
+                && !c.name.starts_with('_')
+                && c.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !name_ok {
+                errors.push(err(
+                    at("name"),
+                    "must be 1..=64 of A-Za-z0-9._- and not start with '_'",
+                ));
+            }
+            if r.clients[..i].iter().any(|o| o.name == c.name) {
+                errors.push(err(
+                    at("name"),
+                    format!("{:?} is used by another client", c.name),
+                ));
+            }
+            match c.address.parse::<crate::radius::clients::Prefix>() {
+                Ok(p) => {
+                    if prefixes.contains(&p) {
+                        errors.push(err(
+                            at("address"),
+                            format!("{p} is already another client's address"),
+                        ));
+                    }
+                    prefixes.push(p);
+                }
+                Err(e) => errors.push(err(at("address"), e.to_string())),
+            }
+            if !secret_ok(&c.secret) {
+                errors.push(err(
+                    at("secret"),
+                    format!(
+                        "a RADIUS secret must be 16..=256 bytes, got {} (its value is not shown)",
+                        c.secret.len()
+                    ),
+                ));
+            }
+            if !self.tenants.iter().any(|t| t.name == c.tenant) {
+                errors.push(err(
+                    at("tenant"),
+                    format!("{:?} is not a configured tenant", c.tenant),
+                ));
+            }
+            if c.first_factor == FirstFactor::Upstream && r.upstream.is_none() {
+                errors.push(err(
+                    at("first_factor"),
+                    "\"upstream\" needs a [radius.upstream] section",
+                ));
+            }
+        }
+        if let Some(u) = &r.upstream {
+            if let Err(e) = u.address.parse::<SocketAddr>() {
+                errors.push(err(
+                    "radius.upstream.address",
+                    format!("{:?} is not an ip:port address: {e}", u.address),
+                ));
+            }
+            if !secret_ok(&u.secret) {
+                errors.push(err(
+                    "radius.upstream.secret",
+                    format!(
+                        "a RADIUS secret must be 16..=256 bytes, got {} (its value is not shown)",
+                        u.secret.len()
+                    ),
+                ));
+            }
+            if !(100..=60_000).contains(&u.timeout_ms) {
+                errors.push(err(
+                    "radius.upstream.timeout_ms",
+                    format!("must be 100..=60000, got {}", u.timeout_ms),
+                ));
+            }
+        }
     }
 
     /// Whether any carrier is simulated (OUTBOX_SUBSCRIBE can work).
@@ -749,6 +1031,18 @@ fn section_comment(header: &str) -> Option<&'static str> {
         }
         "[http]" => "The HTTP API (docs/http-api.md); TLS follows server.tls_cert/tls_key.",
         "[[tenants.http_keys]]" => "An HTTP API key and its role: client, helpdesk or admin.",
+        "[radius]" => {
+            "The RADIUS server (docs/radius.md): UDP, PAP, Message-Authenticator rules of\n\
+             BlastRADIUS. A configuration file without this section has RADIUS off.\n\
+             A [radius.upstream] section (address = \"ip:port\", secret = \"...\",\n\
+             timeout_ms = 5000, require_message_authenticator = true) names the server\n\
+             that checks passwords for clients with first_factor = \"upstream\"."
+        }
+        "[[radius.clients]]" => {
+            "A RADIUS client (NAS): its source address or prefix, shared secret (16 bytes\n\
+             or more; replace the demo secret anywhere real) and tenant."
+        }
+        "[radius.upstream]" => "The upstream RADIUS server of first_factor = \"upstream\".",
         _ => return None,
     })
 }
@@ -816,6 +1110,38 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
         }
         ("[storage]", "queue_ops") => "Writes queued for the disk before the API answers 503.",
         ("[http]", "listen") => "HTTP API address, ip:port; empty turns it off.",
+        ("[radius]", "listen") => "RADIUS address (UDP), ip:port; empty turns RADIUS off.",
+        ("[radius]", "call_wait_s") => {
+            "Longest a request is held on a ringing confirmation call, seconds."
+        }
+        ("[radius]", "max_in_flight") => {
+            "Requests of one client processed at once (held calls, token writes,\n\
+             upstream checks); more are discarded and counted (reason full)."
+        }
+        ("[radius]", "reply_cache_entries") => {
+            "Replies of one client kept 30 s for retransmissions; when full, the\n\
+             oldest goes early (counted). Rate x 30 s keeps every reply 30 s."
+        }
+        ("[[radius.clients]]", "name") => "Its name in metrics, logs and the audit trail.",
+        ("[[radius.clients]]", "address") => "Source address or prefix, e.g. 10.0.0.0/8.",
+        ("[[radius.clients]]", "secret") => "The shared secret, 16 bytes or more.",
+        ("[[radius.clients]]", "tenant") => "The tenant whose users it authenticates.",
+        ("[[radius.clients]]", "require_message_authenticator") => {
+            "Discard its requests without Message-Authenticator (BlastRADIUS)."
+        }
+        ("[[radius.clients]]", "first_factor") => {
+            "none: the NAS checked the password, User-Password is the one-time answer;\n\
+             upstream: the first password goes to [radius.upstream] first."
+        }
+        ("[radius.upstream]", "address") => "The upstream RADIUS server, ip:port.",
+        ("[radius.upstream]", "secret") => "The secret shared with it, 16 bytes or more.",
+        ("[radius.upstream]", "timeout_ms") => {
+            "No verified answer within this long (sent up to 3 times): Access-Reject."
+        }
+        ("[radius.upstream]", "require_message_authenticator") => {
+            "Refuse its replies without Message-Authenticator (FreeRADIUS 3.2.5 and later\n\
+             send one; set false for older servers)."
+        }
         ("[table]", "shards") => "Lock shards; 0 picks (cores x 16) rounded up to a power of two.",
         ("[table]", "capacity") => "Most pending challenges; beyond it ISSUE answers CAPACITY.",
         ("[table]", "tombstone_grace_s") => {
@@ -928,5 +1254,102 @@ mod tests {
             errs.iter()
                 .any(|e| e.field == "storage.master_key" && e.reason.contains("outside"))
         );
+    }
+
+    #[test]
+    fn radius_is_on_in_the_development_profile_only() {
+        let d = Config::development();
+        assert_eq!(d.radius.listen, "127.0.0.1:1812");
+        let c = &d.radius.clients[0];
+        assert_eq!(
+            (c.address.as_str(), c.secret.as_str(), c.tenant.as_str()),
+            ("127.0.0.0/8", "demo-radius-secret", "demo")
+        );
+        assert!(c.require_message_authenticator);
+        assert_eq!(c.first_factor, FirstFactor::None);
+        assert!(d.validate().is_empty());
+        let file =
+            Config::parse("[[tenants]]\nname = \"demo\"\nkeys = [\"0123456789\"]\n").unwrap();
+        assert!(
+            file.radius.listen.is_empty(),
+            "a file without [radius] has it off"
+        );
+        assert!(file.radius.clients.is_empty());
+    }
+
+    #[test]
+    fn radius_mistakes_are_listed_without_secrets() {
+        let text = r#"
+            [[tenants]]
+            name = "demo"
+            keys = ["0123456789"]
+            [radius]
+            listen = "0.0.0.0:1812"
+            call_wait_s = 0
+            [[radius.clients]]
+            name = "vpn"
+            address = "10.0.0.0/33"
+            secret = "short-secret"
+            tenant = "nope"
+            first_factor = "upstream"
+            [[radius.clients]]
+            name = "vpn"
+            address = "10.0.0.0/8"
+            secret = "a-long-enough-secret"
+            tenant = "demo"
+            [radius.upstream]
+            address = "radius.example"
+            secret = "tiny"
+            timeout_ms = 10
+        "#;
+        let errs = Config::parse(text).unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        for want in [
+            "radius.listen",
+            "radius.call_wait_s",
+            "radius.clients[0].address",
+            "radius.clients[0].secret",
+            "radius.clients[0].tenant",
+            "radius.clients[1].name",
+            "radius.upstream.address",
+            "radius.upstream.secret",
+            "radius.upstream.timeout_ms",
+        ] {
+            assert!(fields.contains(&want), "{want} missing in {errs:?}");
+        }
+        let all = format!("{errs:?}");
+        assert!(
+            !all.contains("short-secret") && !all.contains("tiny\""),
+            "{all}"
+        );
+        assert!(all.contains("16..=256 bytes, got 12"), "{all}");
+        let needs = Config::parse(
+            "[[tenants]]\nname = \"demo\"\nkeys = [\"0123456789\"]\n[radius]\nlisten = \"127.0.0.1:1812\"\n\
+             [[radius.clients]]\nname = \"n\"\naddress = \"127.0.0.1\"\nsecret = \"0123456789abcdef\"\n\
+             tenant = \"demo\"\nfirst_factor = \"upstream\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            needs
+                .iter()
+                .any(|e| e.field == "radius.clients[0].first_factor"),
+            "{needs:?}"
+        );
+    }
+
+    #[test]
+    fn radius_secrets_never_show_in_debug() {
+        let mut d = Config::development();
+        d.radius.upstream = Some(RadiusUpstreamConfig {
+            address: "127.0.0.1:1".into(),
+            secret: "upstream-secret-value".into(),
+            ..RadiusUpstreamConfig::default()
+        });
+        let shown = format!("{d:?}");
+        assert!(!shown.contains("demo-radius-secret"), "{shown}");
+        assert!(!shown.contains("upstream-secret-value"), "{shown}");
+        let printed = Config::commented_default();
+        assert!(printed.contains("[[radius.clients]]"), "{printed}");
+        assert!(printed.contains("# The shared secret, 16 bytes or more."));
     }
 }

@@ -9,6 +9,17 @@
 //! `pending_challenges` (gauge), `audit_dropped_total`, plus whatever the
 //! engine records (carrier figures). Labels are fixed small sets: never a
 //! tenant-chosen or user-chosen string, never a code, key or destination.
+//!
+//! RADIUS (docs/radius.md), per configured client (label `client`, the
+//! operator's name for it): `radius_requests_total`, `radius_accepts_total`,
+//! `radius_rejects_total`, `radius_challenges_total`, `radius_resent_total`
+//! (answered again from the reply cache), `radius_discarded_total{reason}`,
+//! `radius_request_duration_seconds` (histogram, receipt to reply),
+//! `radius_in_flight` and `radius_reply_cache_entries` (gauges),
+//! `radius_reply_cache_evicted_total` (replies pushed out of a full cache
+//! before their 30 s),
+//! `radius_upstream_total{result}`; datagrams from no client count as
+//! `radius_discarded_total{client="_unknown",reason="unknown_client"}`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +57,17 @@ pub fn install() -> PrometheusHandle {
                         ),
                         &[
                             1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 8192.0,
+                        ],
+                    )
+                    .expect("static, non-empty buckets")
+                    // RADIUS replies include held calls (up to a minute).
+                    .set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(
+                            "watchword_radius_request_duration_seconds".into(),
+                        ),
+                        &[
+                            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
+                            0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                         ],
                     )
                     .expect("static, non-empty buckets")
@@ -105,6 +127,139 @@ impl RequestMetrics {
             h.record(e.as_secs_f64());
         }
     }
+}
+
+/// Why the RADIUS server discarded a datagram without answering (label
+/// `reason` of `watchword_radius_discarded_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RadiusDiscard {
+    /// The source address matches no configured client.
+    UnknownClient,
+    /// Not a well-formed RADIUS packet (lengths, size, User-Password length).
+    Malformed,
+    /// A well-formed packet other than an Access-Request.
+    UnsupportedCode,
+    /// A Message-Authenticator that does not verify.
+    BadAuthenticator,
+    /// No Message-Authenticator where one is required (the client requires
+    /// it, or the request carries Proxy-State).
+    MissingMessageAuthenticator,
+    /// A retransmission of a request still being processed.
+    Duplicate,
+    /// The client's reply cache or in-flight budget is full (or every
+    /// upstream Identifier is in use).
+    Full,
+}
+
+impl RadiusDiscard {
+    /// Every reason, in label order.
+    pub const ALL: [RadiusDiscard; 7] = [
+        RadiusDiscard::UnknownClient,
+        RadiusDiscard::Malformed,
+        RadiusDiscard::UnsupportedCode,
+        RadiusDiscard::BadAuthenticator,
+        RadiusDiscard::MissingMessageAuthenticator,
+        RadiusDiscard::Duplicate,
+        RadiusDiscard::Full,
+    ];
+
+    /// The label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            RadiusDiscard::UnknownClient => "unknown_client",
+            RadiusDiscard::Malformed => "malformed",
+            RadiusDiscard::UnsupportedCode => "unsupported_code",
+            RadiusDiscard::BadAuthenticator => "bad_authenticator",
+            RadiusDiscard::MissingMessageAuthenticator => "missing_message_authenticator",
+            RadiusDiscard::Duplicate => "duplicate",
+            RadiusDiscard::Full => "full",
+        }
+    }
+}
+
+/// The `client` label of datagrams from no configured client.
+pub const RADIUS_UNKNOWN_CLIENT: &str = "_unknown";
+
+/// One RADIUS client's series, registered once when the server starts so
+/// the per-packet path does no registry look-up.
+pub(crate) struct RadiusClientMetrics {
+    pub(crate) requests: metrics::Counter,
+    pub(crate) accepts: metrics::Counter,
+    pub(crate) rejects: metrics::Counter,
+    pub(crate) challenges: metrics::Counter,
+    pub(crate) resent: metrics::Counter,
+    discarded: Vec<metrics::Counter>,
+    pub(crate) latency: metrics::Histogram,
+    pub(crate) in_flight: metrics::Gauge,
+    pub(crate) cache_entries: metrics::Gauge,
+    pub(crate) cache_evicted: metrics::Counter,
+    upstream: Vec<metrics::Counter>,
+}
+
+/// The upstream verdict labels, in [`RadiusClientMetrics::upstream`] order.
+const UPSTREAM_RESULTS: [&str; 6] = ["accept", "reject", "other", "timeout", "busy", "error"];
+
+impl RadiusClientMetrics {
+    /// Registers the series of the client called `client`.
+    pub(crate) fn new(client: &str) -> Self {
+        let name = client.to_owned();
+        let c = |metric: &'static str| metrics::counter!(metric, "client" => name.clone());
+        Self {
+            requests: c("watchword_radius_requests_total"),
+            accepts: c("watchword_radius_accepts_total"),
+            rejects: c("watchword_radius_rejects_total"),
+            challenges: c("watchword_radius_challenges_total"),
+            resent: c("watchword_radius_resent_total"),
+            discarded: RadiusDiscard::ALL
+                .iter()
+                .map(|r| match r {
+                    // Counted under client "_unknown" only.
+                    RadiusDiscard::UnknownClient => metrics::Counter::noop(),
+                    _ => metrics::counter!("watchword_radius_discarded_total",
+                        "client" => name.clone(), "reason" => r.label()),
+                })
+                .collect(),
+            latency: metrics::histogram!("watchword_radius_request_duration_seconds", "client" => name.clone()),
+            in_flight: metrics::gauge!("watchword_radius_in_flight", "client" => name.clone()),
+            cache_entries: metrics::gauge!("watchword_radius_reply_cache_entries", "client" => name.clone()),
+            cache_evicted: metrics::counter!("watchword_radius_reply_cache_evicted_total", "client" => name.clone()),
+            upstream: UPSTREAM_RESULTS
+                .iter()
+                .map(|r| {
+                    metrics::counter!("watchword_radius_upstream_total",
+                        "client" => name.clone(), "result" => *r)
+                })
+                .collect(),
+        }
+    }
+
+    /// Counts one discarded datagram.
+    pub(crate) fn discard(&self, why: RadiusDiscard) {
+        if let Some(c) = RadiusDiscard::ALL
+            .iter()
+            .position(|r| *r == why)
+            .and_then(|i| self.discarded.get(i))
+        {
+            c.increment(1);
+        }
+    }
+
+    /// Counts one upstream verdict by its label.
+    pub(crate) fn upstream(&self, label: &str) {
+        if let Some(c) = UPSTREAM_RESULTS
+            .iter()
+            .position(|r| *r == label)
+            .and_then(|i| self.upstream.get(i))
+        {
+            c.increment(1);
+        }
+    }
+}
+
+/// The counter of datagrams from addresses that match no RADIUS client.
+pub(crate) fn radius_unknown_client() -> metrics::Counter {
+    metrics::counter!("watchword_radius_discarded_total",
+        "client" => RADIUS_UNKNOWN_CLIENT, "reason" => RadiusDiscard::UnknownClient.label())
 }
 
 pub(crate) fn connection_opened() {

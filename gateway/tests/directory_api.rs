@@ -21,6 +21,8 @@ fn config(dir: &std::path::Path) -> Config {
     cfg.server.metrics_listen = "127.0.0.1:0".into();
     cfg.http.listen = "127.0.0.1:0".into();
     cfg.audit.path = dir.join("audit.jsonl");
+    // Tests run side by side: no RADIUS on the profile's fixed port.
+    cfg.radius.listen = String::new();
     cfg.audit.flush_interval_ms = 20;
     cfg.storage.path = dir.join("data");
     cfg.tenants.push(TenantConfig {

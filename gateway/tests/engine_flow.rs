@@ -25,6 +25,8 @@ fn config(dir: &std::path::Path) -> Config {
     cfg.audit.flush_interval_ms = 20;
     cfg.http.listen = "127.0.0.1:0".into();
     cfg.storage.path = dir.join("data");
+    // Tests run side by side: no RADIUS on the profile's fixed port.
+    cfg.radius.listen = String::new();
     cfg.tenants.push(TenantConfig {
         name: "acme".into(),
         keys: vec!["acme-key-1".into()],
