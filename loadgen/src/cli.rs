@@ -6,6 +6,7 @@
 use crate::capacity::{Probe, ProbeResult, find_capacity};
 use crate::compare::{CompareConfig, compare, table};
 use crate::mix::{Mix, Scenario};
+use crate::radius::RadiusBackend;
 use crate::run::{Mode, RunConfig, run};
 use crate::slo::{Slo, parse_duration};
 use crate::target::{Backend, DestPlan, RedisBackend, TargetAddr};
@@ -140,12 +141,27 @@ pub struct Common {
     /// An admin key of the HTTP API.
     #[arg(long, default_value = "demo-admin-key")]
     pub http_key: String,
+    /// The shared secret of a radius:// target.
+    #[arg(long, default_value = "demo-radius-secret")]
+    pub radius_secret: String,
+    /// The static password of the `pap` scenario (radius:// targets).
+    #[arg(long, default_value = "lg-password")]
+    pub radius_password: String,
+    /// With a radius:// target: the Watchword gateway (binary protocol)
+    /// whose simulated outbox the `flow` scenario reads, and whose users
+    /// are provisioned; `none` for a RADIUS server that is not Watchword.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub radius_gateway: String,
+    /// Accept RADIUS replies without a Message-Authenticator (their
+    /// Response Authenticator is still checked): FreeRADIUS before 3.2.5.
+    #[arg(long)]
+    pub radius_unsigned_replies: bool,
 }
 
 /// Flags of a single run (and of --find-capacity).
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// watchword://HOST:PORT or redis://HOST:PORT.
+    /// watchword://HOST:PORT, redis://HOST:PORT or radius://HOST:PORT.
     #[arg(long, default_value = "watchword://127.0.0.1:7400")]
     pub target: TargetAddr,
     /// Offered rate, scenario starts per second (open loop).
@@ -366,6 +382,47 @@ async fn single<B: Backend>(backend: B, a: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes the users a `check`, `flow` over RADIUS, or `totp` run needs,
+/// through the gateway's HTTP API (and its outbox, for confirmations).
+async fn provision_for(a: &RunArgs, g: &WatchwordBackend, radius: bool) -> anyhow::Result<()> {
+    if a.mix.entries().iter().any(|(s, _)| *s == Scenario::Totp) {
+        let c = &a.common;
+        let t0 = std::time::Instant::now();
+        let made = crate::users::provision_tokens(&c.http, &c.http_key, c.users).await?;
+        eprintln!(
+            "totp: {} users with a token ({} imported now) in {:.1} s; each token \
+             accepts 3 codes a run (reruns within 90 s find its steps spent)",
+            c.users,
+            made,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    let users_challenged = a
+        .mix
+        .entries()
+        .iter()
+        .any(|(s, _)| *s == Scenario::Check || (radius && *s == Scenario::Flow));
+    if users_challenged {
+        let c = &a.common;
+        let t0 = std::time::Instant::now();
+        let sim = ClientConfig {
+            addr: g.addr.clone(),
+            tenant: g.sim_tenant.clone(),
+            key: g.sim_key.clone(),
+            ..ClientConfig::default()
+        };
+        let made =
+            crate::users::provision(&c.http, &c.http_key, sim, c.users, c.connections).await?;
+        eprintln!(
+            "check: {} users ready ({} confirmed now) in {:.1} s",
+            c.users,
+            made,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
 /// Runs what the command line asked for.
 pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
@@ -421,46 +478,27 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             match &a.target {
                 TargetAddr::Watchword(addr) => {
                     let backend = a.common.watchword(addr, a.depth);
-                    if a.mix.entries().iter().any(|(s, _)| *s == Scenario::Totp) {
-                        let c = &a.common;
-                        let t0 = std::time::Instant::now();
-                        let made =
-                            crate::users::provision_tokens(&c.http, &c.http_key, c.users).await?;
-                        eprintln!(
-                            "totp: {} users with a token ({} imported now) in {:.1} s; each token \
-                             accepts 3 codes a run (reruns within 90 s find its steps spent)",
-                            c.users,
-                            made,
-                            t0.elapsed().as_secs_f64()
-                        );
-                    }
-                    if a.mix.entries().iter().any(|(s, _)| *s == Scenario::Check) {
-                        let c = &a.common;
-                        let t0 = std::time::Instant::now();
-                        let sim = ClientConfig {
-                            addr: addr.to_string(),
-                            tenant: backend.sim_tenant.clone(),
-                            key: backend.sim_key.clone(),
-                            ..ClientConfig::default()
-                        };
-                        let made = crate::users::provision(
-                            &c.http,
-                            &c.http_key,
-                            sim,
-                            c.users,
-                            c.connections,
-                        )
-                        .await?;
-                        eprintln!(
-                            "check: {} users ready ({} confirmed now) in {:.1} s",
-                            c.users,
-                            made,
-                            t0.elapsed().as_secs_f64()
-                        );
-                    }
+                    provision_for(a, &backend, false).await?;
                     single(backend, a).await
                 }
                 TargetAddr::Redis(addr) => single(Common::redis(addr), a).await,
+                TargetAddr::Radius(addr) => {
+                    let c = &a.common;
+                    let gateway = (c.radius_gateway != "none")
+                        .then(|| c.watchword(&c.radius_gateway, a.depth));
+                    if let Some(g) = &gateway {
+                        provision_for(a, g, true).await?;
+                    }
+                    let backend = RadiusBackend {
+                        addr: addr.clone(),
+                        secret: c.radius_secret.clone(),
+                        password: c.radius_password.clone(),
+                        require_signed_replies: !c.radius_unsigned_replies,
+                        users: c.users,
+                        outbox: gateway,
+                    };
+                    single(backend, a).await
+                }
             }
         }
     }

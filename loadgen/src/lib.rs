@@ -12,6 +12,7 @@ pub mod compare;
 pub mod hist;
 pub mod http;
 pub mod mix;
+pub mod radius;
 pub mod report;
 pub mod resp;
 pub mod router;

@@ -35,11 +35,14 @@ pub enum Scenario {
     /// through the HTTP API, see `--users`): each accept moves the token's
     /// last step, durably, so a code is never accepted twice.
     Totp,
+    /// A RADIUS Access-Request with a provisioned user's static password
+    /// (`--radius-password`): the FreeRADIUS PAP baseline of `totp`.
+    Pap,
 }
 
 impl Scenario {
     /// Every scenario, in a stable order.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Self::Flow,
         Self::Wrong,
         Self::Resend,
@@ -49,6 +52,7 @@ impl Scenario {
         Self::Ping,
         Self::Check,
         Self::Totp,
+        Self::Pap,
     ];
 
     /// Lower-case name as used on the command line.
@@ -63,6 +67,7 @@ impl Scenario {
             Self::Ping => "ping",
             Self::Check => "check",
             Self::Totp => "totp",
+            Self::Pap => "pap",
         }
     }
 

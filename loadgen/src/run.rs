@@ -262,6 +262,7 @@ async fn exec<B: Backend>(ctx: &Arc<Ctx<B>>, conn: &B::Conn, shard: usize, t: Ti
         Scenario::Issue => ("issue", ctx.timed(B::issue(conn, n)).await.map(|_| None)),
         Scenario::Check => ("check", ctx.timed(B::check(conn, n)).await.map(Some)),
         Scenario::Totp => ("totp", ctx.timed(B::totp(conn, n, t.seq)).await.map(Some)),
+        Scenario::Pap => ("pap", ctx.timed(B::pap(conn, n)).await.map(Some)),
         Scenario::Verify => (
             "verify",
             ctx.timed(B::verify(conn, pool_id(1), WRONG_CODE))

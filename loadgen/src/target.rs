@@ -96,6 +96,16 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (conn, n, seq);
         async { Err("unsupported") }
     }
+
+    /// A RADIUS Access-Request with user `n`'s static password (the
+    /// FreeRADIUS baseline). Its label as for [`Backend::check`].
+    fn pap(
+        conn: &Self::Conn,
+        n: u64,
+    ) -> impl Future<Output = Result<OutcomeLabel, ErrLabel>> + Send {
+        let _ = (conn, n);
+        async { Err("unsupported") }
+    }
 }
 
 /// Which target a `--target` URL names.
@@ -105,6 +115,8 @@ pub enum TargetAddr {
     Watchword(String),
     /// A redis-server at `host:port`.
     Redis(String),
+    /// A RADIUS server (Watchword's listener, or FreeRADIUS) at `host:port`.
+    Radius(String),
 }
 
 impl FromStr for TargetAddr {
@@ -114,9 +126,11 @@ impl FromStr for TargetAddr {
             Ok(Self::Watchword(with_port(a, 7400)))
         } else if let Some(a) = s.strip_prefix("redis://") {
             Ok(Self::Redis(with_port(a, 6379)))
+        } else if let Some(a) = s.strip_prefix("radius://") {
+            Ok(Self::Radius(with_port(a, 1812)))
         } else {
             Err(format!(
-                "bad target `{s}` (expected watchword://HOST:PORT or redis://HOST:PORT)"
+                "bad target `{s}` (expected watchword://HOST:PORT, redis://HOST:PORT or radius://HOST:PORT)"
             ))
         }
     }
@@ -127,6 +141,7 @@ impl std::fmt::Display for TargetAddr {
         match self {
             Self::Watchword(a) => write!(f, "watchword://{a}"),
             Self::Redis(a) => write!(f, "redis://{a}"),
+            Self::Radius(a) => write!(f, "radius://{a}"),
         }
     }
 }
