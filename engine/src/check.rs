@@ -47,6 +47,10 @@ pub struct CheckRequest<'a> {
     pub client_ip: &'a str,
 }
 
+/// The code a wrong PIN is replaced with: matches no code and no token
+/// (not digits), so it counts as one wrong answer wherever it is checked.
+const NO_CODE: &str = "-";
+
 /// Why a CHECK rejected. Wire values as in protocol v1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RejectReason {
@@ -448,11 +452,30 @@ impl Engine {
                 )));
             }
         }
+        let keyword =
+            MethodType::parse(req.answer.trim()).filter(|t| MethodType::REGISTRABLE.contains(t));
+        // In `prefix` mode a typed answer is the PIN then the code: checked
+        // here, the code goes on; a wrong PIN becomes a code that matches
+        // nothing, so it counts where a wrong code counts and answers the
+        // same.
+        let unprefixed;
+        let req = if !req.answer.is_empty()
+            && (keyword.is_none() || !req.state.is_empty())
+            && self
+                .tenant_policy(tenant)
+                .is_some_and(|p| p.pin_mode == crate::service::PinMode::Prefix)
+        {
+            unprefixed = CheckRequest {
+                answer: self.strip_pin(tenant, req.subject, req.answer),
+                ..*req
+            };
+            &unprefixed
+        } else {
+            req
+        };
         if !req.state.is_empty() {
             return Ok(self.check_state(tenant, req));
         }
-        let keyword =
-            MethodType::parse(req.answer.trim()).filter(|t| MethodType::REGISTRABLE.contains(t));
         let answers_a_code = !req.answer.is_empty() && keyword.is_none();
         // Whether the user holds a token matters only to pick a challenge:
         // a code is checked against the tokens themselves.
@@ -549,6 +572,24 @@ impl Engine {
         };
         self.audit_check(tenant, req.subject, &result, on);
         Ok(CheckStep::Done(result))
+    }
+
+    /// The one-time code after the user's PIN in `answer`, or [`NO_CODE`]
+    /// when the PIN is wrong, missing or locked (the comparison is constant
+    /// time; the same work is done whichever way it goes).
+    fn strip_pin<'a>(&self, tenant: TenantId, subject: &str, answer: &'a str) -> &'a str {
+        let dir = &self.inner.directory;
+        let Some(len) = dir.active_pin_length(tenant, subject) else {
+            return NO_CODE;
+        };
+        let Some((pin, code)) = answer.split_at_checked(usize::from(len)) else {
+            return NO_CODE;
+        };
+        if dir.pin_matches(tenant, subject, pin.as_bytes()) && !code.is_empty() {
+            code
+        } else {
+            NO_CODE
+        }
     }
 
     /// Audits a decision made at once and answers it.

@@ -29,6 +29,7 @@ pub use code::Code;
 pub use events::{Event, EventKind, EventSink, MemorySink, NullSink, OwnedEvent, Record};
 pub use mask::{MaskedDestination, mask_destination};
 pub use service::{
-    Engine, EngineConfig, EngineError, IssueParams, Issued, Resent, StatusView, TenantPolicy,
+    Engine, EngineConfig, EngineError, IssueParams, Issued, PinMode, Resent, StatusView,
+    TenantPolicy,
 };
 pub use types::{ChallengeId, ChallengeState, Channel, DeliveryState, TenantId, VerifyOutcome};

@@ -61,6 +61,43 @@ pub struct TenantPolicy {
     /// How OATH tokens verify (window, look-ahead, lockout).
     #[serde(skip)]
     pub tokens: crate::directory::TokenPolicy,
+    /// Where users type their PIN.
+    #[serde(skip)]
+    pub pin_mode: PinMode,
+    /// Digits of the PINs made from now on (4..=12; existing PINs keep
+    /// theirs).
+    pub pin_length: u8,
+}
+
+/// Where a tenant's users type their PIN (DOMAIN.md §6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PinMode {
+    /// PINs are not asked for.
+    #[default]
+    None,
+    /// The answer is the PIN followed by the one-time code, checked
+    /// together: a wrong PIN counts as a wrong code, and the caller cannot
+    /// tell which was wrong.
+    Prefix,
+}
+
+impl PinMode {
+    /// Its configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Prefix => "prefix",
+        }
+    }
+
+    /// The mode a configuration name means.
+    pub fn parse(s: &str) -> Option<PinMode> {
+        Some(match s {
+            "none" => Self::None,
+            "prefix" => Self::Prefix,
+            _ => return None,
+        })
+    }
 }
 
 impl Default for TenantPolicy {
@@ -75,6 +112,8 @@ impl Default for TenantPolicy {
             locale: "en".into(),
             service_name: "Watchword".into(),
             contact_hold_hours: 48,
+            pin_mode: PinMode::None,
+            pin_length: crate::directory::DEFAULT_PIN_LEN,
             tokens: crate::directory::TokenPolicy::default(),
         }
     }

@@ -809,3 +809,148 @@ async fn a_token_code_accepts_once_challenges_and_locks() {
         assert!(!format!("{x:?}").contains(&code));
     }
 }
+
+/// A rig whose tenant `demo` asks for the PIN in front of the code.
+fn prefix_rig(clock: Arc<dyn watchword_engine::Clock>) -> Rig {
+    let sink = Arc::new(MemorySink::default());
+    let mut config = EngineConfig::default();
+    for t in &mut config.tenants {
+        t.pin_mode = watchword_engine::PinMode::Prefix;
+    }
+    let engine = Engine::start(config, clock, sink.clone()).unwrap();
+    let (outbox, guard) = engine.outbox_subscribe(DEMO).unwrap();
+    Rig {
+        engine,
+        sink,
+        outbox,
+        _handsets: guard,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_prefix_mode_the_pin_and_the_code_are_checked_together() {
+    use watchword_engine::oath::{Algorithm, Kind, Params};
+    let clock = watchword_engine::ManualClock::new(1_800_000_000_000);
+    let mut r = prefix_rig(clock.clone());
+    user(&r, DEMO, "ann");
+    let params = Params {
+        algorithm: Algorithm::Sha1,
+        digits: 6,
+        period: 30,
+    };
+    let (serial, secret) = r
+        .engine
+        .directory()
+        .enroll_token(DEMO, "ann", Kind::Totp, params, r.engine.now_ms())
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    // No PIN yet: even the right code is a wrong answer.
+    let code = totp(&secret, r.engine.now_ms());
+    assert_eq!(
+        reason(&check(&r, DEMO, "ann", &code, "")),
+        RejectReason::WrongAnswer
+    );
+    let pin = r
+        .engine
+        .directory()
+        .reset_pin(DEMO, "ann", 5, r.engine.now_ms())
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let pin = pin.expose().to_owned();
+    assert_eq!(pin.len(), 5);
+    // The code alone, a wrong PIN with the right code, the PIN alone: all
+    // the same wrong answer, and each counts on the token.
+    let wrong_pin = format!(
+        "{}{}",
+        if pin.starts_with('0') { "1" } else { "0" },
+        &pin[1..]
+    );
+    for answer in [code.clone(), format!("{wrong_pin}{code}"), pin.clone()] {
+        assert_eq!(
+            reason(&check(&r, DEMO, "ann", &answer, "")),
+            RejectReason::WrongAnswer,
+            "{}",
+            answer.len()
+        );
+    }
+    assert_eq!(
+        r.engine
+            .directory()
+            .token_info(DEMO, &serial)
+            .unwrap()
+            .failcount,
+        4
+    );
+    // PIN then code: accepted (the wrong-PIN tries did not use the code up).
+    assert_eq!(
+        check(&r, DEMO, "ann", &format!("{pin}{code}"), ""),
+        CheckResult::Accept
+    );
+    assert_eq!(
+        r.engine
+            .directory()
+            .token_info(DEMO, &serial)
+            .unwrap()
+            .failcount,
+        0
+    );
+    // A new length applies to PINs made afterwards: ann's 5 digits still work.
+    user(&r, DEMO, "bob");
+    let bob_pin = r
+        .engine
+        .directory()
+        .reset_pin(DEMO, "bob", 8, r.engine.now_ms())
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(bob_pin.expose().len(), 8);
+    clock.advance_s(30);
+    let code = totp(&secret, r.engine.now_ms());
+    assert_eq!(
+        check(&r, DEMO, "ann", &format!("{pin}{code}"), ""),
+        CheckResult::Accept
+    );
+    assert_eq!(
+        r.engine.directory().pin_info(DEMO, "ann").unwrap().length,
+        5
+    );
+    assert!(
+        r.engine.directory().reset_pin(DEMO, "bob", 3, 0).is_err(),
+        "4 to 12 digits"
+    );
+
+    // A code challenge (e-mail): PIN then the e-mailed code, with the state.
+    active_method(&mut r, "bob", MethodType::Email, "bob@example.com").await;
+    let ch = challenge(check(&r, DEMO, "bob", "email", ""));
+    let text = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), r.outbox.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if msg.destination == "bob@example.com" {
+            break msg.text.clone();
+        }
+    };
+    let mailed = code_in(&text);
+    let bob_pin = bob_pin.expose().to_owned();
+    match check(&r, DEMO, "bob", &mailed, &ch.state) {
+        CheckResult::Reject {
+            reason: RejectReason::WrongAnswer,
+            attempts_left,
+            ..
+        } => assert_eq!(attempts_left, 4, "the code without the PIN counts"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        check(&r, DEMO, "bob", &format!("{bob_pin}{mailed}"), &ch.state),
+        CheckResult::Accept
+    );
+    // Nothing of a PIN reaches the audit trail.
+    let audit = format!("{:?}", r.sink.records());
+    assert!(!audit.contains(&pin) && !audit.contains(&bob_pin));
+}

@@ -59,7 +59,7 @@ fn load_all(store: &dyn DirectoryStore) -> (Vec<StoredUser>, Vec<StoredMethod>) 
     store
         .load(&mut |row| match row {
             Loaded::User(u) => users.push(u),
-            Loaded::Token(_) => {}
+            Loaded::Token(_) | Loaded::Pin(_) => {}
             Loaded::Method(m) => {
                 let last = users.last().expect("a method before any user");
                 assert_eq!(
@@ -897,4 +897,110 @@ fn tokens_round_trip_progress_and_go_with_their_user() {
         }],
     );
     assert!(tokens_of(&store).is_empty());
+}
+
+#[test]
+fn pins_round_trip_progress_and_go_with_their_user() {
+    use watchword_engine::store::StoredPin;
+    let dir = tempfile::tempdir().unwrap();
+    let pin = StoredPin {
+        tenant: "t".into(),
+        subject: "ann".into(),
+        verifier: vec![9; 32],
+        length: 6,
+        failcount: 0,
+        state: "active".into(),
+        created_at_ms: 1_700_000_000_000,
+    };
+    {
+        let store = open(dir.path());
+        submit(
+            &store,
+            vec![
+                StoreOp::PutUser(user("t", "ann")),
+                StoreOp::PutPin(pin.clone()),
+            ],
+        );
+        submit(
+            &store,
+            vec![StoreOp::PinProgress {
+                tenant: "t".into(),
+                subject: "ann".into(),
+                failcount: 3,
+                state: "locked".into(),
+            }],
+        );
+    }
+    let store = open(dir.path());
+    let pins = || {
+        let mut out = Vec::new();
+        store
+            .load(&mut |row| {
+                if let Loaded::Pin(p) = row {
+                    out.push(p);
+                }
+            })
+            .unwrap();
+        out
+    };
+    let loaded = pins();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(
+        (
+            loaded[0].length,
+            loaded[0].failcount,
+            loaded[0].state.as_str(),
+            &loaded[0].verifier
+        ),
+        (6, 3, "locked", &vec![9; 32])
+    );
+    assert!(
+        !format!("{:?}", loaded[0]).contains("9, 9"),
+        "Debug shows no verifier"
+    );
+    submit(
+        &store,
+        vec![StoreOp::DeleteUser {
+            tenant: "t".into(),
+            subject: "ann".into(),
+        }],
+    );
+    assert!(pins().is_empty(), "a PIN goes with its user");
+}
+
+#[test]
+fn a_reset_pin_verifies_after_a_restart_and_only_its_verifier_is_stored() {
+    use watchword_engine::directory::{Directory, UserPatch};
+    use watchword_engine::types::TenantId;
+    let dir = tempfile::tempdir().unwrap();
+    let t = TenantId(0);
+    let pin = {
+        let store = Arc::new(open(dir.path()));
+        let (d, _) = Directory::load(vec!["t".into()], store, Arc::new(key())).unwrap();
+        d.put_user(t, "ann", &UserPatch::default(), 1)
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+        let pin = d
+            .reset_pin(t, "ann", 7, 2)
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+        pin.expose().to_owned()
+    };
+    let store = Arc::new(open(dir.path()));
+    let (d, report) = Directory::load(vec!["t".into()], store, Arc::new(key())).unwrap();
+    assert_eq!(report.pins, 1);
+    assert!(d.pin_matches(t, "ann", pin.as_bytes()));
+    assert!(!d.pin_matches(t, "ann", b"0000000"));
+    assert_eq!(d.pin_info(t, "ann").unwrap().length, 7);
+    // The database holds no PIN in clear.
+    drop(d);
+    for f in ["watchword.db", "watchword.db-wal"] {
+        let bytes = std::fs::read(dir.path().join(f)).unwrap_or_default();
+        assert!(
+            !bytes.windows(pin.len()).any(|w| w == pin.as_bytes()),
+            "{f} holds the PIN"
+        );
+    }
 }

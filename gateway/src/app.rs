@@ -77,6 +77,8 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
                 locale: t.locale.clone(),
                 service_name: t.service_name.clone(),
                 contact_hold_hours: t.contact_hold_hours,
+                pin_mode: watchword_engine::PinMode::parse(&t.pin_mode).unwrap_or_default(),
+                pin_length: t.pin_length,
                 tokens: watchword_engine::directory::TokenPolicy {
                     window: t.token_window,
                     lookahead: t.hotp_lookahead,

@@ -113,6 +113,11 @@ pub struct TenantConfig {
     pub hotp_lookahead: u32,
     /// Wrong token codes in a row that lock a token (1..=100).
     pub token_max_failures: u32,
+    /// Where users type their PIN: `none` or `prefix` (PIN then code).
+    pub pin_mode: String,
+    /// Digits of the PINs made from now on (4..=12); existing PINs keep
+    /// their length.
+    pub pin_length: u8,
     /// Keys of the HTTP API, each with its role.
     pub http_keys: Vec<HttpKey>,
 }
@@ -176,6 +181,8 @@ impl std::fmt::Debug for TenantConfig {
             .field("token_window", &self.token_window)
             .field("hotp_lookahead", &self.hotp_lookahead)
             .field("token_max_failures", &self.token_max_failures)
+            .field("pin_mode", &self.pin_mode)
+            .field("pin_length", &self.pin_length)
             .field("http_keys", &self.http_keys)
             .finish()
     }
@@ -198,6 +205,8 @@ impl Default for TenantConfig {
             token_window: 1,
             hotp_lookahead: 10,
             token_max_failures: 10,
+            pin_mode: "none".into(),
+            pin_length: watchword_engine::directory::DEFAULT_PIN_LEN,
             // None by default: a tenant written without `http_keys` must not
             // inherit the development profile's keys.
             http_keys: Vec::new(),
@@ -708,6 +717,21 @@ impl Config {
                     format!("must be 1..=100, got {}", t.token_max_failures),
                 ));
             }
+            if watchword_engine::PinMode::parse(&t.pin_mode).is_none() {
+                errors.push(err(
+                    at("pin_mode"),
+                    format!("must be \"none\" or \"prefix\", got {:?}", t.pin_mode),
+                ));
+            }
+            if !(watchword_engine::directory::MIN_PIN_LEN
+                ..=watchword_engine::directory::MAX_PIN_LEN)
+                .contains(&t.pin_length)
+            {
+                errors.push(err(
+                    at("pin_length"),
+                    format!("must be 4..=12, got {}", t.pin_length),
+                ));
+            }
             if t.contact_hold_hours > 24 * 365 {
                 errors.push(err(
                     at("contact_hold_hours"),
@@ -1088,6 +1112,13 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
         ("[[tenants]]", "hotp_lookahead") => "HOTP counters tried from the next expected one.",
         ("[[tenants]]", "token_max_failures") => {
             "Wrong token codes in a row that lock a token until an administrator resets it."
+        }
+        ("[[tenants]]", "pin_mode") => {
+            "none, or prefix: the answer is the user's PIN followed by the one-time\n\
+             code, checked together (a wrong PIN counts as a wrong code)."
+        }
+        ("[[tenants]]", "pin_length") => {
+            "Digits of PINs made from now on (4..=12); existing PINs keep theirs."
         }
         ("[[tenants]]", "contact_hold_hours") => {
             "Hours after confirmation before a new phone or address counts for\n\

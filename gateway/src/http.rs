@@ -625,6 +625,69 @@ struct EnrollBody {
     period: Option<u32>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinBody {
+    #[serde(default)]
+    email: bool,
+}
+
+/// Draws a new PIN for the user (the tenant's current length), keeps only
+/// its verifier, and answers it this once.
+async fn reset_pin(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(subject): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Admin)?;
+    let b: PinBody = parse_body(body)?;
+    if b.email {
+        return Err(ApiError::invalid(
+            "email: e-mailing a PIN is not built yet; reset without it and hand the PIN over",
+        ));
+    }
+    let e = &st.engine;
+    let length = e
+        .tenant_policy(tenant)
+        .map_or(watchword_engine::directory::DEFAULT_PIN_LEN, |p| {
+            p.pin_length
+        });
+    let pin = e
+        .directory()
+        .reset_pin(tenant, &subject, length, e.now_ms())?
+        .wait()
+        .await?;
+    e.audit_directory(tenant, &subject, "pin_reset", None, None);
+    ok(
+        StatusCode::OK,
+        json!({"pin": pin.expose(), "length": pin.expose().len()}),
+    )
+}
+
+/// Whether the user has a PIN, masked.
+async fn get_pin(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(subject): Path<String>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Helpdesk)?;
+    let dir = st.engine.directory();
+    if dir.user(tenant, &subject).is_none() {
+        return Err(DirectoryError::NotFound("no such user").into());
+    }
+    let body = match dir.pin_info(tenant, &subject) {
+        Some(p) => json!({
+            "set": true,
+            "length": p.length,
+            "masked": watchword_engine::directory::mask(usize::from(p.length)),
+            "state": p.state.name(),
+        }),
+        None => json!({"set": false}),
+    };
+    ok(StatusCode::OK, body)
+}
+
 /// The API's view of a token (never its secret).
 fn token_json(t: &TokenInfo) -> Value {
     json!({
@@ -1083,6 +1146,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/users/{subject}/methods", post(add_method))
         .route("/v1/users/{subject}/tokens", post(enroll_token))
+        .route("/v1/users/{subject}/pin", post(reset_pin).get(get_pin))
         .route("/v1/users/{subject}/tokens/{serial}", put(assign_token))
         .route(
             "/v1/tokens/import",

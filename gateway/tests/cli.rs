@@ -626,3 +626,19 @@ fn version_and_help_name_the_binary_and_say_what_it_does() {
     );
     assert!(h.contains("Usage: watchword"), "{h}");
 }
+
+#[test]
+fn pins_reset_once_then_show_masked_through_the_http_api() {
+    let s = Server::start();
+    json_ok(&s.api(ADMIN_KEY, &["users", "add", "pia"]));
+    let shown = json_ok(&s.api(ADMIN_KEY, &["pins", "show", "pia"]));
+    assert_eq!(shown, serde_json::json!({"set": false}));
+    let reset = json_ok(&s.api(ADMIN_KEY, &["pins", "reset", "pia"]));
+    let pin = reset["pin"].as_str().unwrap().to_owned();
+    assert_eq!((pin.len(), &reset["length"]), (5, &serde_json::json!(5)));
+    let shown = s.api(ADMIN_KEY, &["pins", "show", "pia"]);
+    assert!(!stdout(&shown).contains(&pin));
+    assert_eq!(json_ok(&shown)["masked"], "*****");
+    fails_with(&s.api(CLIENT_KEY, &["pins", "reset", "pia"]), "forbidden");
+    fails_with(&s.api(ADMIN_KEY, &["pins", "reset", "nobody"]), "not_found");
+}

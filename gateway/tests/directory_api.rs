@@ -1185,3 +1185,99 @@ async fn tokens_import_from_csv_assign_and_resync() {
         assert!(!text.contains(b32), "the secret in an answer: {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_is_shown_once_masked_after_and_checked_in_front_of_the_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = Seen::default();
+    let mut cfg = config(dir.path());
+    for t in &mut cfg.tenants {
+        if t.name == "demo" {
+            t.pin_mode = "prefix".into();
+        }
+    }
+    let r = start(cfg).await.unwrap();
+    let (s, _, _) = http(&r, &mut seen, "PUT", "/v1/users/ann", ADMIN, Some("{}")).await;
+    assert_eq!(s, 201);
+    let (s, p, _) = http(&r, &mut seen, "GET", "/v1/users/ann/pin", HELPDESK, None).await;
+    assert_eq!((s, p), (200, json!({"set": false})));
+    // Only an admin resets; a helpdesk key reads; nobody else.
+    let (s, _, _) = http(&r, &mut seen, "POST", "/v1/users/ann/pin", HELPDESK, None).await;
+    assert_eq!(s, 403);
+    let (s, e, _) = http(&r, &mut seen, "POST", "/v1/users/nobody/pin", ADMIN, None).await;
+    assert_eq!((s, &e["error"]), (404, &json!("not_found")), "{e}");
+    let (s, e, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/users/ann/pin",
+        ADMIN,
+        Some(r#"{"email": true}"#),
+    )
+    .await;
+    assert_eq!((s, &e["error"]), (422, &json!("invalid_argument")), "{e}");
+    // The reset's answer is the one place the PIN appears.
+    let mut reset = Seen::default();
+    let (s, p, _) = http(
+        &r,
+        &mut reset,
+        "POST",
+        "/v1/users/ann/pin",
+        ADMIN,
+        Some("{}"),
+    )
+    .await;
+    assert_eq!((s, &p["length"]), (200, &json!(5)), "{p}");
+    let pin = p["pin"].as_str().unwrap().to_owned();
+    assert!(pin.len() == 5 && pin.bytes().all(|b| b.is_ascii_digit()));
+    let (s, p, _) = http(&r, &mut seen, "GET", "/v1/users/ann/pin", HELPDESK, None).await;
+    assert_eq!(
+        (s, p),
+        (
+            200,
+            json!({"set": true, "length": 5, "masked": "*****", "state": "active"})
+        )
+    );
+    // A token, then CHECK with the PIN in front of its code.
+    let (s, t, _) = http(
+        &r,
+        &mut reset,
+        "POST",
+        "/v1/users/ann/tokens",
+        ADMIN,
+        Some(r#"{"type": "totp"}"#),
+    )
+    .await;
+    assert_eq!(s, 201, "{t}");
+    let secret = uri_secret(t["otpauth_uri"].as_str().unwrap());
+    let code = totp_now(&secret);
+    let check = |answer: String| format!(r#"{{"subject": "ann", "answer": "{answer}"}}"#);
+    let (s, c, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/check",
+        ADMIN,
+        Some(&check(code.clone())),
+    )
+    .await;
+    assert_eq!(
+        (s, &c["result"], &c["reason"]),
+        (200, &json!("reject"), &json!("wrong_answer"))
+    );
+    let (s, c, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/check",
+        ADMIN,
+        Some(&check(format!("{pin}{code}"))),
+    )
+    .await;
+    assert_eq!((s, &c["result"]), (200, &json!("accept")), "{c}");
+    // Nothing the API answered after the reset, nor the log, holds the PIN.
+    let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap_or_default();
+    assert!(!log.contains(&pin));
+    assert!(seen.0.iter().all(|text| !text.contains(&pin)));
+    r.shutdown();
+}

@@ -17,6 +17,7 @@
 
 pub mod model;
 mod packed;
+mod pins;
 mod tokens;
 
 use std::collections::BTreeSet;
@@ -26,6 +27,7 @@ use parking_lot::RwLock;
 
 pub use model::{Method, MethodId, MethodState, MethodType, User};
 pub use packed::{MethodView, UserView};
+pub use pins::{DEFAULT_PIN_LEN, MAX_PIN_LEN, MIN_PIN_LEN, Pin, PinInfo, PinState, mask};
 pub use tokens::{TokenInfo, TokenState};
 
 use packed::Packed;
@@ -172,12 +174,15 @@ pub struct LoadReport {
     pub methods: usize,
     /// Tokens loaded.
     pub tokens: usize,
+    /// PINs loaded.
+    pub pins: usize,
     /// Rows of tenants no longer configured (kept on disk, not served).
     pub skipped_unknown_tenant: usize,
 }
 
 type UserMap = BTreeSet<Packed>;
 
+use pins::{PinEntry, PinTable};
 use tokens::{TokenEntry, TokenTable};
 
 /// Every tenant's users and methods.
@@ -185,6 +190,7 @@ pub struct Directory {
     tenants: Vec<String>,
     maps: Box<[RwLock<UserMap>]>,
     tokens: Box<[RwLock<TokenTable>]>,
+    pins: Box<[RwLock<PinTable>]>,
     /// Opens token secrets at load, seals them for the store.
     key: Arc<MasterKey>,
     store: Option<Arc<dyn DirectoryStore>>,
@@ -231,10 +237,12 @@ impl Directory {
     pub fn in_memory(tenants: Vec<String>) -> Directory {
         let maps = tenants.iter().map(|_| RwLock::default()).collect();
         let tokens = tenants.iter().map(|_| RwLock::default()).collect();
+        let pins = tenants.iter().map(|_| RwLock::default()).collect();
         Directory {
             tenants,
             maps,
             tokens,
+            pins,
             key: Arc::new(MasterKey::generate()),
             store: None,
         }
@@ -262,6 +270,7 @@ impl Directory {
         let mut users: Vec<Vec<Packed>> = dir.tenants.iter().map(|_| Vec::new()).collect();
         let mut tokens: Vec<TokenTable> =
             dir.tenants.iter().map(|_| TokenTable::default()).collect();
+        let mut pins: Vec<PinTable> = dir.tenants.iter().map(|_| PinTable::default()).collect();
         let key = dir.key.clone();
         // The user being read: its tenant, subject, head and methods.
         let mut current: Option<(usize, String)> = None;
@@ -334,6 +343,20 @@ impl Directory {
                             Err(e) => error = Some(e),
                         }
                     }
+                    Loaded::Pin(p) => {
+                        finish(&mut current, &mut head, &mut methods, &mut count);
+                        let Some(&t) = index.get(&p.tenant) else {
+                            report.skipped_unknown_tenant += 1;
+                            return;
+                        };
+                        match PinEntry::from_stored(&p) {
+                            Ok(entry) => {
+                                pins[t].insert(p.subject.as_str().into(), entry);
+                                report.pins += 1;
+                            }
+                            Err(e) => error = Some(e),
+                        }
+                    }
                 }
             })
             .map_err(|e| e.to_string())?;
@@ -343,6 +366,9 @@ impl Directory {
         }
         for (map, users) in dir.maps.iter_mut().zip(users) {
             *map.get_mut() = users.into_iter().collect();
+        }
+        for (map, pins) in dir.pins.iter_mut().zip(pins) {
+            *map.get_mut() = pins;
         }
         for (map, mut tokens) in dir.tokens.iter_mut().zip(tokens) {
             tokens.shrink_to_fit();
@@ -584,6 +610,9 @@ impl Directory {
             // The store's cascade takes the user's tokens; so does memory.
             if let Some(t) = self.tokens.get(usize::from(tenant.0)) {
                 t.write().remove_subject(subject);
+            }
+            if let Some(p) = self.pins.get(usize::from(tenant.0)) {
+                p.write().remove(subject);
             }
         })
     }
@@ -874,6 +903,79 @@ impl Directory {
         });
         drop(users);
         done
+    }
+
+    /// Draws a new PIN of `length` digits for an existing user (replacing
+    /// any PIN, unlocked, no failures) and keeps only its verifier. Answers
+    /// the PIN: shown once, never again.
+    pub fn reset_pin(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        length: u8,
+        now_ms: u64,
+    ) -> Result<Durable<Pin>, DirectoryError> {
+        if !(MIN_PIN_LEN..=MAX_PIN_LEN).contains(&length) {
+            return Err(DirectoryError::InvalidArgument(format!(
+                "PIN length: {MIN_PIN_LEN} to {MAX_PIN_LEN} digits, got {length}"
+            )));
+        }
+        let users = self
+            .map(tenant)
+            .ok_or(DirectoryError::NotFound("no such tenant"))?
+            .read();
+        if !users.contains(subject.as_bytes()) {
+            return Err(DirectoryError::NotFound("no such user"));
+        }
+        let pin = pins::draw(length).map_err(|_| DirectoryError::Unavailable {
+            retry_after_ms: 0,
+            message: "the system's random generator failed".into(),
+        })?;
+        let table = self
+            .pins
+            .get(usize::from(tenant.0))
+            .ok_or(DirectoryError::NotFound("no such tenant"))?;
+        let name = self.tenant_name(tenant);
+        let entry = PinEntry::new(&self.key, name, subject, &pin, now_ms);
+        let ops = vec![StoreOp::PutPin(entry.to_stored(name, subject))];
+        // Queued under the PIN table's lock, after the user lock: a reset
+        // racing another lands in the store in the order it lands here.
+        let mut pins = table.write();
+        let ticket = match &self.store {
+            Some(store) => Some(store.submit(ops)?),
+            None => None,
+        };
+        pins.insert(subject.into(), entry);
+        drop(pins);
+        drop(users);
+        Ok(Durable { value: pin, ticket })
+    }
+
+    /// What the API shows of a user's PIN, if the user has one.
+    pub fn pin_info(&self, tenant: TenantId, subject: &str) -> Option<PinInfo> {
+        let t = self.pins.get(usize::from(tenant.0))?.read();
+        t.get(subject).map(PinEntry::info)
+    }
+
+    /// How long the user's PIN is, if the user has an active one.
+    pub fn active_pin_length(&self, tenant: TenantId, subject: &str) -> Option<u8> {
+        let t = self.pins.get(usize::from(tenant.0))?.read();
+        t.get(subject)
+            .filter(|p| p.state == PinState::Active)
+            .map(|p| p.length)
+    }
+
+    /// Whether `pin` is the user's active PIN, in constant time. Counts
+    /// nothing: in `prefix` mode a wrong PIN counts as a wrong code on what
+    /// it was typed with (the caller's job).
+    pub fn pin_matches(&self, tenant: TenantId, subject: &str, pin: &[u8]) -> bool {
+        let Some(t) = self.pins.get(usize::from(tenant.0)) else {
+            return false;
+        };
+        let name = self.tenant_name(tenant);
+        t.read().get(subject).is_some_and(|p| {
+            p.state == PinState::Active && p.matches(&self.key, name, subject, pin)
+        })
     }
 
     /// Unlocks a token and clears its failures.

@@ -166,6 +166,38 @@ impl fmt::Debug for StoredToken {
     }
 }
 
+/// A user's PIN as stored: only its verifier (a keyed hash under the master
+/// key), never the PIN. `Debug` prints no verifier.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredPin {
+    /// The tenant's id.
+    pub tenant: String,
+    /// Whose PIN.
+    pub subject: String,
+    /// HMAC-SHA256 of tenant, subject and PIN under a key derived from the
+    /// master key (32 bytes).
+    pub verifier: Vec<u8>,
+    /// Its digits (4..=12), fixed when it was made.
+    pub length: u8,
+    /// Wrong PINs in a row.
+    pub failcount: u32,
+    /// `active` or `locked`.
+    pub state: String,
+    /// When it was made, ms since the epoch.
+    pub created_at_ms: u64,
+}
+
+impl fmt::Debug for StoredPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredPin")
+            .field("tenant", &self.tenant)
+            .field("length", &self.length)
+            .field("failcount", &self.failcount)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One change to the store. A submit's ops are applied in order, in one
 /// transaction with the submits around it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +253,19 @@ pub enum StoreOp {
         /// The token.
         serial: String,
     },
+    /// Insert or replace a user's PIN whole (a reset). The user must exist.
+    PutPin(StoredPin),
+    /// A PIN's failures and state after a check.
+    PinProgress {
+        /// The tenant's id.
+        tenant: String,
+        /// Whose PIN.
+        subject: String,
+        /// Wrong PINs in a row.
+        failcount: u32,
+        /// `active` or `locked`.
+        state: String,
+    },
 }
 
 /// One row streamed by [`DirectoryStore::load`].
@@ -232,6 +277,8 @@ pub enum Loaded {
     Method(StoredMethod),
     /// A token (all tokens come after every user, by serial).
     Token(StoredToken),
+    /// A PIN (all PINs come after every token).
+    Pin(StoredPin),
 }
 
 /// Why the store refused or failed. Messages carry no stored value.

@@ -149,6 +149,25 @@ pub(crate) const TOKEN_PROGRESS: &str = "UPDATE tokens SET
     counter = ?3, last_step = ?4, drift = ?5, failcount = ?6, state = ?7
     WHERE tenant = ?1 AND serial = ?2";
 
+/// Insert or replace a PIN whole, by `(tenant, subject)`.
+pub(crate) const PUT_PIN: &str = "INSERT INTO pins
+    (tenant, subject, verifier, length, failcount, state, created_at_ms)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+    ON CONFLICT (tenant, subject) DO UPDATE SET
+        verifier = excluded.verifier,
+        length = excluded.length,
+        failcount = excluded.failcount,
+        state = excluded.state,
+        created_at_ms = excluded.created_at_ms";
+
+/// A PIN's failures and state.
+pub(crate) const PIN_PROGRESS: &str =
+    "UPDATE pins SET failcount = ?3, state = ?4 WHERE tenant = ?1 AND subject = ?2";
+
+/// Every PIN, in primary-key order.
+pub(crate) const SELECT_PINS: &str = "SELECT tenant, subject, verifier, length, failcount, state,
+    created_at_ms FROM pins ORDER BY tenant, subject";
+
 /// Deletes a token.
 pub(crate) const DELETE_TOKEN: &str = "DELETE FROM tokens WHERE tenant = ?1 AND serial = ?2";
 

@@ -26,11 +26,11 @@ use tokio::sync::oneshot;
 
 use super::schema::{
     KEY_CHECK, KEY_SCHEMA_VERSION, META_TABLE, MIGRATIONS, SCHEMA_VERSION, SELECT_METHODS,
-    SELECT_TOKENS, SELECT_USERS,
+    SELECT_PINS, SELECT_TOKENS, SELECT_USERS,
 };
 use super::writer::{self, FAILED_EARLIER, Request, Shared};
 use super::{
-    CheckReport, DirectoryStore, Loaded, StoreError, StoreOp, StoredMethod, StoredToken,
+    CheckReport, DirectoryStore, Loaded, StoreError, StoreOp, StoredMethod, StoredPin, StoredToken,
     StoredUser, Ticket,
 };
 use crate::secret::{MasterKey, sync_parent_dir};
@@ -254,6 +254,22 @@ impl DirectoryStore for SqliteStore {
             let mut rows = tokens.query([]).map_err(map_err)?;
             while let Some(row) = rows.next().map_err(map_err)? {
                 sink(Loaded::Token(token_from_row(row)?));
+            }
+            let mut pins = conn.prepare_cached(SELECT_PINS).map_err(map_err)?;
+            let mut rows = pins.query([]).map_err(map_err)?;
+            while let Some(row) = rows.next().map_err(map_err)? {
+                let corrupt = |e: rusqlite::Error| {
+                    StoreError::Corrupt(format!("a pins row does not read back: {e}"))
+                };
+                sink(Loaded::Pin(StoredPin {
+                    tenant: row.get(0).map_err(corrupt)?,
+                    subject: row.get(1).map_err(corrupt)?,
+                    verifier: row.get(2).map_err(corrupt)?,
+                    length: row.get(3).map_err(corrupt)?,
+                    failcount: row.get(4).map_err(corrupt)?,
+                    state: row.get(5).map_err(corrupt)?,
+                    created_at_ms: row.get(6).map_err(corrupt)?,
+                }));
             }
             Ok(())
         })
@@ -764,7 +780,14 @@ fn validate(ops: &[StoreOp]) -> Result<(), StoreError> {
                     return Err(out_of_range("a token's counter or step"));
                 }
             }
-            StoreOp::DeleteUser { .. } | StoreOp::DeleteToken { .. } => {}
+            StoreOp::PutPin(p) => {
+                if p.created_at_ms > MAX {
+                    return Err(out_of_range("a PIN's time"));
+                }
+            }
+            StoreOp::DeleteUser { .. }
+            | StoreOp::DeleteToken { .. }
+            | StoreOp::PinProgress { .. } => {}
         }
     }
     Ok(())

@@ -18,7 +18,8 @@ use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
 use super::schema::{
-    DELETE_METHOD, DELETE_TOKEN, DELETE_USER, PUT_METHOD, PUT_TOKEN, PUT_USER, TOKEN_PROGRESS,
+    DELETE_METHOD, DELETE_TOKEN, DELETE_USER, PIN_PROGRESS, PUT_METHOD, PUT_PIN, PUT_TOKEN,
+    PUT_USER, TOKEN_PROGRESS,
 };
 use super::{StoreError, StoreOp};
 
@@ -216,6 +217,26 @@ fn apply(conn: &Connection, op: &StoreOp) -> rusqlite::Result<()> {
         StoreOp::DeleteToken { tenant, serial } => {
             conn.prepare_cached(DELETE_TOKEN)?
                 .execute(params![tenant, serial])?;
+        }
+        StoreOp::PutPin(p) => {
+            conn.prepare_cached(PUT_PIN)?.execute(params![
+                p.tenant,
+                p.subject,
+                p.verifier,
+                p.length,
+                p.failcount,
+                p.state,
+                p.created_at_ms,
+            ])?;
+        }
+        StoreOp::PinProgress {
+            tenant,
+            subject,
+            failcount,
+            state,
+        } => {
+            conn.prepare_cached(PIN_PROGRESS)?
+                .execute(params![tenant, subject, failcount, state])?;
         }
     }
     Ok(())

@@ -112,6 +112,11 @@ enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Users' PINs, through a running server's HTTP API.
+    Pins {
+        #[command(subcommand)]
+        command: PinsCommand,
+    },
     /// Decide a check for a user (POST /v1/check), as an upstream system
     /// would: useful to test a user. Needs a key of role client or above.
     Check {
@@ -271,6 +276,27 @@ enum MethodsCommand {
 }
 
 #[derive(Subcommand)]
+enum PinsCommand {
+    /// Draw a new PIN for a user (POST /v1/users/SUBJECT/pin), of the
+    /// tenant's current length. The answer holds the PIN and is shown only
+    /// this once: hand it to the user. Needs an admin key.
+    Reset {
+        /// The user's subject.
+        subject: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Whether a user has a PIN, its length (masked) and state (GET
+    /// /v1/users/SUBJECT/pin). Needs a helpdesk or admin key.
+    Show {
+        /// The user's subject.
+        subject: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokensCommand {
     /// Enroll a software token for a user (POST /v1/users/SUBJECT/tokens).
     /// The answer holds the token's secret (otpauth_uri, the QR code) and
@@ -415,6 +441,7 @@ fn main() -> ExitCode {
         Command::Users { command } => users(command),
         Command::Methods { command } => methods(command),
         Command::Tokens { command } => tokens(command),
+        Command::Pins { command } => pins(command),
         Command::Check {
             subject,
             answer,
@@ -606,6 +633,23 @@ fn methods(command: MethodsCommand) -> ExitCode {
             &api,
             hyper::Method::DELETE,
             cli::method_path(&subject, &method_id),
+            None,
+        ),
+    }
+}
+
+fn pins(command: PinsCommand) -> ExitCode {
+    match command {
+        PinsCommand::Reset { subject, api } => call(
+            &api,
+            hyper::Method::POST,
+            cli::user_path(&subject).map(|p| format!("{p}/pin")),
+            Some(serde_json::json!({})),
+        ),
+        PinsCommand::Show { subject, api } => call(
+            &api,
+            hyper::Method::GET,
+            cli::user_path(&subject).map(|p| format!("{p}/pin")),
             None,
         ),
     }
