@@ -385,6 +385,43 @@ impl StateSeal {
         u64::from_str_radix(&body[3..15], 16).ok()
     }
 
+    fn helpdesk_tag(&self, tenant: TenantId, id: ChallengeId) -> [u8; 8] {
+        let mut ctx = ring::hmac::Context::with_key(&self.0);
+        ctx.update(b"helpdesk\0");
+        ctx.update(&tenant.0.to_be_bytes());
+        ctx.update(&id.0);
+        let mut t = [0u8; 8];
+        t.copy_from_slice(&ctx.sign().as_ref()[..8]);
+        t
+    }
+
+    /// The id of a help-desk verification: `wh1`, the challenge id, and a
+    /// tag of its own domain (51 bytes): it never opens as a CHECK state,
+    /// nor a CHECK state as it.
+    pub(crate) fn helpdesk_id(&self, tenant: TenantId, id: ChallengeId) -> String {
+        let mut s = String::with_capacity(STATE_LEN);
+        s.push_str("wh1");
+        s.push_str(std::str::from_utf8(&id.hex()).unwrap_or(""));
+        s.push_str(&format!(
+            "{:016x}",
+            u64::from_be_bytes(self.helpdesk_tag(tenant, id))
+        ));
+        s
+    }
+
+    /// The challenge of a help-desk verification id this seal made for
+    /// `tenant`; `None` for anything else.
+    pub(crate) fn open_helpdesk(&self, tenant: TenantId, hid: &str) -> Option<ChallengeId> {
+        use subtle::ConstantTimeEq;
+        let rest = hid.strip_prefix("wh1")?;
+        if rest.len() != 48 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let id = ChallengeId(u128::from_str_radix(&rest[..32], 16).ok()?.to_be_bytes());
+        let tag = u64::from_str_radix(&rest[32..], 16).ok()?.to_be_bytes();
+        bool::from(self.helpdesk_tag(tenant, id).ct_eq(&tag)).then_some(id)
+    }
+
     /// The challenge id of a state this seal made for `tenant`; `None` for
     /// anything else (the tag compared in constant time).
     pub(crate) fn open(&self, tenant: TenantId, state: &str) -> Option<ChallengeId> {
@@ -821,6 +858,7 @@ impl Engine {
             challenge,
             reason,
             client_ip: (!client_ip.is_empty()).then_some(client_ip),
+            agent: None,
         });
     }
 
@@ -849,6 +887,7 @@ impl Engine {
             challenge: None,
             reason,
             client_ip: None,
+            agent: None,
         });
     }
 

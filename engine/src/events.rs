@@ -130,6 +130,9 @@ pub struct Record<'a> {
     pub reason: Option<&'a str>,
     /// The end user's address as the upstream system saw it.
     pub client_ip: Option<&'a str>,
+    /// The help-desk agent's key that acted, by its fingerprint (never the
+    /// key).
+    pub agent: Option<&'a str>,
 }
 
 /// Receives every event. Called outside every table lock; must not block for
@@ -229,6 +232,8 @@ pub struct OwnedRecord {
     pub destination: Option<String>,
     /// Why.
     pub reason: Option<String>,
+    /// The agent's key fingerprint.
+    pub agent: Option<String>,
 }
 
 impl MemorySink {
@@ -261,6 +266,7 @@ impl EventSink for MemorySink {
             method: r.method.map(str::to_owned),
             destination: r.destination.map(|d| d.as_str().to_owned()),
             reason: r.reason.map(str::to_owned),
+            agent: r.agent.map(str::to_owned),
         });
     }
 }

@@ -12,6 +12,7 @@ pub mod code;
 pub mod delivery;
 pub mod directory;
 pub mod events;
+pub mod helpdesk;
 pub mod import;
 pub mod mask;
 pub mod memory;

@@ -67,6 +67,10 @@ pub struct TenantPolicy {
     /// Digits of the PINs made from now on (4..=12; existing PINs keep
     /// theirs).
     pub pin_length: u8,
+    /// The contacts a help-desk code goes to, first active one first
+    /// (empty: e-mail, then SMS, then voice).
+    #[serde(skip)]
+    pub helpdesk_order: Vec<crate::directory::MethodType>,
 }
 
 /// Where a tenant's users type their PIN (DOMAIN.md §6).
@@ -114,6 +118,7 @@ impl Default for TenantPolicy {
             contact_hold_hours: 48,
             pin_mode: PinMode::None,
             pin_length: crate::directory::DEFAULT_PIN_LEN,
+            helpdesk_order: crate::helpdesk::DEFAULT_ORDER.to_vec(),
             tokens: crate::directory::TokenPolicy::default(),
         }
     }
@@ -288,9 +293,9 @@ impl From<IssueError> for EngineError {
     }
 }
 
-struct TenantRuntime {
+pub(crate) struct TenantRuntime {
     policy: TenantPolicy,
-    delivery: TenantDelivery,
+    pub(crate) delivery: TenantDelivery,
 }
 
 /// Calls in progress at most (each also holds a challenge in the table).
@@ -450,7 +455,7 @@ impl Engine {
         &self.inner.router
     }
 
-    fn tenant(&self, tenant: TenantId) -> Result<&TenantRuntime, EngineError> {
+    pub(crate) fn tenant(&self, tenant: TenantId) -> Result<&TenantRuntime, EngineError> {
         self.inner
             .tenants
             .get(usize::from(tenant.0))

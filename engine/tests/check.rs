@@ -954,3 +954,105 @@ async fn in_prefix_mode_the_pin_and_the_code_are_checked_together() {
     let audit = format!("{:?}", r.sink.records());
     assert!(!audit.contains(&pin) && !audit.contains(&bob_pin));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_help_desk_trusts_a_caller_id_only_after_its_hold_and_else_sends_a_code() {
+    use watchword_engine::helpdesk::{CallerVerification, HelpdeskOutcome};
+    let clock = watchword_engine::ManualClock::new(1_800_000_000_000);
+    let mut r = rig_on(RouterConfig::default(), clock.clone());
+    user(&r, DEMO, "ann");
+    // No contact: no code can be sent.
+    let e = r
+        .engine
+        .helpdesk_verify(DEMO, "ann", "+14255550100", "key:agent")
+        .unwrap_err();
+    assert!(e.to_string().contains("no confirmed contact"), "{e}");
+    assert!(matches!(
+        r.engine.helpdesk_verify(DEMO, "nobody", "", "key:agent"),
+        Err(EngineError::Directory(_))
+    ));
+    active_method(&mut r, "ann", MethodType::Sms, "+14255550100").await;
+    // Within the 48 h hold the matching caller ID is not enough: a code goes
+    // to the phone (the only contact).
+    let started = r
+        .engine
+        .helpdesk_verify(DEMO, "ann", "(425) 555-0100", "key:agent")
+        .unwrap();
+    let CallerVerification::CodeSent {
+        id,
+        method,
+        sent_to,
+        ..
+    } = started
+    else {
+        panic!("{started:?}");
+    };
+    assert_eq!(method, MethodType::Sms);
+    assert!(!sent_to.contains("5550100"), "{sent_to}");
+    let text = tokio::time::timeout(Duration::from_secs(10), r.outbox.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .text
+        .clone();
+    let code = code_in(&text);
+    assert_eq!(
+        r.engine
+            .helpdesk_check(DEMO, &id, "000000x", "key:agent")
+            .unwrap(),
+        HelpdeskOutcome::Rejected { attempts_left: 4 }
+    );
+    // The id is no CHECK state, and belongs to its tenant only.
+    assert_eq!(
+        reason(&check(&r, DEMO, "ann", &code, &id)),
+        RejectReason::UnknownState
+    );
+    assert!(matches!(
+        r.engine.helpdesk_check(OTHER, &id, &code, "key:agent"),
+        Err(EngineError::NotFound)
+    ));
+    assert_eq!(
+        r.engine
+            .helpdesk_check(DEMO, &id, &code, "key:agent")
+            .unwrap(),
+        HelpdeskOutcome::Approved
+    );
+    assert!(
+        matches!(
+            r.engine.helpdesk_check(DEMO, &id, &code, "key:agent"),
+            Err(EngineError::NotFound)
+        ),
+        "an ended verification takes no more codes"
+    );
+    // 48 h later the same caller ID, in any notation, verifies at once;
+    // another number still gets a code.
+    clock.advance_s(48 * 3600 + 1);
+    assert_eq!(
+        r.engine
+            .helpdesk_verify(DEMO, "ann", "+1 425-555-0100", "key:agent")
+            .unwrap(),
+        CallerVerification::ByCallerId
+    );
+    assert!(matches!(
+        r.engine
+            .helpdesk_verify(DEMO, "ann", "+14255550199", "key:agent")
+            .unwrap(),
+        CallerVerification::CodeSent { .. }
+    ));
+    // Audited: which way, and by which agent key; never the code.
+    let records = r.sink.records();
+    let hd: Vec<_> = records
+        .iter()
+        .filter(|x| x.event == "helpdesk_verification")
+        .collect();
+    assert!(
+        hd.iter()
+            .any(|x| x.reason.as_deref() == Some("caller_id") && x.result == "success")
+    );
+    assert!(
+        hd.iter()
+            .any(|x| x.reason.as_deref() == Some("code") && x.result == "success")
+    );
+    assert!(hd.iter().all(|x| x.agent.as_deref() == Some("key:agent")));
+    assert!(!format!("{records:?}").contains(&code));
+}

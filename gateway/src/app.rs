@@ -79,6 +79,11 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
                 contact_hold_hours: t.contact_hold_hours,
                 pin_mode: watchword_engine::PinMode::parse(&t.pin_mode).unwrap_or_default(),
                 pin_length: t.pin_length,
+                helpdesk_order: t
+                    .helpdesk_order
+                    .iter()
+                    .filter_map(|k| watchword_engine::directory::MethodType::parse(k))
+                    .collect(),
                 tokens: watchword_engine::directory::TokenPolicy {
                     window: t.token_window,
                     lookahead: t.hotp_lookahead,

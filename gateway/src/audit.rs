@@ -308,6 +308,9 @@ impl AuditLog {
         if let Some(ip) = r.client_ip.filter(|ip| !ip.is_empty()) {
             field(&mut l, "client_ip", ip);
         }
+        if let Some(agent) = r.agent {
+            field(&mut l, "agent", agent);
+        }
         l.push('}');
         l
     }

@@ -118,6 +118,9 @@ pub struct TenantConfig {
     /// Digits of the PINs made from now on (4..=12); existing PINs keep
     /// their length.
     pub pin_length: u8,
+    /// The contacts a help-desk verification code goes to, the first
+    /// active one first: `email`, `sms`, `voice` in any order.
+    pub helpdesk_order: Vec<String>,
     /// Keys of the HTTP API, each with its role.
     pub http_keys: Vec<HttpKey>,
 }
@@ -183,6 +186,7 @@ impl std::fmt::Debug for TenantConfig {
             .field("token_max_failures", &self.token_max_failures)
             .field("pin_mode", &self.pin_mode)
             .field("pin_length", &self.pin_length)
+            .field("helpdesk_order", &self.helpdesk_order)
             .field("http_keys", &self.http_keys)
             .finish()
     }
@@ -207,6 +211,7 @@ impl Default for TenantConfig {
             token_max_failures: 10,
             pin_mode: "none".into(),
             pin_length: watchword_engine::directory::DEFAULT_PIN_LEN,
+            helpdesk_order: vec!["email".into(), "sms".into(), "voice".into()],
             // None by default: a tenant written without `http_keys` must not
             // inherit the development profile's keys.
             http_keys: Vec::new(),
@@ -732,6 +737,22 @@ impl Config {
                     format!("must be 4..=12, got {}", t.pin_length),
                 ));
             }
+            let mut seen_kinds = Vec::new();
+            for k in &t.helpdesk_order {
+                if !matches!(k.as_str(), "email" | "sms" | "voice") || seen_kinds.contains(k) {
+                    errors.push(err(
+                        at("helpdesk_order"),
+                        format!("each of \"email\", \"sms\", \"voice\" at most once, got {k:?}"),
+                    ));
+                }
+                seen_kinds.push(k.clone());
+            }
+            if t.helpdesk_order.is_empty() {
+                errors.push(err(
+                    at("helpdesk_order"),
+                    "must name at least one contact type",
+                ));
+            }
             if t.contact_hold_hours > 24 * 365 {
                 errors.push(err(
                     at("contact_hold_hours"),
@@ -1116,6 +1137,10 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
         ("[[tenants]]", "pin_mode") => {
             "none, or prefix: the answer is the user's PIN followed by the one-time\n\
              code, checked together (a wrong PIN counts as a wrong code)."
+        }
+        ("[[tenants]]", "helpdesk_order") => {
+            "Where a help-desk verification code goes: the first active contact of\n\
+             these types, in this order."
         }
         ("[[tenants]]", "pin_length") => {
             "Digits of PINs made from now on (4..=12); existing PINs keep theirs."

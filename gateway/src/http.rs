@@ -35,6 +35,7 @@ use watchword_engine::directory::{
     Directory, DirectoryError, Durable, Method, MethodId, MethodType, TokenInfo, Upsert, User,
     UserPatch,
 };
+use watchword_engine::helpdesk::{CallerVerification, HelpdeskOutcome};
 use watchword_engine::import::Row;
 use watchword_engine::oath::{Algorithm, Kind, Params, otpauth_uri};
 use watchword_engine::{CheckRequest, CheckResult, Engine, EngineError, TenantId};
@@ -256,6 +257,23 @@ fn allow(state: &ApiState, headers: &HeaderMap, need: HttpRole) -> Result<Tenant
         ));
     }
     Ok(tenant)
+}
+
+/// The fingerprint of the key a request presented, for the audit trail:
+/// `key:` and the first 12 hex digits of its SHA-256 (never the key).
+fn key_fingerprint(headers: &HeaderMap) -> String {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    let d = ring::digest::digest(&ring::digest::SHA256, presented.as_bytes());
+    let mut s = String::from("key:");
+    for b in d.as_ref().iter().take(6) {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
 }
 
 /// Parses a JSON body into `T`, with the contract's errors: 413 over the
@@ -686,6 +704,96 @@ async fn get_pin(
         None => json!({"set": false}),
     };
     ok(StatusCode::OK, body)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HelpdeskBody {
+    subject: String,
+    #[serde(default)]
+    caller_id: String,
+}
+
+/// Starts a caller's verification: by caller ID when it is one of the
+/// user's phones past its hold, else by a code sent to the user's contact.
+async fn helpdesk_verify(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Helpdesk)?;
+    let b: HelpdeskBody = parse_body(body)?;
+    if b.caller_id.len() > 64 {
+        return Err(ApiError::invalid("caller_id: at most 64 bytes"));
+    }
+    let agent = key_fingerprint(&headers);
+    match st
+        .engine
+        .helpdesk_verify(tenant, &b.subject, &b.caller_id, &agent)?
+    {
+        CallerVerification::ByCallerId => {
+            ok(StatusCode::OK, json!({"verified": true, "by": "caller_id"}))
+        }
+        CallerVerification::CodeSent {
+            id,
+            method,
+            sent_to,
+            expires_at_ms,
+        } => ok(
+            StatusCode::CREATED,
+            json!({
+                "verified": false,
+                "id": id,
+                "sent_to": sent_to,
+                "method": method.name(),
+                "expires_at": rfc3339(expires_at_ms),
+            }),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HelpdeskCodeBody {
+    code: String,
+}
+
+/// Checks the code a caller read back.
+async fn helpdesk_check(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Helpdesk)?;
+    let b: HelpdeskCodeBody = parse_body(body)?;
+    if b.code.len() > 64 {
+        return Err(ApiError::invalid("code: at most 64 bytes"));
+    }
+    let agent = key_fingerprint(&headers);
+    let outcome = st
+        .engine
+        .helpdesk_check(tenant, &id, b.code.trim(), &agent)
+        .map_err(|e| match e {
+            EngineError::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such verification, or it has ended (approved, locked or expired)",
+            ),
+            other => other.into(),
+        })?;
+    let attempts_left = match outcome {
+        HelpdeskOutcome::Rejected { attempts_left } => attempts_left,
+        _ => 0,
+    };
+    ok(
+        StatusCode::OK,
+        json!({
+            "verified": outcome == HelpdeskOutcome::Approved,
+            "outcome": outcome.word(),
+            "attempts_left": attempts_left,
+        }),
+    )
 }
 
 /// The API's view of a token (never its secret).
@@ -1147,6 +1255,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/users/{subject}/methods", post(add_method))
         .route("/v1/users/{subject}/tokens", post(enroll_token))
         .route("/v1/users/{subject}/pin", post(reset_pin).get(get_pin))
+        .route("/v1/helpdesk/verifications", post(helpdesk_verify))
+        .route("/v1/helpdesk/verifications/{id}", post(helpdesk_check))
         .route("/v1/users/{subject}/tokens/{serial}", put(assign_token))
         .route(
             "/v1/tokens/import",

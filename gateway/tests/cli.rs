@@ -642,3 +642,32 @@ fn pins_reset_once_then_show_masked_through_the_http_api() {
     fails_with(&s.api(CLIENT_KEY, &["pins", "reset", "pia"]), "forbidden");
     fails_with(&s.api(ADMIN_KEY, &["pins", "reset", "nobody"]), "not_found");
 }
+
+#[test]
+fn helpdesk_verify_and_check_speak_to_the_http_api() {
+    let s = Server::start();
+    json_ok(&s.api(ADMIN_KEY, &["users", "add", "hal"]));
+    // No contact to send a code to: the server's clear refusal.
+    let v = s.api(
+        ADMIN_KEY,
+        &["helpdesk", "verify", "hal", "--caller-id", "+14255550100"],
+    );
+    fails_with(&v, "invalid_argument");
+    assert!(
+        stderr(&v).contains("no confirmed contact"),
+        "{}",
+        stderr(&v)
+    );
+    fails_with(
+        &s.api(ADMIN_KEY, &["helpdesk", "verify", "nobody"]),
+        "not_found",
+    );
+    fails_with(
+        &s.api(ADMIN_KEY, &["helpdesk", "check", "wh1nothing", "123456"]),
+        "not_found",
+    );
+    fails_with(
+        &s.api(CLIENT_KEY, &["helpdesk", "verify", "hal"]),
+        "forbidden",
+    );
+}

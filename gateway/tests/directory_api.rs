@@ -1281,3 +1281,140 @@ async fn a_pin_is_shown_once_masked_after_and_checked_in_front_of_the_code() {
     assert!(seen.0.iter().all(|text| !text.contains(&pin)));
     r.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_help_desk_verifies_a_caller_by_a_code_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    for t in &mut cfg.tenants {
+        if t.name == "demo" {
+            // Caller IDs count at once: the engine test moves the clock
+            // through the 48 h hold; here the HTTP contract is the point.
+            t.contact_hold_hours = 0;
+        }
+    }
+    let r = start(cfg).await.unwrap();
+    let mut seen = Seen::default();
+    let (_sim, mut outbox) = simulator(&r).await;
+    let (s, _, _) = http(&r, &mut seen, "PUT", "/v1/users/ann", ADMIN, Some("{}")).await;
+    assert_eq!(s, 201);
+    let verify = |caller: &str| format!(r#"{{"subject": "ann", "caller_id": "{caller}"}}"#);
+    let path = "/v1/helpdesk/verifications";
+    // No contact yet: a clear 422.
+    let (s, e, _) = http(&r, &mut seen, "POST", path, HELPDESK, Some(&verify(""))).await;
+    assert_eq!((s, &e["error"]), (422, &json!("invalid_argument")), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("no confirmed contact"),
+        "{e}"
+    );
+    // A client key may not; an unknown user is 404.
+    let (s, _, _) = http(&r, &mut seen, "POST", path, CLIENT, Some(&verify(""))).await;
+    assert_eq!(s, 403);
+    let (s, _, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        path,
+        HELPDESK,
+        Some(r#"{"subject": "nobody", "caller_id": ""}"#),
+    )
+    .await;
+    assert_eq!(s, 404);
+    // A phone, confirmed.
+    let (s, m, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        "/v1/users/ann/methods",
+        ADMIN,
+        Some(r#"{"type": "sms", "destination": "+14255550100"}"#),
+    )
+    .await;
+    assert_eq!(s, 201, "{m}");
+    let mid = m["id"].as_str().unwrap().to_owned();
+    let code = code_in(&next_message(&mut outbox).await.text);
+    let (s, _, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        &format!("/v1/users/ann/methods/{mid}/confirm"),
+        ADMIN,
+        Some(&format!(r#"{{"code": "{code}"}}"#)),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // The caller ID matches the phone (another notation): verified.
+    let (s, v, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        path,
+        HELPDESK,
+        Some(&verify("(425) 555-0100")),
+    )
+    .await;
+    assert_eq!((s, v), (200, json!({"verified": true, "by": "caller_id"})));
+    // Another number: a code goes to the phone; the agent checks it.
+    let (s, v, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        path,
+        HELPDESK,
+        Some(&verify("+14255550199")),
+    )
+    .await;
+    assert_eq!(
+        (s, &v["verified"], &v["method"]),
+        (201, &json!(false), &json!("sms")),
+        "{v}"
+    );
+    assert!(!v["sent_to"].as_str().unwrap().contains("5550100"));
+    assert!(v["expires_at"].as_str().unwrap().ends_with('Z'));
+    let id = v["id"].as_str().unwrap().to_owned();
+    let code = code_in(&next_message(&mut outbox).await.text);
+    let check = format!("{path}/{id}");
+    let (s, o, _) = http(
+        &r,
+        &mut seen,
+        "POST",
+        &check,
+        HELPDESK,
+        Some(&format!(r#"{{"code": "{}"}}"#, other_code(&code))),
+    )
+    .await;
+    assert_eq!(
+        (s, o),
+        (
+            200,
+            json!({"verified": false, "outcome": "rejected", "attempts_left": 4})
+        )
+    );
+    let right = format!(r#"{{"code": "{code}"}}"#);
+    let (s, o, _) = http(&r, &mut seen, "POST", &check, HELPDESK, Some(&right)).await;
+    assert_eq!(
+        (s, &o["verified"], &o["outcome"]),
+        (200, &json!(true), &json!("approved"))
+    );
+    let (s, _, _) = http(&r, &mut seen, "POST", &check, HELPDESK, Some(&right)).await;
+    assert_eq!(s, 404, "an ended verification");
+    // The audit trail names the way and the agent's key by fingerprint.
+    r.shutdown();
+    let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"helpdesk_verification\""))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains("\"reason\":\"caller_id\"")),
+        "{log}"
+    );
+    assert!(
+        lines.iter().all(|l| l.contains("\"agent\":\"key:")),
+        "{log}"
+    );
+    assert!(!log.contains("demo-helpdesk-key") && !log.contains(&code));
+}

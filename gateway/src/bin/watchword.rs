@@ -117,6 +117,12 @@ enum Command {
         #[command(subcommand)]
         command: PinsCommand,
     },
+    /// Help-desk caller verification, through a running server's HTTP API
+    /// (a helpdesk or admin key).
+    Helpdesk {
+        #[command(subcommand)]
+        command: HelpdeskCommand,
+    },
     /// Decide a check for a user (POST /v1/check), as an upstream system
     /// would: useful to test a user. Needs a key of role client or above.
     Check {
@@ -270,6 +276,34 @@ enum MethodsCommand {
         subject: String,
         /// The method's id.
         method_id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum HelpdeskCommand {
+    /// Verify a caller who says they are SUBJECT (POST
+    /// /v1/helpdesk/verifications): verified at once when the caller ID is
+    /// one of the user's phones past its hold, else a code goes to the
+    /// user's contact; read the answer's id for `helpdesk check`.
+    Verify {
+        /// The user the caller says they are.
+        subject: String,
+        /// The incoming call's caller ID, in any notation (omit when
+        /// withheld).
+        #[arg(long, default_value = "")]
+        caller_id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Check the code the caller read back (POST
+    /// /v1/helpdesk/verifications/ID).
+    Check {
+        /// The verification's id (`wh1...`).
+        id: String,
+        /// What the caller read back.
+        code: String,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -442,6 +476,7 @@ fn main() -> ExitCode {
         Command::Methods { command } => methods(command),
         Command::Tokens { command } => tokens(command),
         Command::Pins { command } => pins(command),
+        Command::Helpdesk { command } => helpdesk(command),
         Command::Check {
             subject,
             answer,
@@ -634,6 +669,33 @@ fn methods(command: MethodsCommand) -> ExitCode {
             hyper::Method::DELETE,
             cli::method_path(&subject, &method_id),
             None,
+        ),
+    }
+}
+
+fn helpdesk(command: HelpdeskCommand) -> ExitCode {
+    match command {
+        HelpdeskCommand::Verify {
+            subject,
+            caller_id,
+            api,
+        } => call(
+            &api,
+            hyper::Method::POST,
+            Ok("/v1/helpdesk/verifications".to_owned()),
+            Some(serde_json::json!({"subject": subject, "caller_id": caller_id})),
+        ),
+        HelpdeskCommand::Check { id, code, api } => call(
+            &api,
+            hyper::Method::POST,
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                Err(cli::CliError::Usage(
+                    "ID: the verification id from `helpdesk verify` (letters and digits)".into(),
+                ))
+            } else {
+                Ok(format!("/v1/helpdesk/verifications/{id}"))
+            },
+            Some(serde_json::json!({"code": code})),
         ),
     }
 }

@@ -249,6 +249,7 @@ impl Shared {
             challenge: None,
             reason: Some(why.reason),
             client_ip: Some(who),
+            agent: None,
         });
     }
 
@@ -729,6 +730,7 @@ async fn hold(
                     challenge: None,
                     reason: None,
                     client_ip: Some(&held.who),
+                    agent: None,
                 });
                 break d;
             }
