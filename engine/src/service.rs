@@ -502,6 +502,19 @@ impl Engine {
         req: &IssueParams<'_>,
         purpose: MessagePurpose,
     ) -> Result<Issued, EngineError> {
+        self.issue_carrying(tenant, req, purpose, None)
+    }
+
+    /// [`Engine::issue_for`] whose message carries `carried` instead of the
+    /// challenge's code (a PIN notice: the challenge only tracks the
+    /// delivery, limits and audit, and expires unanswered).
+    pub(crate) fn issue_carrying(
+        &self,
+        tenant: TenantId,
+        req: &IssueParams<'_>,
+        purpose: MessagePurpose,
+        carried: Option<crate::code::Code>,
+    ) -> Result<Issued, EngineError> {
         if purpose == MessagePurpose::CallConfirmation && req.channel != Channel::Voice {
             return Err(EngineError::Internal(
                 "a confirmation call goes by voice".into(),
@@ -558,7 +571,7 @@ impl Engine {
             slot_hint: issued.slot_hint,
             channel: req.channel,
             destination,
-            code: issued.code,
+            code: carried.unwrap_or(issued.code),
             expires_at_ms: issued.expires_at_ms,
             locale: if req.locale.is_empty() {
                 t.policy.locale.clone()

@@ -660,12 +660,15 @@ async fn reset_pin(
 ) -> ApiResult {
     let tenant = allow(&st, &headers, HttpRole::Admin)?;
     let b: PinBody = parse_body(body)?;
-    if b.email {
+    let e = &st.engine;
+    if b.email && e.pin_mail_address(tenant, &subject).is_none() {
+        if e.directory().user(tenant, &subject).is_none() {
+            return Err(DirectoryError::NotFound("no such user").into());
+        }
         return Err(ApiError::invalid(
-            "email: e-mailing a PIN is not built yet; reset without it and hand the PIN over",
+            "email: the user has no e-mail address (an active e-mail method or the profile's email)",
         ));
     }
-    let e = &st.engine;
     let length = e
         .tenant_policy(tenant)
         .map_or(watchword_engine::directory::DEFAULT_PIN_LEN, |p| {
@@ -677,10 +680,16 @@ async fn reset_pin(
         .wait()
         .await?;
     e.audit_directory(tenant, &subject, "pin_reset", None, None);
-    ok(
-        StatusCode::OK,
-        json!({"pin": pin.expose(), "length": pin.expose().len()}),
-    )
+    let mut answer = json!({"pin": pin.expose(), "length": pin.expose().len()});
+    if b.email {
+        // The PIN is reset whatever the mail does: the answer still shows
+        // it this once, with why it was not sent.
+        match e.email_pin(tenant, &subject, &pin) {
+            Ok(to) => answer["emailed_to"] = json!(to),
+            Err(err) => answer["email_error"] = json!(err.to_string()),
+        }
+    }
+    ok(StatusCode::OK, answer)
 }
 
 /// Whether the user has a PIN, masked.

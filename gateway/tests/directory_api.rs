@@ -1216,6 +1216,10 @@ async fn a_pin_is_shown_once_masked_after_and_checked_in_front_of_the_code() {
     )
     .await;
     assert_eq!((s, &e["error"]), (422, &json!("invalid_argument")), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("no e-mail address"),
+        "{e}"
+    );
     // The reset's answer is the one place the PIN appears.
     let mut reset = Seen::default();
     let (s, p, _) = http(
@@ -1275,11 +1279,49 @@ async fn a_pin_is_shown_once_masked_after_and_checked_in_front_of_the_code() {
     )
     .await;
     assert_eq!((s, &c["result"]), (200, &json!("accept")), "{c}");
-    // Nothing the API answered after the reset, nor the log, holds the PIN.
-    let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap_or_default();
-    assert!(!log.contains(&pin));
-    assert!(seen.0.iter().all(|text| !text.contains(&pin)));
+    // E-mailed on request, in the user's language, to the profile's address.
+    let (_sim, mut outbox) = simulator(&r).await;
+    let (s, _, _) = http(
+        &r,
+        &mut seen,
+        "PUT",
+        "/v1/users/ann",
+        ADMIN,
+        Some(r#"{"email": "ann@example.com", "locale": "fr"}"#),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, p, _) = http(
+        &r,
+        &mut reset,
+        "POST",
+        "/v1/users/ann/pin",
+        ADMIN,
+        Some(r#"{"email": true}"#),
+    )
+    .await;
+    assert_eq!(
+        (s, &p["emailed_to"]),
+        (200, &json!("a***@example.com")),
+        "{p}"
+    );
+    let mailed_pin = p["pin"].as_str().unwrap().to_owned();
+    let mail = next_message(&mut outbox).await;
+    assert_eq!(mail.destination, "ann@example.com");
+    assert!(
+        mail.text.contains(&mailed_pin) && mail.text.contains("Votre nouveau code PIN"),
+        "{}",
+        mail.text
+    );
+    // Nothing the API answered after the resets, nor the log, holds a PIN.
     r.shutdown();
+    let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap_or_default();
+    assert!(!log.contains(&pin) && !log.contains(&mailed_pin));
+    assert!(
+        seen.0
+            .iter()
+            .all(|text| !text.contains(&pin) && !text.contains(&mailed_pin))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,6 +44,9 @@ pub enum MessagePurpose {
     /// A confirmation call: the person answers and presses `#` (or `PIN#`).
     /// Its text holds no code. Voice channel only.
     CallConfirmation,
+    /// A user's new PIN, e-mailed after a reset when the administrator asks:
+    /// the message's code is the PIN (nothing to type back).
+    PinNotice,
 }
 
 /// What a simulated handset did with a confirmation call.

@@ -134,6 +134,7 @@ impl Carrier for HttpCarrier {
             purpose: match msg.purpose {
                 MessagePurpose::Code => "code",
                 MessagePurpose::CallConfirmation => "call_confirmation",
+                MessagePurpose::PinNotice => "pin_notice",
             },
             extension: ext,
         };

@@ -118,6 +118,16 @@ pub(crate) fn render(
     let (buf, n) = code.digits();
     let code = std::str::from_utf8(&buf[..n]).unwrap_or("");
     let minutes = minutes_left(expires_at_ms, now_ms);
+    if purpose == MessagePurpose::PinNotice {
+        return match lang {
+            Lang::En => format!(
+                "Your new {service} PIN is {code}. Keep it to yourself: {service} never asks for it by phone or e-mail."
+            ),
+            Lang::Fr => format!(
+                "Votre nouveau code PIN {service} est {code}. Gardez-le pour vous : {service} ne le demande jamais par téléphone ni par e-mail."
+            ),
+        };
+    }
     if purpose == MessagePurpose::CallConfirmation {
         return match lang {
             Lang::En => format!(
@@ -282,6 +292,33 @@ mod tests {
             0,
         );
         assert!(en.contains("press the pound key"), "{en}");
+    }
+
+    #[test]
+    fn a_pin_notice_carries_the_pin_in_english_and_french() {
+        let en = render(
+            MessagePurpose::PinNotice,
+            Channel::Email,
+            "en",
+            &code(),
+            "Acme",
+            60_000,
+            0,
+        );
+        assert!(en.starts_with("Your new Acme PIN is 123456."), "{en}");
+        let fr = render(
+            MessagePurpose::PinNotice,
+            Channel::Email,
+            "fr-CA",
+            &code(),
+            "Acme",
+            60_000,
+            0,
+        );
+        assert!(
+            fr.starts_with("Votre nouveau code PIN Acme est 123456."),
+            "{fr}"
+        );
     }
 
     #[test]

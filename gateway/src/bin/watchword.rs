@@ -317,6 +317,10 @@ enum PinsCommand {
     Reset {
         /// The user's subject.
         subject: String,
+        /// Also e-mail the PIN to the user (an active e-mail method, else
+        /// the profile's address), in the user's language.
+        #[arg(long)]
+        email: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -702,11 +706,15 @@ fn helpdesk(command: HelpdeskCommand) -> ExitCode {
 
 fn pins(command: PinsCommand) -> ExitCode {
     match command {
-        PinsCommand::Reset { subject, api } => call(
+        PinsCommand::Reset {
+            subject,
+            email,
+            api,
+        } => call(
             &api,
             hyper::Method::POST,
             cli::user_path(&subject).map(|p| format!("{p}/pin")),
-            Some(serde_json::json!({})),
+            Some(serde_json::json!({ "email": email })),
         ),
         PinsCommand::Show { subject, api } => call(
             &api,
