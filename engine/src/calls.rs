@@ -72,12 +72,18 @@ pub struct CallHandle {
 #[error("too many confirmation calls in progress")]
 pub struct CallsFull;
 
+/// Decides whether the digits keyed before `#` on a confirmation call are
+/// acceptable: `true` when the tenant asks no PIN on calls, or when they are
+/// the user's active PIN (a wrong one is counted by the gate).
+pub type PinGate = Box<dyn Fn(TenantId, &str, &[u8]) -> bool + Send + Sync>;
+
 /// Every confirmation call in progress.
 pub struct CallBook {
     calls: Mutex<HashMap<ChallengeId, CallEntry>>,
     table: Arc<ChallengeTable>,
     subscribers: Box<[AtomicUsize]>,
     capacity: usize,
+    pin_gate: Option<PinGate>,
 }
 
 impl std::fmt::Debug for CallBook {
@@ -96,7 +102,14 @@ impl CallBook {
             table,
             subscribers: (0..tenants).map(|_| AtomicUsize::new(0)).collect(),
             capacity,
+            pin_gate: None,
         }
+    }
+
+    /// The book, with `gate` judging the digits keyed before `#`.
+    pub fn with_pin_gate(mut self, gate: PinGate) -> CallBook {
+        self.pin_gate = Some(gate);
+        self
     }
 
     /// Calls in progress (or with an outcome not yet taken).
@@ -179,7 +192,20 @@ impl CallBook {
             HandsetAnswer::Digits(d)
                 if d.ends_with('#') && d[..d.len() - 1].bytes().all(|b| b.is_ascii_digit()) =>
             {
-                CallOutcome::Confirmed
+                let pin = &d.as_bytes()[..d.len() - 1];
+                let subject = self
+                    .calls
+                    .lock()
+                    .get(&id)
+                    .filter(|e| e.tenant == tenant)
+                    .map(|e| e.subject.clone());
+                // The gate reads the directory: called outside the lock.
+                match (&self.pin_gate, subject) {
+                    (Some(gate), Some(subject)) if !gate(tenant, &subject, pin) => {
+                        CallOutcome::Declined
+                    }
+                    _ => CallOutcome::Confirmed,
+                }
             }
             HandsetAnswer::Digits(_) => CallOutcome::Declined,
             HandsetAnswer::NotAnswered => CallOutcome::NotAnswered,

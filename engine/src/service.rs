@@ -83,6 +83,9 @@ pub enum PinMode {
     /// together: a wrong PIN counts as a wrong code, and the caller cannot
     /// tell which was wrong.
     Prefix,
+    /// A confirmation call is answered with the PIN then `#`; a wrong PIN
+    /// declines the call and counts towards the PIN's lockout.
+    Call,
 }
 
 impl PinMode {
@@ -91,6 +94,7 @@ impl PinMode {
         match self {
             Self::None => "none",
             Self::Prefix => "prefix",
+            Self::Call => "call",
         }
     }
 
@@ -99,6 +103,7 @@ impl PinMode {
         Some(match s {
             "none" => Self::None,
             "prefix" => Self::Prefix,
+            "call" => Self::Call,
             _ => return None,
         })
     }
@@ -391,7 +396,40 @@ impl Engine {
         let ledger: Arc<dyn ChallengeLedger> = table.clone();
         let router =
             Router::start(config.router, ledger, clock.clone()).map_err(|e| e.to_string())?;
-        let calls = Arc::new(CallBook::new(table.clone(), tenants.len(), MAX_CALLS));
+        let directory = Arc::new(directory);
+        let gate_rules: Vec<Option<u32>> = tenants
+            .iter()
+            .map(|t| (t.policy.pin_mode == PinMode::Call).then_some(t.policy.tokens.max_failures))
+            .collect();
+        let gate_dir = Arc::clone(&directory);
+        let (gate_sink, gate_clock) = (Arc::clone(&sink), Arc::clone(&clock));
+        let calls = Arc::new(
+            CallBook::new(table.clone(), tenants.len(), MAX_CALLS).with_pin_gate(Box::new(
+                move |tenant, subject, pin| match gate_rules.get(usize::from(tenant.0)) {
+                    Some(Some(max_failures)) => {
+                        let (right, locked) =
+                            gate_dir.check_call_pin(tenant, subject, pin, *max_failures);
+                        if locked {
+                            gate_sink.record_other(&crate::events::Record {
+                                at_ms: gate_clock.now_ms(),
+                                tenant,
+                                event: "pin_locked",
+                                result: "failure",
+                                subject,
+                                method: Some("call"),
+                                destination: None,
+                                challenge: None,
+                                reason: Some("too_many_wrong_pins"),
+                                client_ip: None,
+                                agent: None,
+                            });
+                        }
+                        right
+                    }
+                    _ => true,
+                },
+            )),
+        );
         let handsets: Arc<dyn Handsets> = calls.clone();
         router.attach_handsets(Arc::downgrade(&handsets));
         let sweeper = Sweeper::spawn(table.clone())
@@ -403,7 +441,7 @@ impl Engine {
                 tenants,
                 by_name,
                 shutting_down: AtomicBool::new(false),
-                directory: Arc::new(directory),
+                directory,
                 calls,
                 confirmations: Mutex::default(),
                 check_counters: crate::check::check_counters(),

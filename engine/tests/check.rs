@@ -1056,3 +1056,77 @@ async fn the_help_desk_trusts_a_caller_id_only_after_its_hold_and_else_sends_a_c
     assert!(hd.iter().all(|x| x.agent.as_deref() == Some("key:agent")));
     assert!(!format!("{records:?}").contains(&code));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_call_mode_a_confirmation_call_wants_the_pin_then_pound() {
+    let sink = Arc::new(MemorySink::default());
+    let mut config = EngineConfig::default();
+    for c in &mut config.router.carriers {
+        c.simulated.ring_timeout_ms = 300;
+    }
+    // Seven calls to one number in a few seconds: no send limits here.
+    config.router.limits.destination.max = 0;
+    config.router.limits.subject.max = 0;
+    for t in &mut config.tenants {
+        t.pin_mode = watchword_engine::PinMode::Call;
+        t.tokens.max_failures = 3;
+    }
+    let engine = Engine::start(config, SystemClock::shared(), sink.clone()).unwrap();
+    let (outbox, guard) = engine.outbox_subscribe(DEMO).unwrap();
+    let mut r = Rig {
+        engine,
+        sink,
+        outbox,
+        _handsets: guard,
+    };
+    user(&r, DEMO, "ann");
+    let pin = r
+        .engine
+        .directory()
+        .reset_pin(DEMO, "ann", 5, r.engine.now_ms())
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
+        .expose()
+        .to_owned();
+    // Registration by call wants the PIN too: `#` alone declines it.
+    assert_eq!(
+        registered_call(&mut r, "ann", Some("#")).await,
+        MethodState::Failed
+    );
+    assert_eq!(
+        registered_call(&mut r, "ann", Some(&format!("{pin}#"))).await,
+        MethodState::Active
+    );
+    let (res, _) = call_check(&mut r, "ann", Some(&format!("{pin}#"))).await;
+    assert_eq!(res, CheckResult::Accept);
+    // Wrong PINs decline the call and count; the third locks the PIN (and
+    // says so in the audit trail); then even the right PIN declines.
+    let wrong = format!(
+        "{}#",
+        if pin.starts_with('9') { "0" } else { "9" }.repeat(5)
+    );
+    for _ in 0..2 {
+        let (res, _) = call_check(&mut r, "ann", Some(&wrong)).await;
+        assert_eq!(reason(&res), RejectReason::CallNotConfirmed);
+    }
+    assert_eq!(
+        r.engine
+            .directory()
+            .pin_info(DEMO, "ann")
+            .unwrap()
+            .failcount,
+        2
+    );
+    let (res, _) = call_check(&mut r, "ann", Some(&wrong)).await;
+    assert_eq!(reason(&res), RejectReason::CallNotConfirmed);
+    assert_eq!(
+        r.engine.directory().pin_info(DEMO, "ann").unwrap().state,
+        watchword_engine::directory::PinState::Locked
+    );
+    assert!(r.sink.records().iter().any(|x| x.event == "pin_locked"));
+    let (res, _) = call_check(&mut r, "ann", Some(&format!("{pin}#"))).await;
+    assert_eq!(reason(&res), RejectReason::CallNotConfirmed, "locked");
+    assert!(!format!("{:?}", r.sink.records()).contains(&pin));
+}

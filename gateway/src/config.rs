@@ -113,7 +113,8 @@ pub struct TenantConfig {
     pub hotp_lookahead: u32,
     /// Wrong token codes in a row that lock a token (1..=100).
     pub token_max_failures: u32,
-    /// Where users type their PIN: `none` or `prefix` (PIN then code).
+    /// Where users type their PIN: `none`, `prefix` (PIN then code) or
+    /// `call` (PIN then `#` on a confirmation call).
     pub pin_mode: String,
     /// Digits of the PINs made from now on (4..=12); existing PINs keep
     /// their length.
@@ -725,7 +726,10 @@ impl Config {
             if watchword_engine::PinMode::parse(&t.pin_mode).is_none() {
                 errors.push(err(
                     at("pin_mode"),
-                    format!("must be \"none\" or \"prefix\", got {:?}", t.pin_mode),
+                    format!(
+                        "must be \"none\", \"prefix\" or \"call\", got {:?}",
+                        t.pin_mode
+                    ),
                 ));
             }
             if !(watchword_engine::directory::MIN_PIN_LEN
@@ -1135,8 +1139,9 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
             "Wrong token codes in a row that lock a token until an administrator resets it."
         }
         ("[[tenants]]", "pin_mode") => {
-            "none, or prefix: the answer is the user's PIN followed by the one-time\n\
-             code, checked together (a wrong PIN counts as a wrong code)."
+            "none; prefix: the answer is the user's PIN followed by the one-time\n\
+             code, checked together (a wrong PIN counts as a wrong code); call: a\n\
+             confirmation call is answered with the PIN then # (wrong PINs lock it)."
         }
         ("[[tenants]]", "helpdesk_order") => {
             "Where a help-desk verification code goes: the first active contact of\n\

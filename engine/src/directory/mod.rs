@@ -978,6 +978,57 @@ impl Directory {
         })
     }
 
+    /// A confirmation call's PIN (tenant mode `call`): whether `pin` is the
+    /// user's active PIN, in constant time. A wrong one (or none, or a
+    /// locked PIN) counts a failure, locking the PIN at `max_failures`; a
+    /// right one clears the failures. The change is queued for the store
+    /// (not waited for: the call's outcome is what answers). Answers
+    /// whether the PIN was right, and whether this try locked it.
+    pub fn check_call_pin(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        pin: &[u8],
+        max_failures: u32,
+    ) -> (bool, bool) {
+        let Some(table) = self.pins.get(usize::from(tenant.0)) else {
+            return (false, false);
+        };
+        let name = self.tenant_name(tenant);
+        let mut pins = table.write();
+        let Some(entry) = pins.get_mut(subject) else {
+            return (false, false);
+        };
+        let right = entry.matches(&self.key, name, subject, pin);
+        let ok = right && entry.state == PinState::Active;
+        let before = (entry.failcount, entry.state);
+        if ok {
+            entry.failcount = 0;
+        } else if entry.state == PinState::Active {
+            entry.failcount = entry.failcount.saturating_add(1);
+            if entry.failcount >= max_failures.max(1) {
+                entry.state = PinState::Locked;
+            }
+        }
+        if (entry.failcount, entry.state) != before
+            && let Some(store) = &self.store
+        {
+            let op = StoreOp::PinProgress {
+                tenant: name.to_owned(),
+                subject: subject.to_owned(),
+                failcount: entry.failcount,
+                state: entry.state.name().to_owned(),
+            };
+            if let Err(e) = store.submit(vec![op]) {
+                tracing::error!(error = %e, "a PIN's failures could not be queued for the store");
+            }
+        }
+        (
+            ok,
+            before.1 == PinState::Active && entry.state == PinState::Locked,
+        )
+    }
+
     /// Unlocks a token and clears its failures.
     pub fn reset_token(
         &self,
