@@ -1059,6 +1059,81 @@ async fn assign_token(
     ok(StatusCode::OK, token_json(&t))
 }
 
+/// A user's tokens (never their secrets).
+async fn list_user_tokens(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(subject): Path<String>,
+) -> ApiResult {
+    let tenant = allow(&st, &headers, HttpRole::Helpdesk)?;
+    let dir = st.engine.directory();
+    if dir.user(tenant, &subject).is_none() {
+        return Err(DirectoryError::NotFound("no such user").into());
+    }
+    let tokens: Vec<Value> = dir
+        .tokens_of(tenant, &subject)
+        .iter()
+        .filter_map(|serial| dir.token_info(tenant, serial))
+        .map(|t| token_json(&t))
+        .collect();
+    ok(StatusCode::OK, json!({ "tokens": tokens }))
+}
+
+/// The help-desk console's files, embedded in the binary.
+const CONSOLE_HTML: &str = include_str!("../console/index.html");
+const CONSOLE_JS: &str = include_str!("../console/app.js");
+const CONSOLE_CSS: &str = include_str!("../console/app.css");
+
+/// The console's content security policy: its own files only, no inline
+/// script or style, no framing, API calls to this origin only.
+const CONSOLE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+    frame-ancestors 'none'";
+
+/// One console file with the headers that keep it to itself.
+fn console_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, CONSOLE_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::HeaderName::from_static("cross-origin-opener-policy"),
+                "same-origin",
+            ),
+            (
+                header::HeaderName::from_static("cross-origin-resource-policy"),
+                "same-origin",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn console_redirect() -> Response {
+    (
+        StatusCode::MOVED_PERMANENTLY,
+        [(header::LOCATION, "/console/")],
+    )
+        .into_response()
+}
+
+async fn console_page() -> Response {
+    console_file("text/html; charset=utf-8", CONSOLE_HTML)
+}
+
+async fn console_script() -> Response {
+    console_file("text/javascript; charset=utf-8", CONSOLE_JS)
+}
+
+async fn console_style() -> Response {
+    console_file("text/css; charset=utf-8", CONSOLE_CSS)
+}
+
 async fn get_token(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -1262,7 +1337,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
             put(put_user).get(get_user).delete(delete_user),
         )
         .route("/v1/users/{subject}/methods", post(add_method))
-        .route("/v1/users/{subject}/tokens", post(enroll_token))
+        .route(
+            "/v1/users/{subject}/tokens",
+            post(enroll_token).get(list_user_tokens),
+        )
+        .route("/console", get(console_redirect))
+        .route("/console/", get(console_page))
+        .route("/console/app.js", get(console_script))
+        .route("/console/app.css", get(console_style))
         .route("/v1/users/{subject}/pin", post(reset_pin).get(get_pin))
         .route("/v1/helpdesk/verifications", post(helpdesk_verify))
         .route("/v1/helpdesk/verifications/{id}", post(helpdesk_check))
