@@ -58,7 +58,33 @@ pub struct ServerConfig {
     /// Let the kernel back the process's memory with transparent huge pages
     /// (Linux). Off by default: see docs/operations.md, "Memory pages".
     pub transparent_huge_pages: bool,
+    /// Production guards waived by name (see [`PRODUCTION_RULES`]):
+    /// `simulator_tenants`, `simulated_carriers`, `development_keys`,
+    /// `short_keys`, `plaintext`.
+    pub allow: Vec<String>,
 }
+
+/// The rules the production profile enforces, each waived by naming it in
+/// `server.allow`: its name and what it refuses.
+pub const PRODUCTION_RULES: [(&str, &str); 5] = [
+    (
+        "simulator_tenants",
+        "a tenant with the simulator role (it reads every code from the outbox)",
+    ),
+    (
+        "simulated_carriers",
+        "a simulated carrier (messages go to the outbox, not to people)",
+    ),
+    (
+        "development_keys",
+        "a key or secret of the development profile (published in the README)",
+    ),
+    ("short_keys", "a tenant or HTTP key shorter than 16 bytes"),
+    (
+        "plaintext",
+        "a protocol, HTTP or metrics listener off loopback without TLS",
+    ),
+];
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -75,6 +101,7 @@ impl Default for ServerConfig {
             tls_key: None,
             shutdown_deadline_s: 10,
             transparent_huge_pages: false,
+            allow: Vec::new(),
         }
     }
 }
@@ -812,6 +839,7 @@ impl Config {
         if st.queue_ops == 0 {
             errors.push(err("storage.queue_ops", "must be at least 1"));
         }
+        self.validate_production(&mut errors);
         if let Err(e) = self.table.validate() {
             errors.push(err("table", e.to_string()));
         }
@@ -838,6 +866,134 @@ impl Config {
     }
 
     /// The `[radius]` mistakes. Secrets are never quoted, only their length.
+    /// The production profile's guards: every rule of [`PRODUCTION_RULES`]
+    /// not waived in `server.allow`, each refusal naming its rule.
+    fn validate_production(&self, errors: &mut Vec<ConfigError>) {
+        let s = &self.server;
+        for (i, a) in s.allow.iter().enumerate() {
+            if !PRODUCTION_RULES.iter().any(|(name, _)| name == a) {
+                errors.push(err(
+                    format!("server.allow[{i}]"),
+                    format!(
+                        "{a:?} is no rule; the rules are {}",
+                        PRODUCTION_RULES.map(|(n, _)| n).join(", ")
+                    ),
+                ));
+            }
+        }
+        if s.profile != Profile::Production {
+            return;
+        }
+        let allowed = |rule: &str| s.allow.iter().any(|a| a == rule);
+        let refuse = |errors: &mut Vec<ConfigError>, field: String, rule: &str, what: String| {
+            errors.push(err(
+                field,
+                format!(
+                    "{what}: refused in production by rule {rule} (waive it with server.allow = [\"{rule}\"])"
+                ),
+            ));
+        };
+        if !allowed("simulator_tenants") {
+            for (i, t) in self.tenants.iter().enumerate() {
+                if t.role == Role::Simulator {
+                    refuse(
+                        errors,
+                        format!("tenants[{i}].role"),
+                        "simulator_tenants",
+                        format!(
+                            "tenant {:?} has the simulator role, which reads every code",
+                            t.name
+                        ),
+                    );
+                }
+            }
+        }
+        if !allowed("simulated_carriers") {
+            for (i, c) in self.router.carriers.iter().enumerate() {
+                if c.kind == CarrierKind::Simulated {
+                    refuse(
+                        errors,
+                        format!("router.carriers[{i}].kind"),
+                        "simulated_carriers",
+                        format!("carrier {:?} is simulated", c.name),
+                    );
+                }
+            }
+        }
+        let dev = Config::development();
+        let dev_keys: Vec<&str> = dev
+            .tenants
+            .iter()
+            .flat_map(|t| {
+                t.keys
+                    .iter()
+                    .map(String::as_str)
+                    .chain(t.http_keys.iter().map(|k| k.key.as_str()))
+            })
+            .chain(dev.radius.clients.iter().map(|c| c.secret.as_str()))
+            .collect();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let keys =
+                t.keys
+                    .iter()
+                    .enumerate()
+                    .map(|(j, k)| (format!("tenants[{i}].keys[{j}]"), k.as_str()))
+                    .chain(t.http_keys.iter().enumerate().map(|(j, k)| {
+                        (format!("tenants[{i}].http_keys[{j}].key"), k.key.as_str())
+                    }));
+            for (field, k) in keys {
+                if !allowed("development_keys") && dev_keys.contains(&k) {
+                    refuse(
+                        errors,
+                        field.clone(),
+                        "development_keys",
+                        "a development profile key".into(),
+                    );
+                } else if !allowed("short_keys") && k.len() < 16 {
+                    refuse(
+                        errors,
+                        field,
+                        "short_keys",
+                        format!("a key of {} bytes (value not shown)", k.len()),
+                    );
+                }
+            }
+        }
+        if !allowed("development_keys") {
+            for (i, c) in self.radius.clients.iter().enumerate() {
+                if dev_keys.contains(&c.secret.as_str()) {
+                    refuse(
+                        errors,
+                        format!("radius.clients[{i}].secret"),
+                        "development_keys",
+                        "the development profile's RADIUS secret".into(),
+                    );
+                }
+            }
+        }
+        if !allowed("plaintext") {
+            let off_loopback =
+                |v: &str| v.parse::<SocketAddr>().is_ok_and(|a| !a.ip().is_loopback());
+            let tls = s.tls_cert.is_some() && s.tls_key.is_some();
+            let mut listeners = vec![("server.listen", s.listen.as_str(), tls)];
+            if !self.http.listen.is_empty() {
+                listeners.push(("http.listen", self.http.listen.as_str(), tls));
+            }
+            // The metrics listener never speaks TLS.
+            listeners.push(("server.metrics_listen", s.metrics_listen.as_str(), false));
+            for (field, v, tls) in listeners {
+                if off_loopback(v) && !tls {
+                    refuse(
+                        errors,
+                        field.to_owned(),
+                        "plaintext",
+                        format!("{v} is off loopback without TLS"),
+                    );
+                }
+            }
+        }
+    }
+
     fn validate_radius(&self, errors: &mut Vec<ConfigError>) {
         let r = &self.radius;
         if r.listen.is_empty() {
@@ -1112,6 +1268,10 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
             "At SIGTERM/SIGINT, seconds allowed for queued deliveries to drain.\n\
              Set tls_cert and tls_key (PEM paths) to serve the protocol over TLS."
         }
+        ("[server]", "allow") => {
+            "Production guards waived by name: simulator_tenants, simulated_carriers,\n\
+             development_keys, short_keys, plaintext (each refuses what it names)."
+        }
         ("[server]", "transparent_huge_pages") => {
             "Let Linux back memory with 2 MiB transparent huge pages. Off, as Redis\n\
              does: a huge page is zeroed at its first touch, inside the worker that\n\
@@ -1297,8 +1457,61 @@ mod tests {
 
     #[test]
     fn production_may_listen_anywhere() {
-        let text = "[server]\nprofile = \"production\"\nlisten = \"0.0.0.0:7400\"\n[[tenants]]\nname = \"x\"\nkeys = [\"0123456789\"]\n[storage]\nmaster_key = \"/etc/watchword/master.key\"\n";
+        let text = "[server]\nprofile = \"production\"\nlisten = \"0.0.0.0:7400\"\nallow = [\"plaintext\", \"simulated_carriers\"]\n[[tenants]]\nname = \"x\"\nrole = \"client\"\nkeys = [\"0123456789abcdef\"]\n[storage]\nmaster_key = \"/etc/watchword/master.key\"\n";
         Config::parse(text).unwrap();
+    }
+
+    #[test]
+    fn production_refuses_each_development_default_by_rule_unless_waived() {
+        // The development profile as it is, declared production.
+        let mut c = Config::development();
+        c.server.profile = Profile::Production;
+        c.server.listen = "0.0.0.0:7400".into();
+        c.storage.path = PathBuf::new();
+        c.tenants[0].keys.push("short-key-123".into());
+        let errs = c.validate();
+        let text = format!("{errs:?}");
+        for (rule, field) in [
+            ("simulator_tenants", "tenants[0].role"),
+            ("simulated_carriers", "router.carriers[0].kind"),
+            ("development_keys", "tenants[0].keys[0]"),
+            ("development_keys", "tenants[0].http_keys[0].key"),
+            ("development_keys", "radius.clients[0].secret"),
+            ("short_keys", "tenants[0].keys[1]"),
+            ("plaintext", "server.listen"),
+        ] {
+            assert!(
+                errs.iter()
+                    .any(|e| e.field == field && e.reason.contains(rule)),
+                "{rule} at {field}: {text}"
+            );
+        }
+        assert!(
+            !text.contains("demo-key") && !text.contains("short-key-123"),
+            "{text}"
+        );
+        // Waived by name, each rule goes quiet; a rule that is no rule is refused.
+        c.server.allow = PRODUCTION_RULES
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        c.server.allow.push("everything".into());
+        assert!(c.validate().iter().any(|e| e.field == "server.allow[5]"));
+        // TLS on the listeners satisfies the plaintext rule (metrics stay on loopback).
+        c.server.allow = vec![
+            "simulator_tenants".into(),
+            "simulated_carriers".into(),
+            "development_keys".into(),
+            "short_keys".into(),
+        ];
+        c.server.tls_cert = Some(PathBuf::from("/dev/null"));
+        c.server.tls_key = Some(PathBuf::from("/dev/null"));
+        assert!(
+            !c.validate().iter().any(|e| e.reason.contains("plaintext")),
+            "{:?}",
+            c.validate()
+        );
     }
 
     #[test]

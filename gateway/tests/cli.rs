@@ -671,3 +671,27 @@ fn helpdesk_verify_and_check_speak_to_the_http_api() {
         "forbidden",
     );
 }
+
+#[test]
+fn check_config_refuses_a_production_file_with_development_defaults_and_names_each_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prod.toml");
+    std::fs::write(
+        &file,
+        "[server]\nprofile = \"production\"\nlisten = \"0.0.0.0:7400\"\n\
+         [[tenants]]\nname = \"demo\"\nkeys = [\"demo-key\"]\n",
+    )
+    .unwrap();
+    let o = ww(&["check-config", file.to_str().unwrap()], &[]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    for rule in [
+        "simulator_tenants",
+        "simulated_carriers",
+        "development_keys",
+        "plaintext",
+    ] {
+        assert!(e.contains(&format!("rule {rule}")), "{rule}: {e}");
+    }
+    assert!(!e.contains("demo-key"), "{e}");
+}

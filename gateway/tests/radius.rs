@@ -1134,6 +1134,11 @@ async fn a_taken_radius_address_stops_production_only() {
     dev.wait().await;
     let mut cfg = Config::development();
     cfg.server.profile = watchword_gateway::config::Profile::Production;
+    // Only the RADIUS bind is under test: the production guards waived.
+    cfg.server.allow = watchword_gateway::config::PRODUCTION_RULES
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
     cfg.server.listen = "127.0.0.1:0".into();
     cfg.server.metrics_listen = "127.0.0.1:0".into();
     cfg.http.listen = String::new();
