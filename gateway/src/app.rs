@@ -192,7 +192,7 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
             metrics::gauge!("watchword_directory_users").set(e.directory().len() as f64);
             metrics::gauge!("watchword_store_queued_ops").set(e.directory().store_queued() as f64);
             metrics::gauge!("watchword_calls_in_progress").set(e.calls().len() as f64);
-            Some(e.table().pending())
+            e.table().publish_gauges();
         }),
         metrics_stop.clone(),
     ));

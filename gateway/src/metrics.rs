@@ -72,11 +72,189 @@ pub fn install() -> PrometheusHandle {
                     )
                     .expect("static, non-empty buckets")
             };
-            builder()
+            let handle = builder()
                 .install_recorder()
-                .unwrap_or_else(|_| builder().build_recorder().handle())
+                .unwrap_or_else(|_| builder().build_recorder().handle());
+            describe_all();
+            handle
         })
         .clone()
+}
+
+/// Gives every metric its HELP text (Prometheus `# HELP`). Called once the
+/// recorder is installed; a metric added to the code needs its line here
+/// (a test fails on any series without one).
+pub fn describe_all() {
+    metrics::describe_counter!(
+        "watchword_audit_dropped_total",
+        "Audit records dropped because the audit buffer was full."
+    );
+    metrics::describe_counter!(
+        "watchword_audit_write_errors_total",
+        "Audit log writes that failed."
+    );
+    metrics::describe_gauge!(
+        "watchword_calls_in_progress",
+        "Confirmation calls ringing or with an outcome not yet taken."
+    );
+    metrics::describe_gauge!(
+        "watchword_carrier_breaker_state",
+        "Each carrier's circuit breaker: 0 closed, 1 half-open, 2 open."
+    );
+    metrics::describe_gauge!(
+        "watchword_carrier_queue_depth",
+        "Messages queued for each carrier."
+    );
+    metrics::describe_histogram!(
+        "watchword_carrier_send_seconds",
+        "Time of one send to a carrier, seconds."
+    );
+    metrics::describe_counter!(
+        "watchword_carrier_sends_total",
+        "Sends to carriers, by carrier and result."
+    );
+    metrics::describe_counter!(
+        "watchword_challenges_cancelled_total",
+        "Challenges cancelled (a declined call, a failed registration)."
+    );
+    metrics::describe_counter!(
+        "watchword_challenges_capacity_refused_total",
+        "ISSUEs refused because the table was full."
+    );
+    metrics::describe_counter!(
+        "watchword_challenges_expired_total",
+        "Challenges that expired unanswered."
+    );
+    metrics::describe_counter!(
+        "watchword_challenges_forgotten_total",
+        "Ended challenges whose tombstones were dropped."
+    );
+    metrics::describe_counter!("watchword_challenges_issued_total", "Challenges issued.");
+    metrics::describe_gauge!(
+        "watchword_challenges_pending",
+        "Challenges pending in the table, counted exactly at each scrape and every 5 s."
+    );
+    metrics::describe_counter!(
+        "watchword_challenges_superseded_total",
+        "Challenges replaced by a newer one of the same subject."
+    );
+    metrics::describe_gauge!(
+        "watchword_challenges_tombstones",
+        "Ended challenges kept to answer late verifies."
+    );
+    metrics::describe_counter!(
+        "watchword_checks_total",
+        "CHECK decisions, by result and reason."
+    );
+    metrics::describe_gauge!("watchword_connections", "Protocol connections open.");
+    metrics::describe_counter!(
+        "watchword_connections_total",
+        "Protocol connections accepted."
+    );
+    metrics::describe_counter!(
+        "watchword_delivery_outcomes_total",
+        "Messages that ended delivered or failed, by outcome."
+    );
+    metrics::describe_gauge!("watchword_directory_users", "Users in the directory.");
+    metrics::describe_gauge!("watchword_limiter_keys", "Keys held by the rate limiters.");
+    metrics::describe_counter!(
+        "watchword_pushes_lagged_total",
+        "Outbox pushes a slow subscriber missed."
+    );
+    metrics::describe_counter!(
+        "watchword_pushes_total",
+        "Outbox pushes sent to subscribers."
+    );
+    metrics::describe_counter!(
+        "watchword_rate_limited_total",
+        "Requests refused by a rate limit, by limit."
+    );
+    metrics::describe_histogram!(
+        "watchword_request_duration_seconds",
+        "Protocol request service time, seconds, by op."
+    );
+    metrics::describe_counter!(
+        "watchword_requests_total",
+        "Protocol requests, by op and status."
+    );
+    metrics::describe_gauge!(
+        "watchword_router_queue_depth",
+        "Messages waiting in the delivery router."
+    );
+    metrics::describe_histogram!(
+        "watchword_store_batch_ops",
+        "Directory writes per group commit."
+    );
+    metrics::describe_counter!(
+        "watchword_store_commit_failures_total",
+        "Directory store commits that failed (the store then refuses writes)."
+    );
+    metrics::describe_histogram!(
+        "watchword_store_commit_seconds",
+        "Time of one directory store commit, seconds (fsync included)."
+    );
+    metrics::describe_counter!("watchword_store_commits_total", "Directory store commits.");
+    metrics::describe_gauge!(
+        "watchword_store_queued_ops",
+        "Directory writes queued for the disk."
+    );
+    metrics::describe_counter!("watchword_verify_total", "VERIFY outcomes.");
+    metrics::describe_counter!(
+        "watchword_simulated_receipts_lost_total",
+        "Delivery receipts the simulated carriers lost on purpose."
+    );
+    metrics::describe_counter!(
+        "watchword_radius_requests_total",
+        "RADIUS datagrams from each client."
+    );
+    metrics::describe_counter!(
+        "watchword_radius_accepts_total",
+        "RADIUS Access-Accepts sent, by client."
+    );
+    metrics::describe_counter!(
+        "watchword_radius_rejects_total",
+        "RADIUS Access-Rejects sent, by client."
+    );
+    metrics::describe_counter!(
+        "watchword_radius_challenges_total",
+        "RADIUS Access-Challenges sent, by client."
+    );
+    metrics::describe_counter!(
+        "watchword_radius_resent_total",
+        "RADIUS retransmissions answered from the reply cache, by client."
+    );
+    metrics::describe_counter!(
+        "watchword_radius_discarded_total",
+        "RADIUS datagrams discarded, by client and reason."
+    );
+    metrics::describe_histogram!(
+        "watchword_radius_request_duration_seconds",
+        "RADIUS receipt to reply, seconds, by client."
+    );
+    metrics::describe_gauge!(
+        "watchword_radius_in_flight",
+        "RADIUS requests waiting (held calls, token writes, upstream), by client."
+    );
+    metrics::describe_gauge!(
+        "watchword_radius_reply_cache_entries",
+        "RADIUS reply cache entries, by client."
+    );
+    metrics::describe_counter!(
+        "watchword_radius_reply_cache_evicted_total",
+        "RADIUS replies pushed out of a full cache before their 30 s."
+    );
+    metrics::describe_counter!(
+        "watchword_radius_upstream_total",
+        "Upstream RADIUS verdicts, by client and result."
+    );
+    metrics::describe_counter!(
+        "watchword_radius_upstream_discarded_total",
+        "Upstream RADIUS replies discarded, by reason."
+    );
+    metrics::describe_counter!(
+        "watchword_radius_send_errors_total",
+        "RADIUS replies the socket refused to send."
+    );
 }
 
 /// Handles for the per-request series, registered once per server so the hot
@@ -280,15 +458,17 @@ pub(crate) fn push_lagged(n: u64) {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until `stop` fires. `ready`
-/// says whether `/readyz` answers 200. `pending` is polled every few seconds
-/// for the `watchword_pending_challenges` gauge.
+/// says whether `/readyz` answers 200. `refresh` brings the gauges that are
+/// counted rather than kept (pending challenges, users, queues) up to date:
+/// every 5 s, and before each scrape so a scrape reads exact values.
 pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     ready: Arc<AtomicBool>,
-    pending: Arc<dyn Fn() -> Option<usize> + Send + Sync>,
+    refresh: Arc<dyn Fn() + Send + Sync>,
     stop: CancellationToken,
 ) {
+    let upkeep_refresh = Arc::clone(&refresh);
     let upkeep_handle = handle.clone();
     let upkeep_stop = stop.clone();
     tokio::spawn(async move {
@@ -299,9 +479,7 @@ pub async fn serve(
                 _ = upkeep_stop.cancelled() => return,
             }
             upkeep_handle.run_upkeep();
-            if let Some(n) = pending() {
-                metrics::gauge!("watchword_pending_challenges").set(n as f64);
-            }
+            upkeep_refresh();
         }
     });
     loop {
@@ -318,10 +496,14 @@ pub async fn serve(
         };
         let handle = handle.clone();
         let ready = ready.clone();
+        let refresh = Arc::clone(&refresh);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (code, body) = match req.uri().path() {
-                    "/metrics" => (StatusCode::OK, handle.render()),
+                    "/metrics" => {
+                        refresh();
+                        (StatusCode::OK, handle.render())
+                    }
                     "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
                     "/readyz" if ready.load(Ordering::Relaxed) => {
                         (StatusCode::OK, "ready\n".to_owned())

@@ -408,3 +408,68 @@ async fn a_started_gateway_runs_without_transparent_huge_pages() {
     let _r = start(cfg).await.unwrap();
     assert!(rustix::thread::transparent_huge_pages_are_disabled().unwrap());
 }
+
+/// The value of an unlabelled series in a scrape.
+fn series(scrape: &str, name: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn one_pending_gauge_equals_the_table_and_every_metric_has_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(config(dir.path())).await.unwrap();
+    let c = demo(&r).await;
+    let (_sim, mut rx) = {
+        let sim = Client::connect(client_cfg(&r, "demo", "demo-key"))
+            .await
+            .unwrap();
+        let rx = sim.subscribe_outbox().await.unwrap();
+        (sim, rx)
+    };
+    // A mixed run: issued, approved, locked, superseded, left pending.
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let req = sms(&format!("user-{i}"), &format!("+1425555{:04}", 100 + i));
+        ids.push(c.issue(&req).await.unwrap().id);
+    }
+    // Messages arrive in any order: keep them all until the first four are in.
+    let mut texts = std::collections::HashMap::new();
+    while ids[..4].iter().any(|id| !texts.contains_key(id)) {
+        let d = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a message")
+            .expect("outbox open");
+        texts.insert(d.id, d.text);
+    }
+    for id in &ids[..4] {
+        let code = code_in(&texts[id], 6);
+        assert_eq!(
+            c.verify(*id, &code).await.unwrap().outcome,
+            VerifyOutcome::Approved
+        );
+    }
+    for _ in 0..5 {
+        let _ = c.verify(ids[4], "not-it").await;
+    }
+    let _ = c.issue(&sms("user-5", "+14255550105")).await.unwrap();
+    let m = http_get(r.metrics_addr, "/metrics").await;
+    let pending = series(&m, "watchword_challenges_pending").expect("the gauge");
+    assert_eq!(pending as usize, r.engine.table().pending(), "{m}");
+    assert_eq!(
+        pending as usize,
+        12 - 4 - 1,
+        "issued 13, approved 4, locked 1, superseded 1"
+    );
+    assert!(
+        !m.contains("watchword_pending_challenges"),
+        "one name for one figure"
+    );
+    // Every series has a HELP text.
+    for l in m.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = l.split(' ').next().unwrap();
+        assert!(m.contains(&format!("# HELP {name} ")), "no HELP for {name}");
+    }
+    r.shutdown();
+}

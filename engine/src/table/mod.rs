@@ -946,7 +946,6 @@ impl ChallengeTable {
             }
         }
         self.prepare_growth();
-        self.metrics.pending.set(self.pending_approx() as f64);
         changed
     }
 
