@@ -173,8 +173,17 @@ pub struct RunArgs {
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 1)]
     pub depth: usize,
-    /// Scenario mix (flow, wrong, resend, unknown) or a single op (issue, verify, ping; check and
-    /// totp: the user-level decision, Watchword only, users made first through the HTTP API).
+    /// What each request does: a weighted mix `NAME=WEIGHT,...` or one
+    /// name. `flow`: ISSUE, read the code from the simulated outbox, VERIFY
+    /// it (over radius://: CHECK with an empty password, then the code with
+    /// the State). `wrong`: VERIFY a wrong code on a pre-issued challenge.
+    /// `resend`: RESEND a pre-issued challenge. `unknown`: VERIFY an id never
+    /// issued. `issue`, `verify`, `ping`: that one request alone. `check`:
+    /// CHECK starting an e-mail challenge for one of --users users. `totp`:
+    /// CHECK answered with a fresh TOTP code of one of --users tokens
+    /// (imported first). `pap`: a RADIUS request with --radius-password (the
+    /// FreeRADIUS baseline). `check` and `totp` make their users through
+    /// the HTTP API (--http, --http-key) and need Watchword.
     #[arg(long, default_value = "flow=80,wrong=10,resend=5,unknown=5")]
     pub mix: Mix,
     /// Write the report as JSON.
@@ -500,6 +509,23 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                     single(backend, a).await
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_scenario_is_described_in_the_help() {
+        let help = super::Cli::command().render_long_help().to_string();
+        for sc in crate::mix::Scenario::ALL {
+            assert!(
+                help.contains(&format!("`{}`", sc.name())),
+                "{} is not described",
+                sc.name()
+            );
         }
     }
 }
