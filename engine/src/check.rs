@@ -34,8 +34,9 @@ pub const MAX_CHECK_FIELD: usize = 64;
 /// CHALLENGE again.
 pub const CALL_HOLD: Duration = Duration::from_secs(25);
 
-/// One CHECK as a front end decoded it.
-#[derive(Clone, Copy, Debug)]
+/// One CHECK as a front end decoded it. Its `Debug` shows the answer's
+/// length only (it may hold a code, or a PIN and a code).
+#[derive(Clone, Copy)]
 pub struct CheckRequest<'a> {
     /// The upstream user id.
     pub subject: &'a str,
@@ -45,6 +46,17 @@ pub struct CheckRequest<'a> {
     pub state: &'a str,
     /// The end user's address, for the audit trail.
     pub client_ip: &'a str,
+}
+
+impl std::fmt::Debug for CheckRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckRequest")
+            .field("subject", &self.subject)
+            .field("answer", &format_args!("<{} bytes>", self.answer.len()))
+            .field("state", &self.state)
+            .field("client_ip", &self.client_ip)
+            .finish()
+    }
 }
 
 /// The code a wrong PIN is replaced with: matches no code and no token

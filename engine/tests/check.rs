@@ -1130,3 +1130,18 @@ async fn in_call_mode_a_confirmation_call_wants_the_pin_then_pound() {
     assert_eq!(reason(&res), RejectReason::CallNotConfirmed, "locked");
     assert!(!format!("{:?}", r.sink.records()).contains(&pin));
 }
+
+#[test]
+fn a_check_request_prints_no_answer() {
+    let req = CheckRequest {
+        subject: "ann",
+        answer: "48213905117",
+        state: "",
+        client_ip: "192.0.2.1",
+    };
+    let text = format!("{req:?}");
+    assert!(
+        !text.contains("48213905117") && text.contains("<11 bytes>"),
+        "{text}"
+    );
+}
