@@ -67,6 +67,53 @@ pub struct CapacityReport {
     pub points: Vec<CapacityPoint>,
     /// Highest sustainable offered rate, if any point was.
     pub sustainable: Option<f64>,
+    /// When no rate was sustainable: by how much the lowest rate missed,
+    /// and what to try.
+    pub advice: Option<String>,
+}
+
+/// What to say when no swept rate met the SLO: how far the lowest rate
+/// missed each objective, whether it fell behind or failed, and what to
+/// try (a finer sweep reaching lower rates, or the SLO that rate met).
+pub fn advice(lowest: &CapacityPoint, slo: &Slo, closed_max: f64, steps: u32) -> String {
+    use crate::hist::fmt_us;
+    let r = &lowest.result;
+    let mut missed = Vec::new();
+    let mut met = Vec::new();
+    for o in &slo.0 {
+        let got = r.response.at(o.quantile);
+        let limit = o.limit.as_micros() as u64;
+        if u128::from(got) > o.limit.as_micros() {
+            missed.push(format!(
+                "{} was {} against {} ({:.1}x)",
+                o.name,
+                fmt_us(got),
+                fmt_us(limit),
+                got as f64 / limit.max(1) as f64
+            ));
+        }
+        met.push(format!("{}={}us", o.name, got.max(1)));
+    }
+    let mut why = missed;
+    if !lowest.kept_up {
+        why.push(format!(
+            "it achieved {:.0}/s of the {:.0}/s offered",
+            r.achieved, r.offered
+        ));
+    }
+    if !lowest.few_errors {
+        why.push(format!("{} of {} requests failed", r.errors, r.requests));
+    }
+    format!(
+        "no swept rate met the SLO. At the lowest, {:.0}/s ({:.0}% of the closed-loop max): {}.\n\
+         Try: --steps {} (the sweep then starts at {:.1}% of the max), or the SLO that rate met: --slo {}",
+        r.offered,
+        100.0 * r.offered / closed_max.max(1e-9),
+        why.join("; "),
+        steps.saturating_mul(4),
+        100.0 / f64::from(steps.saturating_mul(4).max(1)),
+        met.join(",")
+    )
 }
 
 /// Judges one measurement against the SLO.
@@ -109,11 +156,16 @@ pub async fn find_capacity<P: Probe>(
         .filter(|p| p.ok())
         .map(|p| p.result.offered)
         .fold(None, |a: Option<f64>, r| Some(a.map_or(r, |a| a.max(r))));
+    let advice = match (sustainable, points.first()) {
+        (None, Some(lowest)) => Some(advice(lowest, slo, max, steps)),
+        _ => None,
+    };
     Ok(CapacityReport {
         slo: slo.to_string(),
         closed_max: max,
         points,
         sustainable,
+        advice,
     })
 }
 
@@ -170,6 +222,69 @@ impl CapacityReport {
                 .map(|s| format!("{s:.0}/s"))
                 .unwrap_or_else(|| "none of the swept rates met the SLO".into())
         );
+        if let Some(a) = &self.advice {
+            let _ = writeln!(o, "{a}");
+        }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A target whose p99 is always 3 ms, whatever the rate.
+    struct Slow;
+
+    impl Probe for Slow {
+        async fn closed_max(&mut self) -> anyhow::Result<f64> {
+            Ok(10_000.0)
+        }
+        async fn open(&mut self, rate: f64) -> anyhow::Result<ProbeResult> {
+            Ok(ProbeResult {
+                offered: rate,
+                achieved: rate,
+                response: Percentiles {
+                    count: 100,
+                    p50_us: 800,
+                    p90_us: 2_000,
+                    p99_us: 3_000,
+                    p999_us: 4_000,
+                    p9999_us: 4_000,
+                    max_us: 5_000,
+                    mean_us: 900.0,
+                },
+                requests: 100,
+                errors: 0,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sweep_that_finds_nothing_says_by_how_much_and_what_to_try() {
+        let slo: Slo = "p99=1ms".parse().unwrap();
+        let rep = find_capacity(&mut Slow, &slo, 10).await.unwrap();
+        assert_eq!(rep.sustainable, None);
+        let text = rep.to_text();
+        assert!(
+            text.contains("At the lowest, 1000/s (10% of the closed-loop max)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("p99 was 3.00ms against 1.00ms (3.0x)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("--steps 40") && text.contains("--slo p99=3000us"),
+            "{text}"
+        );
+        let ok: Slo = "p99=5ms".parse().unwrap();
+        assert!(
+            find_capacity(&mut Slow, &ok, 10)
+                .await
+                .unwrap()
+                .advice
+                .is_none()
+        );
     }
 }
