@@ -556,9 +556,10 @@ impl Config {
 
     /// Parses TOML text and validates it; every mistake found is returned.
     pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            vec![err("(syntax)", e.to_string().trim_end().replace('\n', " "))]
-        })?;
+        // A syntax error keeps toml's own lines: where, and a caret under it.
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| vec![err("(syntax)", e.to_string().trim_end())])?;
         let mut errors = Vec::new();
         // A file without [radius] has RADIUS off: the development profile's
         // client and its well-known secret are never inherited.
@@ -617,6 +618,12 @@ impl Config {
             // A tenant that failed to parse was already reported.
             !e.reason.contains('\u{0}')
         }));
+        for e in &mut errors {
+            if let Some((line, column)) = locate(text, &e.field) {
+                e.reason
+                    .push_str(&format!(" (line {line}, column {column})"));
+            }
+        }
         if errors.is_empty() {
             Ok(cfg)
         } else {
@@ -1182,22 +1189,101 @@ impl Config {
 
 /// Deserialises one section into `into`; records the error and returns false
 /// when it does not fit.
+/// Reads one section into `into`. An unknown key is reported and set
+/// aside, and the section read again, so it never hides a bad value beside
+/// it. False when anything was wrong.
 fn section<T: serde::de::DeserializeOwned>(
     value: toml::Value,
     name: &str,
     errors: &mut Vec<ConfigError>,
     into: &mut T,
 ) -> bool {
-    match value.try_into::<T>() {
-        Ok(v) => {
-            *into = v;
-            true
-        }
-        Err(e) => {
-            errors.push(err(name, e.to_string().trim_end().replace('\n', " ")));
-            false
+    let mut value = value;
+    let mut clean = true;
+    loop {
+        match value.clone().try_into::<T>() {
+            Ok(v) => {
+                *into = v;
+                return clean;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let unknown = msg
+                    .split_once("unknown field `")
+                    .and_then(|(_, rest)| rest.split_once('`'))
+                    .map(|(field, _)| field.to_owned());
+                if let (Some(field), toml::Value::Table(t)) = (unknown, &mut value)
+                    && t.remove(&field).is_some()
+                {
+                    let expected = msg
+                        .split_once(", expected ")
+                        .map_or("", |(_, rest)| rest.trim_end());
+                    errors.push(err(
+                        format!("{name}.{field}"),
+                        format!("unknown key (expected {expected})"),
+                    ));
+                    clean = false;
+                    continue;
+                }
+                errors.push(err(name, msg.trim_end().replace('\n', " ")));
+                return false;
+            }
         }
     }
+}
+
+/// Where `field` (`server.listen`, `tenants[1].keys[0]`, ...) is written in
+/// `text`: the line and column of its key, under the header of its table
+/// (the n-th `[[array]]` header for an indexed table). `None` when it is not
+/// written there (a default, or a whole section).
+fn locate(text: &str, field: &str) -> Option<(usize, usize)> {
+    let strip = |s: &str| -> (String, usize) {
+        match s.split_once('[') {
+            Some((n, rest)) => (
+                n.to_owned(),
+                rest.trim_end_matches(']').parse().unwrap_or(0),
+            ),
+            None => (s.to_owned(), 0),
+        }
+    };
+    let parts: Vec<&str> = field.split('.').collect();
+    let (last, sections) = parts.split_last()?;
+    let (key, _) = strip(last);
+    // The table's header: names without indexes; the index of the last
+    // indexed part says which occurrence of an array header.
+    let names: Vec<(String, usize)> = sections.iter().map(|s| strip(s)).collect();
+    let header: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+    let header = header.join(".");
+    let nth = names.last().map_or(0, |(_, i)| *i);
+    let lines: Vec<&str> = text.lines().collect();
+    let mut start = 0;
+    if !header.is_empty() {
+        let mut seen = 0;
+        let mut found = None;
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim();
+            if t == format!("[{header}]") || t == format!("[[{header}]]") {
+                if seen == nth || t.starts_with("[") && !t.starts_with("[[") {
+                    found = Some(i + 1);
+                    break;
+                }
+                seen += 1;
+            }
+        }
+        start = found?;
+    }
+    for (i, l) in lines.iter().enumerate().skip(start) {
+        let t = l.trim_start();
+        if t.starts_with('[') {
+            break;
+        }
+        if let Some(rest) = t.strip_prefix(key.as_str())
+            && rest.trim_start().starts_with('=')
+        {
+            return Some((i + 1, l.len() - t.len() + 1));
+        }
+    }
+    None
 }
 
 fn section_comment(header: &str) -> Option<&'static str> {
@@ -1437,7 +1523,7 @@ mod tests {
             "server.max_frame",
             "tenants[0].keys[0]",
             "tenants[0].code_len",
-            "tenants[1]",
+            "tenants[1].colour",
             "audit.flush_interval_ms",
         ] {
             assert!(fields.contains(&want), "{want} missing in {errs:?}");
@@ -1459,6 +1545,38 @@ mod tests {
     fn production_may_listen_anywhere() {
         let text = "[server]\nprofile = \"production\"\nlisten = \"0.0.0.0:7400\"\nallow = [\"plaintext\", \"simulated_carriers\"]\n[[tenants]]\nname = \"x\"\nrole = \"client\"\nkeys = [\"0123456789abcdef\"]\n[storage]\nmaster_key = \"/etc/watchword/master.key\"\n";
         Config::parse(text).unwrap();
+    }
+
+    #[test]
+    fn an_unknown_key_hides_no_bad_value_and_every_mistake_says_where() {
+        let text = "[server]\nlisten = \"not-an-address\"\nlisen = \"127.0.0.1:1\"\n\n[[tenants]]\nname = \"a\"\nkeys = [\"0123456789\"]\n\n[[tenants]]\nname = \"b\"\n  keys = [\"short\"]\n";
+        let errs = Config::parse(text).unwrap_err();
+        let find = |field: &str| {
+            errs.iter()
+                .find(|e| e.field == field)
+                .unwrap_or_else(|| panic!("{field}: {errs:?}"))
+                .reason
+                .clone()
+        };
+        assert!(find("server.lisen").starts_with("unknown key"), "{errs:?}");
+        assert!(
+            find("server.lisen").ends_with("(line 3, column 1)"),
+            "{errs:?}"
+        );
+        assert!(
+            find("server.listen").ends_with("(line 2, column 1)"),
+            "{errs:?}"
+        );
+        assert!(
+            find("tenants[1].keys[0]").ends_with("(line 11, column 3)"),
+            "{errs:?}"
+        );
+        // A syntax error keeps toml's own lines, the caret included.
+        let errs = Config::parse("[server]\nlisten = \n").unwrap_err();
+        assert!(
+            errs[0].reason.contains('\n') && errs[0].reason.contains('^'),
+            "{errs:?}"
+        );
     }
 
     #[test]
