@@ -216,13 +216,18 @@ type ApiResult = Result<Response, ApiError>;
 
 /// The key's tenant and role, or 401. Every configured key is compared, in
 /// constant time, whatever the answer.
-fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<(TenantId, HttpRole), ApiError> {
-    let presented = headers
+/// The key a request presents (`Authorization: Bearer KEY`), or "".
+fn presented_key(headers: &HeaderMap) -> &str {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .unwrap_or("");
+        .unwrap_or("")
+}
+
+fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<(TenantId, HttpRole), ApiError> {
+    let presented = presented_key(headers);
     let mut found: Option<(TenantId, HttpRole)> = None;
     for k in &state.keys {
         let eq = if k.key.len() == presented.len() {
@@ -262,13 +267,7 @@ fn allow(state: &ApiState, headers: &HeaderMap, need: HttpRole) -> Result<Tenant
 /// The fingerprint of the key a request presented, for the audit trail:
 /// `key:` and the first 12 hex digits of its SHA-256 (never the key).
 fn key_fingerprint(headers: &HeaderMap) -> String {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or("");
-    let d = ring::digest::digest(&ring::digest::SHA256, presented.as_bytes());
+    let d = ring::digest::digest(&ring::digest::SHA256, presented_key(headers).as_bytes());
     let mut s = String::from("key:");
     for b in d.as_ref().iter().take(6) {
         s.push_str(&format!("{b:02x}"));
