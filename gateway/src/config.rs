@@ -1182,13 +1182,21 @@ impl Config {
             }
             out.push_str(line);
             out.push('\n');
+            // Keys unset by default print nothing in TOML: shown commented.
+            if header == "[server]" && t.starts_with("idle_timeout_s = ") {
+                out.push_str(
+                    "# PEM certificate chain; with tls_key, the protocol and the HTTP API\n\
+                     # speak TLS (unset: plain TCP, refused off loopback in production).\n\
+                     # tls_cert = \"/etc/watchword/tls/cert.pem\"\n\
+                     # The PEM private key of tls_cert.\n\
+                     # tls_key = \"/etc/watchword/tls/key.pem\"\n",
+                );
+            }
         }
         out
     }
 }
 
-/// Deserialises one section into `into`; records the error and returns false
-/// when it does not fit.
 /// Reads one section into `into`. An unknown key is reported and set
 /// aside, and the section read again, so it never hides a bad value beside
 /// it. False when anything was wrong.
@@ -1351,8 +1359,7 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
             "Close a connection after this many seconds without traffic."
         }
         ("[server]", "shutdown_deadline_s") => {
-            "At SIGTERM/SIGINT, seconds allowed for queued deliveries to drain.\n\
-             Set tls_cert and tls_key (PEM paths) to serve the protocol over TLS."
+            "At SIGTERM/SIGINT, seconds allowed for queued deliveries to drain."
         }
         ("[server]", "allow") => {
             "Production guards waived by name: simulator_tenants, simulated_carriers,\n\
@@ -1496,6 +1503,21 @@ mod tests {
         let text = Config::commented_default();
         let parsed = Config::parse(&text).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
         assert_eq!(parsed, Config::development());
+        // The TLS keys, unset by default, are shown commented; uncommented
+        // they are read.
+        assert!(
+            text.contains("\n# tls_cert = ") && text.contains("\n# tls_key = "),
+            "{text}"
+        );
+        let on = text
+            .replace("# tls_cert = ", "tls_cert = ")
+            .replace("# tls_key = ", "tls_key = ");
+        let errs = Config::parse(&on).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.field == "server.tls_cert" && e.reason.contains("not a readable file")),
+            "{errs:?}"
+        );
     }
 
     #[test]
