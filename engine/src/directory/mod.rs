@@ -646,6 +646,24 @@ impl Directory {
         Ok(Durable { value, ticket })
     }
 
+    /// The tenant's user map, read-locked, once `subject` is known to be in
+    /// it: held by a change that needs the user to stay (users before
+    /// tokens and PINs, always).
+    fn existing_user(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+    ) -> Result<parking_lot::RwLockReadGuard<'_, UserMap>, DirectoryError> {
+        let users = self
+            .map(tenant)
+            .ok_or(DirectoryError::NotFound("no such tenant"))?
+            .read();
+        if !users.contains(subject.as_bytes()) {
+            return Err(DirectoryError::NotFound("no such user"));
+        }
+        Ok(users)
+    }
+
     /// Enrolls a software token for an existing user: a fresh secret from
     /// the CSPRNG, a new serial. Answers the serial and the secret (shown
     /// once, as the enrollment's URI; never again).
@@ -660,13 +678,7 @@ impl Directory {
         params
             .validate()
             .map_err(|e| DirectoryError::InvalidArgument(e.to_string()))?;
-        let users = self
-            .map(tenant)
-            .ok_or(DirectoryError::NotFound("no such tenant"))?
-            .read();
-        if !users.contains(subject.as_bytes()) {
-            return Err(DirectoryError::NotFound("no such user"));
-        }
+        let users = self.existing_user(tenant, subject)?;
         let secret_len = match params.algorithm {
             crate::oath::Algorithm::Sha1 => 20,
             crate::oath::Algorithm::Sha256 => 32,
@@ -820,13 +832,7 @@ impl Directory {
         serial: &str,
         subject: &str,
     ) -> Result<Durable<TokenInfo>, DirectoryError> {
-        let users = self
-            .map(tenant)
-            .ok_or(DirectoryError::NotFound("no such tenant"))?
-            .read();
-        if !users.contains(subject.as_bytes()) {
-            return Err(DirectoryError::NotFound("no such user"));
-        }
+        let users = self.existing_user(tenant, subject)?;
         let done = self.write_tokens(tenant, |table, tenant_name, key| {
             let mut e = table
                 .remove(serial)
@@ -920,13 +926,7 @@ impl Directory {
                 "PIN length: {MIN_PIN_LEN} to {MAX_PIN_LEN} digits, got {length}"
             )));
         }
-        let users = self
-            .map(tenant)
-            .ok_or(DirectoryError::NotFound("no such tenant"))?
-            .read();
-        if !users.contains(subject.as_bytes()) {
-            return Err(DirectoryError::NotFound("no such user"));
-        }
+        let users = self.existing_user(tenant, subject)?;
         let pin = pins::draw(length).map_err(|_| DirectoryError::Unavailable {
             retry_after_ms: 0,
             message: "the system's random generator failed".into(),
