@@ -627,18 +627,10 @@ impl Engine {
     /// when the PIN is wrong, missing or locked (the comparison is constant
     /// time; the same work is done whichever way it goes).
     fn strip_pin<'a>(&self, tenant: TenantId, subject: &str, answer: &'a str) -> &'a str {
-        let dir = &self.inner.directory;
-        let Some(len) = dir.active_pin_length(tenant, subject) else {
-            return NO_CODE;
-        };
-        let Some((pin, code)) = answer.split_at_checked(usize::from(len)) else {
-            return NO_CODE;
-        };
-        if dir.pin_matches(tenant, subject, pin.as_bytes()) && !code.is_empty() {
-            code
-        } else {
-            NO_CODE
-        }
+        self.inner
+            .directory
+            .strip_pin(tenant, subject, answer)
+            .unwrap_or(NO_CODE)
     }
 
     /// Audits a decision made at once and answers it.

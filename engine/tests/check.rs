@@ -35,7 +35,6 @@ fn rig_with(router: RouterConfig) -> Rig {
 
 /// A rig on `clock` (a manual clock moves challenges past their expiry).
 fn rig_on(router: RouterConfig, clock: Arc<dyn watchword_engine::Clock>) -> Rig {
-    let sink = Arc::new(MemorySink::default());
     let mut config = EngineConfig {
         router,
         ..EngineConfig::default()
@@ -44,6 +43,12 @@ fn rig_on(router: RouterConfig, clock: Arc<dyn watchword_engine::Clock>) -> Rig 
         name: "other".into(),
         ..TenantPolicy::default()
     });
+    rig_from(config, clock)
+}
+
+/// A rig of `config` on `clock`, its handsets held by the test.
+fn rig_from(config: EngineConfig, clock: Arc<dyn watchword_engine::Clock>) -> Rig {
+    let sink = Arc::new(MemorySink::default());
     let engine = Engine::start(config, clock, sink.clone()).unwrap();
     let (outbox, guard) = engine.outbox_subscribe(DEMO).unwrap();
     Rig {
@@ -812,19 +817,11 @@ async fn a_token_code_accepts_once_challenges_and_locks() {
 
 /// A rig whose tenant `demo` asks for the PIN in front of the code.
 fn prefix_rig(clock: Arc<dyn watchword_engine::Clock>) -> Rig {
-    let sink = Arc::new(MemorySink::default());
     let mut config = EngineConfig::default();
     for t in &mut config.tenants {
         t.pin_mode = watchword_engine::PinMode::Prefix;
     }
-    let engine = Engine::start(config, clock, sink.clone()).unwrap();
-    let (outbox, guard) = engine.outbox_subscribe(DEMO).unwrap();
-    Rig {
-        engine,
-        sink,
-        outbox,
-        _handsets: guard,
-    }
+    rig_from(config, clock)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1059,7 +1056,6 @@ async fn the_help_desk_trusts_a_caller_id_only_after_its_hold_and_else_sends_a_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_call_mode_a_confirmation_call_wants_the_pin_then_pound() {
-    let sink = Arc::new(MemorySink::default());
     let mut config = EngineConfig::default();
     for c in &mut config.router.carriers {
         c.simulated.ring_timeout_ms = 300;
@@ -1071,14 +1067,7 @@ async fn in_call_mode_a_confirmation_call_wants_the_pin_then_pound() {
         t.pin_mode = watchword_engine::PinMode::Call;
         t.tokens.max_failures = 3;
     }
-    let engine = Engine::start(config, SystemClock::shared(), sink.clone()).unwrap();
-    let (outbox, guard) = engine.outbox_subscribe(DEMO).unwrap();
-    let mut r = Rig {
-        engine,
-        sink,
-        outbox,
-        _handsets: guard,
-    };
+    let mut r = rig_from(config, SystemClock::shared());
     user(&r, DEMO, "ann");
     let pin = r
         .engine

@@ -957,12 +957,22 @@ impl Directory {
         t.get(subject).map(PinEntry::info)
     }
 
-    /// How long the user's PIN is, if the user has an active one.
-    pub fn active_pin_length(&self, tenant: TenantId, subject: &str) -> Option<u8> {
-        let t = self.pins.get(usize::from(tenant.0))?.read();
-        t.get(subject)
-            .filter(|p| p.state == PinState::Active)
-            .map(|p| p.length)
+    /// `answer` as the user's active PIN followed by a one-time code: the
+    /// code when the PIN is right (compared in constant time), `None` when
+    /// it is wrong, or the user has no active PIN, or nothing follows it.
+    /// Counts nothing (in `prefix` mode a wrong PIN counts where the code
+    /// would: the caller's job).
+    pub fn strip_pin<'a>(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        answer: &'a str,
+    ) -> Option<&'a str> {
+        let table = self.pins.get(usize::from(tenant.0))?.read();
+        let p = table.get(subject).filter(|p| p.state == PinState::Active)?;
+        let (pin, code) = answer.split_at_checked(usize::from(p.length))?;
+        let right = p.matches(&self.key, self.tenant_name(tenant), subject, pin.as_bytes());
+        (right && !code.is_empty()).then_some(code)
     }
 
     /// Whether `pin` is the user's active PIN, in constant time. Counts
