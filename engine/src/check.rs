@@ -322,11 +322,15 @@ pub(crate) struct StateSeal(ring::hmac::Key);
 
 impl StateSeal {
     /// A seal with a fresh random key.
+    #[cfg(test)]
     pub(crate) fn new() -> Result<StateSeal, String> {
-        let rng = ring::rand::SystemRandom::new();
-        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
-            .map(StateSeal)
-            .map_err(|_| "the system's random source failed".to_owned())
+        Ok(Self::with_key(&rand::random()))
+    }
+
+    /// A seal under `key` (kept in the restart snapshot, so that states
+    /// handed out before a restart still open after it).
+    pub(crate) fn with_key(key: &[u8; 32]) -> StateSeal {
+        StateSeal(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key))
     }
 
     fn tag(&self, tenant: TenantId, id: ChallengeId) -> [u8; 8] {

@@ -20,6 +20,7 @@ pub mod oath;
 pub mod pskc;
 pub mod secret;
 pub mod service;
+pub mod snapshot;
 pub mod store;
 pub mod table;
 pub mod types;
@@ -30,7 +31,7 @@ pub use code::Code;
 pub use events::{Event, EventKind, EventSink, MemorySink, NullSink, OwnedEvent, Record};
 pub use mask::{MaskedDestination, mask_destination};
 pub use service::{
-    Engine, EngineConfig, EngineError, IssueParams, Issued, PinMode, Resent, StatusView,
-    TenantPolicy,
+    Engine, EngineConfig, EngineError, IssueParams, Issued, PinMode, Resent, RestoreReport,
+    SnapshotFile, StatusView, TenantPolicy,
 };
 pub use types::{ChallengeId, ChallengeState, Channel, DeliveryState, TenantId, VerifyOutcome};

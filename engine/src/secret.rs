@@ -32,6 +32,8 @@ const HKDF_SALT: &[u8] = b"watchword master key v1";
 const INFO_SEAL: &[u8] = b"watchword/seal/aes-256-gcm/v1";
 /// HKDF info prefix of the keyed-hash subkeys (the domain follows).
 const INFO_HASH: &[u8] = b"watchword/keyed-hash/";
+/// HKDF info prefix of the per-domain sealing subkeys (the domain follows).
+const INFO_SEAL_DOMAIN: &[u8] = b"watchword/sealed-domain/";
 
 /// The longest key file accepted: 64 hex characters and a CR LF.
 const MAX_FILE_LEN: u64 = 66;
@@ -275,6 +277,63 @@ impl MasterKey {
             .len();
         body.truncate(len);
         Ok(body)
+    }
+
+    /// The AES-256-GCM key of `domain` (HKDF-SHA256, info
+    /// `watchword/sealed-domain/<domain>`), unrelated to the token seeds' key.
+    fn domain_key(&self, domain: &str) -> LessSafeKey {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(&self.bytes[..]);
+        let info = [INFO_SEAL_DOMAIN, domain.as_bytes()];
+        let okm = prk
+            .expand(&info, &AES_256_GCM)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        LessSafeKey::new(UnboundKey::from(okm))
+    }
+
+    /// Like [`MasterKey::seal`] under the subkey of `domain`, encrypting
+    /// `body` in place (large bodies are not copied).
+    ///
+    /// # Panics
+    /// If the operating system's random generator fails.
+    pub fn seal_in(&self, domain: &str, mut body: Vec<u8>, aad: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .expect("the operating system's random generator failed");
+        self.domain_key(domain)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut body,
+            )
+            .expect("AES-GCM seals up to 64 GiB");
+        let mut out = Vec::with_capacity(1 + NONCE_LEN);
+        out.push(SEAL_VERSION);
+        out.extend_from_slice(&nonce);
+        out.append(&mut body);
+        out
+    }
+
+    /// Opens what [`MasterKey::seal_in`] sealed under `domain` and `aad`, in
+    /// place. Any mismatch is [`KeyError::Open`].
+    pub fn open_in(
+        &self,
+        domain: &str,
+        mut sealed: Vec<u8>,
+        aad: &[u8],
+    ) -> Result<Vec<u8>, KeyError> {
+        if sealed.len() < SEAL_OVERHEAD || sealed[0] != SEAL_VERSION {
+            return Err(KeyError::Open);
+        }
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN])
+            .map_err(|_| KeyError::Open)?;
+        let len = self
+            .domain_key(domain)
+            .open_within(nonce, Aad::from(aad), &mut sealed, 1 + NONCE_LEN..)
+            .map_err(|_| KeyError::Open)?
+            .len();
+        sealed.truncate(len);
+        Ok(sealed)
     }
 
     /// HMAC-SHA256 of `data` under a subkey derived from the master key and

@@ -29,6 +29,8 @@ use crate::delivery::{
 use crate::directory::{Directory, DirectoryError, MethodId};
 use crate::events::EventSink;
 use crate::mask::{MaskedDestination, mask_destination};
+use crate::secret::MasterKey;
+use crate::snapshot;
 use crate::table::{
     ChallengeTable, IssueError, IssueSpec, MAX_SUBJECT_LEN, MAX_TTL_S, MIN_TTL_S, Sweeper,
     TableConfig,
@@ -325,7 +327,39 @@ pub(crate) struct Inner {
     /// Seals and opens CHECK states.
     pub(crate) state_seal: crate::check::StateSeal,
     clock: Arc<dyn Clock>,
+    /// The hash seeds and keys a restart snapshot keeps.
+    seeds: snapshot::EngineSeeds,
     _sweeper: Sweeper,
+}
+
+/// What a restart put back from its snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreReport {
+    /// When the snapshot was written, Unix ms.
+    pub written_at_ms: u64,
+    /// The challenges: restored, expired meanwhile, dropped.
+    pub challenges: crate::table::RestoreCounts,
+    /// Limiter keys whose windows were restored.
+    pub limiter_keys: u64,
+    /// Limiters whose windows were not restored (gone, changed kind, or
+    /// keyed by tenant positions that moved).
+    pub limiters_set_aside: Vec<String>,
+    /// Method registrations still waiting for their code.
+    pub registrations: u64,
+    /// The snapshot's shard count, when it differs from the configured one
+    /// (used for this run).
+    pub shards_from_snapshot: Option<usize>,
+}
+
+/// A sealed restart snapshot, ready to write.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+    /// Challenges in it (pending and tombstones).
+    pub challenges: u64,
+    /// Limiter keys in it.
+    pub limiter_keys: u64,
 }
 
 /// The engine: cheap to clone, shared by every connection.
@@ -365,6 +399,146 @@ impl Engine {
         sink: Arc<dyn EventSink>,
         directory: Directory,
     ) -> Result<Engine, String> {
+        Self::start_restoring(config, clock, sink, directory, None).map(|(engine, _)| engine)
+    }
+
+    /// Like [`Engine::start_with_directory`], first putting back what a
+    /// restart snapshot kept (see [`crate::snapshot`]): its pending
+    /// challenges and tombstones, limiter windows and registrations, under
+    /// the seeds and shard count it was written with (the configured
+    /// `table.shards` yields to the snapshot's for this run).
+    pub fn start_restoring(
+        mut config: EngineConfig,
+        clock: Arc<dyn Clock>,
+        sink: Arc<dyn EventSink>,
+        directory: Directory,
+        snapshot: Option<snapshot::Reader>,
+    ) -> Result<(Engine, Option<RestoreReport>), String> {
+        let configured_shards = config.table.resolved_shards();
+        let seeds = match &snapshot {
+            Some(r) => {
+                config.table.shards = r.seeds.shards as usize;
+                r.seeds.clone()
+            }
+            None => snapshot::EngineSeeds::random(configured_shards as u32),
+        };
+        let engine = Self::start_seeded(config, clock, sink, directory, seeds)?;
+        let Some(reader) = snapshot else {
+            return Ok((engine, None));
+        };
+        let mut report = engine
+            .restore(reader)
+            .map_err(|e| format!("restart snapshot: {e}"))?;
+        let used = engine.inner.seeds.shards as usize;
+        report.shards_from_snapshot = (used != configured_shards).then_some(used);
+        Ok((engine, Some(report)))
+    }
+
+    /// Puts a snapshot's content into this freshly started engine.
+    fn restore(&self, mut r: snapshot::Reader) -> Result<RestoreReport, snapshot::SnapshotError> {
+        let tenants: Vec<Option<TenantId>> = r.tenants.iter().map(|n| self.tenant_id(n)).collect();
+        let names = self.inner.router.carrier_names();
+        let carriers: Vec<CarrierSlot> = r
+            .carriers
+            .iter()
+            .map(|n| {
+                names
+                    .iter()
+                    .position(|m| m == n)
+                    .map_or(CarrierSlot::NONE, |i| CarrierSlot(i as u8))
+            })
+            .collect();
+        let tenant_keys_hold = r.tenants.len() == self.inner.tenants.len()
+            && r.tenants
+                .iter()
+                .zip(&self.inner.tenants)
+                .all(|(a, b)| *a == b.policy.name);
+        let written_at_ms = r.header.written_at_ms;
+        let challenges = self.inner.table.restore(&mut r, &tenants, &carriers)?;
+        let (limiters, confirmations) = r.finish()?;
+        let (limiter_keys, limiters_set_aside) = self
+            .inner
+            .router
+            .restore_limiter_windows(&limiters, tenant_keys_hold);
+        let now = self.now_ms();
+        let mut pending = self.inner.confirmations.lock();
+        let before = pending.len();
+        for c in confirmations.into_iter().filter(|c| c.expires_at_ms > now) {
+            if let Some(Some(t)) = tenants.get(usize::from(c.tenant)) {
+                pending.insert(
+                    (*t, MethodId(c.method)),
+                    PendingConfirmation {
+                        challenge: c.challenge,
+                        subject: c.subject.into(),
+                        expires_at_ms: c.expires_at_ms,
+                    },
+                );
+            }
+        }
+        let registrations = (pending.len() - before) as u64;
+        Ok(RestoreReport {
+            written_at_ms,
+            challenges,
+            limiter_keys,
+            limiters_set_aside,
+            registrations,
+            shards_from_snapshot: None,
+        })
+    }
+
+    /// The restart snapshot of this engine, sealed under `key`: call it at
+    /// shutdown, once no request is being served (a challenge changed while
+    /// it runs is written as it was when its shard was read).
+    pub fn snapshot(&self, key: &MasterKey) -> SnapshotFile {
+        let inner = &self.inner;
+        let tenants: Vec<String> = inner
+            .tenants
+            .iter()
+            .map(|t| t.policy.name.clone())
+            .collect();
+        let mut w = snapshot::Writer::new(
+            &inner.seeds,
+            &tenants,
+            &inner.router.carrier_names(),
+            inner.table.len() * 80,
+        );
+        inner.table.export(&mut w);
+        let limiters = inner.router.limiter_windows();
+        let confirmations: Vec<snapshot::ConfirmationRecord> = inner
+            .confirmations
+            .lock()
+            .iter()
+            .map(|((t, m), c)| snapshot::ConfirmationRecord {
+                tenant: t.0,
+                method: m.0,
+                challenge: c.challenge,
+                subject: c.subject.to_string(),
+                expires_at_ms: c.expires_at_ms,
+            })
+            .collect();
+        let challenges = u64::from(w.entries());
+        let limiter_keys = limiters
+            .iter()
+            .map(|l| match &l.windows {
+                snapshot::Windows::Exact(v) => v.len() as u64,
+                snapshot::Windows::Gcra(v) => v.len() as u64,
+            })
+            .sum();
+        let bytes = w.seal(&limiters, &confirmations, self.now_ms(), key);
+        SnapshotFile {
+            bytes,
+            challenges,
+            limiter_keys,
+        }
+    }
+
+    fn start_seeded(
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+        sink: Arc<dyn EventSink>,
+        directory: Directory,
+        seeds: snapshot::EngineSeeds,
+    ) -> Result<Engine, String> {
         if config.tenants.is_empty() {
             return Err("tenants: at least one tenant is required".into());
         }
@@ -390,12 +564,18 @@ impl Engine {
             });
         }
         let table = Arc::new(
-            ChallengeTable::new(config.table, clock.clone(), sink.clone())
+            ChallengeTable::with_seeds(config.table, clock.clone(), sink.clone(), seeds.table)
                 .map_err(|e| e.to_string())?,
         );
         let ledger: Arc<dyn ChallengeLedger> = table.clone();
-        let router =
-            Router::start(config.router, ledger, clock.clone()).map_err(|e| e.to_string())?;
+        let router = Router::start_seeded(
+            config.router,
+            ledger,
+            clock.clone(),
+            Vec::new(),
+            seeds.limits,
+        )
+        .map_err(|e| e.to_string())?;
         let directory = Arc::new(directory);
         let gate_rules: Vec<Option<u32>> = tenants
             .iter()
@@ -445,7 +625,8 @@ impl Engine {
                 calls,
                 confirmations: Mutex::default(),
                 check_counters: crate::check::check_counters(),
-                state_seal: crate::check::StateSeal::new()?,
+                state_seal: crate::check::StateSeal::with_key(&seeds.state_seal),
+                seeds,
                 sink,
                 clock,
                 _sweeper: sweeper,

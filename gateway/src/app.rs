@@ -94,9 +94,21 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
     }
 }
 
+/// How `serve` was asked to start, beyond the configuration.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StartOptions {
+    /// Delete the restart snapshot unread and start without it.
+    pub discard_snapshot: bool,
+}
+
 /// Validates `cfg`, binds both listeners, starts everything, and returns. Must
 /// be called inside a tokio runtime. The error says what failed.
 pub async fn start(cfg: Config) -> Result<Running, String> {
+    start_with(cfg, StartOptions::default()).await
+}
+
+/// [`start`], with options.
+pub async fn start_with(cfg: Config, opts: StartOptions) -> Result<Running, String> {
     let errors = cfg.validate();
     if !errors.is_empty() {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -145,7 +157,32 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
     // handles when they start, and handles taken before the recorder exists
     // count nowhere.
     let handle = crate::metrics::install();
-    let directory = open_directory(&cfg).await?;
+    let key = if cfg.storage.path.as_os_str().is_empty() {
+        None
+    } else {
+        let c = cfg.clone();
+        let key = tokio::task::spawn_blocking(move || master_key(&c))
+            .await
+            .map_err(|e| format!("loading the master key failed: {e}"))??;
+        Some(Arc::new(key))
+    };
+    let directory = open_directory(&cfg, key.clone()).await?;
+    let snapshot_path = crate::snapshot::path(&cfg).filter(|_| key.is_some());
+    let snapshot = match (&snapshot_path, &key) {
+        (Some(path), Some(key)) => {
+            let (path, key) = (path.clone(), key.clone());
+            let discard = opts.discard_snapshot;
+            tokio::task::spawn_blocking(move || crate::snapshot::load(&path, &key, discard))
+                .await
+                .map_err(|e| format!("reading the restart snapshot failed: {e}"))??
+        }
+        _ => {
+            tracing::warn!(
+                "storage.path is empty or storage.snapshot is off: pending challenges are lost at every restart"
+            );
+            None
+        }
+    };
     let audit = if cfg.audit.enabled {
         let names = cfg.tenants.iter().map(|t| t.name.clone()).collect();
         Some(
@@ -159,12 +196,39 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         Some(a) => a.clone(),
         None => Arc::new(NullSink),
     };
-    let engine = Engine::start_with_directory(
+    let (engine, restored) = Engine::start_restoring(
         engine_config(&cfg),
         SystemClock::shared(),
         sink.clone(),
         directory,
+        snapshot,
     )?;
+    if let Some(r) = restored {
+        let c = &r.challenges;
+        tracing::info!(
+            written_at_ms = r.written_at_ms,
+            pending = c.pending,
+            tombstones = c.tombstones,
+            expired_meanwhile = c.expired,
+            dropped_unknown_tenant = c.dropped_unknown_tenant,
+            dropped_moved_tenant = c.dropped_moved_tenant,
+            limiter_keys = r.limiter_keys,
+            registrations = r.registrations,
+            "restart snapshot loaded"
+        );
+        if !r.limiters_set_aside.is_empty() {
+            tracing::warn!(limits = ?r.limiters_set_aside, "these limits' windows were not restored (the limit is gone, changed kind, or the tenants were reordered)");
+        }
+        if let Some(n) = r.shards_from_snapshot {
+            tracing::warn!(
+                shards = n,
+                "table.shards follows the snapshot's for this run (ids carry their shard); the configured count applies from the next start"
+            );
+        }
+        if let Some(path) = &snapshot_path {
+            crate::snapshot::remove(path)?;
+        }
+    }
     // Load the phone-number metadata now (process-wide, once), so the first
     // ISSUE does not pay for it (about a second in debug builds).
     let _ = tokio::task::spawn_blocking(|| {
@@ -248,6 +312,18 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
             // new connections are refused; the tracker waits for both.
             http_stop.cancel();
             graceful_shutdown(&engine, &signals, &tracker, deadline).await;
+            if let (Some(path), Some(key)) = (snapshot_path, key) {
+                let engine = engine.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    crate::snapshot::write(&engine, &key, &path)
+                })
+                .await;
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "the pending challenges are lost"),
+                    Err(e) => tracing::error!(error = %e, "writing the restart snapshot failed"),
+                }
+            }
             tracing::info!("connections closed; flushing the audit log");
             if let Some(a) = audit {
                 let _ = tokio::task::spawn_blocking(move || a.close()).await;
@@ -321,23 +397,22 @@ pub fn master_key(cfg: &Config) -> Result<MasterKey, String> {
 
 /// Opens the store and loads the directory (in memory only when
 /// `storage.path` is empty).
-async fn open_directory(cfg: &Config) -> Result<Directory, String> {
+async fn open_directory(cfg: &Config, key: Option<Arc<MasterKey>>) -> Result<Directory, String> {
     let names: Vec<String> = cfg.tenants.iter().map(|t| t.name.clone()).collect();
-    if cfg.storage.path.as_os_str().is_empty() {
+    let Some(key) = key.filter(|_| !cfg.storage.path.as_os_str().is_empty()) else {
         tracing::warn!("storage.path is empty: users and methods live in memory only");
         return Ok(Directory::in_memory(names));
-    }
+    };
     let cfg = cfg.clone();
     tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
-        let key = master_key(&cfg)?;
         let opts = StoreOptions {
             queue_ops: cfg.storage.queue_ops,
             ..StoreOptions::default()
         };
         let store = SqliteStore::open(&cfg.storage.path, &key, opts)
             .map_err(|e| format!("storage.path {}: {e}", cfg.storage.path.display()))?;
-        let (dir, report) = Directory::load(names, Arc::new(store), Arc::new(key))?;
+        let (dir, report) = Directory::load(names, Arc::new(store), key)?;
         tracing::info!(
             users = report.users,
             methods = report.methods,

@@ -276,6 +276,10 @@ pub struct StorageConfig {
     pub master_key: Option<PathBuf>,
     /// Directory writes queued for the disk before writes are refused.
     pub queue_ops: usize,
+    /// Keep the pending challenges, limiter windows and tombstones across a
+    /// graceful restart: written sealed to `pending.snapshot` in the data
+    /// directory at SIGTERM/SIGINT, loaded and deleted at the next start.
+    pub snapshot: bool,
 }
 
 impl Default for StorageConfig {
@@ -284,6 +288,7 @@ impl Default for StorageConfig {
             path: PathBuf::from("watchword-data"),
             master_key: None,
             queue_ops: 65_536,
+            snapshot: true,
         }
     }
 }
@@ -1423,6 +1428,10 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
             "A confirmation call nobody answers ends as not answered after this long."
         }
         ("[storage]", "queue_ops") => "Writes queued for the disk before the API answers 503.",
+        ("[storage]", "snapshot") => {
+            "Keep pending challenges, limit windows and tombstones across a graceful restart \
+             (sealed pending.snapshot in the data directory; a kill -9 loses them)."
+        }
         ("[http]", "listen") => "HTTP API address, ip:port; empty turns it off.",
         ("[radius]", "listen") => "RADIUS address (UDP), ip:port; empty turns RADIUS off.",
         ("[radius]", "call_wait_s") => {

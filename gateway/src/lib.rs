@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod radius;
 pub mod server;
+pub mod snapshot;
 pub mod tls;
 
 pub use client::{

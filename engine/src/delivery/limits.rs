@@ -12,6 +12,7 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use parking_lot::Mutex;
 
 use super::config::Limit;
+use crate::snapshot::Windows;
 
 /// Shards per limit. Many small maps rather than a few large ones: the
 /// janitor holds one shard's lock for a whole `retain` over its keys, and a
@@ -79,6 +80,10 @@ trait SendLog: Default {
     fn oldest_age(&self, now: u32) -> u32;
     fn push(&mut self, now: u32);
     fn remove(&mut self, at: u32);
+    /// The stamps kept, oldest first.
+    fn stamps(&self) -> &[u32];
+    /// The most stamps it keeps.
+    fn room(&self) -> usize;
 }
 
 impl<const N: usize> SendLog for Log<N> {
@@ -105,6 +110,12 @@ impl<const N: usize> SendLog for Log<N> {
     fn push(&mut self, now: u32) {
         self.stamps[usize::from(self.len)] = now;
         self.len += 1;
+    }
+    fn stamps(&self) -> &[u32] {
+        &self.stamps[..usize::from(self.len)]
+    }
+    fn room(&self) -> usize {
+        N
     }
     fn remove(&mut self, at: u32) {
         let n = usize::from(self.len);
@@ -320,6 +331,79 @@ impl KeyedLimiter {
         on_store! { &self.store,
             s => s.iter().map(|s| s.lock().len()).sum(),
             g => g.iter().map(|s| s.lock().len()).sum()
+        }
+    }
+}
+
+fn log_export<L: SendLog>(shards: &[Mutex<Map<L>>]) -> Vec<(u64, Vec<u32>)> {
+    let mut out = Vec::new();
+    for s in shards {
+        let map = s.lock();
+        out.extend(map.iter().map(|(k, log)| (*k, log.stamps().to_vec())));
+    }
+    out
+}
+
+/// Puts exported logs back: stamps older than the window are dropped, and
+/// at most the log's room of the newest kept.
+fn log_import<L: SendLog>(
+    shards: &[Mutex<Map<L>>],
+    keys: &[(u64, Vec<u32>)],
+    now: u32,
+    window: u32,
+) -> u64 {
+    let mut restored = 0;
+    for (key, stamps) in keys {
+        let mut log = L::default();
+        let skip = stamps.len().saturating_sub(log.room());
+        for &t in &stamps[skip..] {
+            if now.wrapping_sub(t) < window {
+                log.push(t);
+            }
+        }
+        if !log.is_empty() {
+            shards[KeyedLimiter::shard(*key)].lock().insert(*key, log);
+            restored += 1;
+        }
+    }
+    restored
+}
+
+impl KeyedLimiter {
+    /// Every key's memory, for a snapshot.
+    pub(crate) fn export(&self) -> Windows {
+        on_store! { &self.store,
+            s => Windows::Exact(log_export(s)),
+            shards => Windows::Gcra(
+                shards
+                    .iter()
+                    .flat_map(|s| s.lock().iter().map(|(k, t)| (*k, *t)).collect::<Vec<_>>())
+                    .collect()
+            )
+        }
+    }
+
+    /// Puts a snapshot's memory back at `now` (ms); `None` when the snapshot
+    /// kept the other kind (the limit's size crossed the exact-log bound).
+    pub(crate) fn import(&self, windows: &Windows, now: u64) -> Option<u64> {
+        let window = self.limit.window_ms as u32;
+        match windows {
+            Windows::Exact(keys) => on_store! { &self.store,
+                s => Some(log_import(s, keys, now as u32, window)),
+                _g => None
+            },
+            Windows::Gcra(keys) => match &self.store {
+                Store::Gcra(shards) => {
+                    let now_us = now.saturating_mul(1_000);
+                    let mut restored = 0;
+                    for &(key, tat) in keys.iter().filter(|(_, tat)| *tat > now_us) {
+                        shards[Self::shard(key)].lock().insert(key, tat);
+                        restored += 1;
+                    }
+                    Some(restored)
+                }
+                _ => None,
+            },
         }
     }
 }

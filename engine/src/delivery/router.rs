@@ -34,6 +34,7 @@ use super::template;
 use super::{CarrierSlot, ChallengeLedger, SlotHint};
 use crate::clock::Clock;
 use crate::code::Code;
+use crate::snapshot::{HashSeeds, LimiterWindows};
 use crate::types::{ChallengeId, Channel, DeliveryState, TenantId};
 
 /// A refusal by a keyed limit.
@@ -436,6 +437,23 @@ struct Limits {
 }
 
 impl Limits {
+    /// Each limiter with its snapshot name.
+    fn named(&self) -> impl Iterator<Item = (String, &KeyedLimiter)> {
+        [
+            ("destination", &self.destination),
+            ("subject", &self.subject),
+            ("tenant", &self.tenant),
+            ("country", &self.country),
+        ]
+        .into_iter()
+        .filter_map(|(n, l)| l.as_ref().map(|l| (n.to_owned(), l)))
+        .chain(
+            self.prefixes
+                .iter()
+                .map(|(p, l)| (format!("prefix:{p}"), l)),
+        )
+    }
+
     fn all(&self) -> impl Iterator<Item = &KeyedLimiter> {
         [
             &self.destination,
@@ -518,6 +536,53 @@ enum TryResult {
 }
 
 impl Router {
+    /// Every limiter's windows, for a snapshot: `destination`, `subject`,
+    /// `tenant`, `country`, and `prefix:<prefix>` for each prefix limit.
+    pub fn limiter_windows(&self) -> Vec<LimiterWindows> {
+        self.inner
+            .limits
+            .named()
+            .map(|(name, l)| LimiterWindows {
+                name,
+                windows: l.export(),
+            })
+            .collect()
+    }
+
+    /// Puts a snapshot's windows back into the limiters of the same names
+    /// and kind, pruned to their windows at `now`; `subject` and `tenant`
+    /// windows only when `tenant_keys_hold` (their keys hold a tenant's
+    /// position in the configuration). Returns the keys restored and the
+    /// names of the windows set aside.
+    pub fn restore_limiter_windows(
+        &self,
+        windows: &[LimiterWindows],
+        tenant_keys_hold: bool,
+    ) -> (u64, Vec<String>) {
+        let now = self.inner.clock.now_ms();
+        let mut restored = 0;
+        let mut set_aside = Vec::new();
+        for w in windows {
+            let tenant_keyed = w.name == "subject" || w.name == "tenant";
+            let target = self.inner.limits.named().find(|(n, _)| *n == w.name);
+            match target {
+                Some((_, l)) if tenant_keys_hold || !tenant_keyed => {
+                    match l.import(&w.windows, now) {
+                        Some(n) => restored += n,
+                        None => set_aside.push(w.name.clone()),
+                    }
+                }
+                _ => set_aside.push(w.name.clone()),
+            }
+        }
+        (restored, set_aside)
+    }
+
+    /// The carriers' names, by their slot numbers.
+    pub fn carrier_names(&self) -> Vec<String> {
+        self.inner.carriers.iter().map(|c| c.name.clone()).collect()
+    }
+
     /// Builds every configured carrier and starts the janitor. Call inside a
     /// tokio runtime.
     pub fn start(
@@ -534,7 +599,20 @@ impl Router {
         config: RouterConfig,
         ledger: Arc<dyn ChallengeLedger>,
         clock: Arc<dyn Clock>,
+        custom: Vec<(String, Arc<dyn Carrier>)>,
+    ) -> Result<Router, RouterConfigError> {
+        Self::start_seeded(config, ledger, clock, custom, HashSeeds::random())
+    }
+
+    /// Like [`Router::start_with_carriers`], the limiters keying their
+    /// windows with a hasher of the given seeds (a restart restores the
+    /// windows a snapshot kept under the seeds they were written with).
+    pub fn start_seeded(
+        config: RouterConfig,
+        ledger: Arc<dyn ChallengeLedger>,
+        clock: Arc<dyn Clock>,
         mut custom: Vec<(String, Arc<dyn Carrier>)>,
+        seeds: HashSeeds,
     ) -> Result<Router, RouterConfigError> {
         config.validate()?;
         let rt = tokio::runtime::Handle::try_current().map_err(|_| {
@@ -595,7 +673,7 @@ impl Router {
             .map(|s| (s, metrics::gauge!("watchword_limiter_keys", "scope" => s)))
             .collect();
         let limits = Limits {
-            hash: ahash::RandomState::new(),
+            hash: seeds.hasher(),
             destination: KeyedLimiter::new("destination", l.destination),
             subject: KeyedLimiter::new("subject", l.subject),
             tenant: KeyedLimiter::new("tenant", l.tenant),

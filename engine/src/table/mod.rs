@@ -38,6 +38,7 @@ use crate::code::{Code, MAX_CODE_LEN, MIN_CODE_LEN};
 use crate::delivery::{CarrierSlot, ChallengeLedger, SlotHint};
 use crate::events::{Event, EventKind, EventSink};
 use crate::mask::mask_destination;
+use crate::snapshot::{EntryRecord, HashSeeds, Reader, SnapshotError, Writer};
 use crate::types::{ChallengeId, ChallengeState, Channel, DeliveryState, TenantId, VerifyOutcome};
 
 use shard::{Entry, Shard, Text, Transition};
@@ -253,6 +254,23 @@ pub struct StatusInfo {
     pub sends: u8,
 }
 
+/// What [`ChallengeTable::restore`] did with a snapshot's challenges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestoreCounts {
+    /// Pending challenges restored.
+    pub pending: u64,
+    /// Tombstones restored (still visible to STATUS).
+    pub tombstones: u64,
+    /// Pending challenges that expired while the server was down.
+    pub expired: u64,
+    /// Tombstones whose grace ended while the server was down.
+    pub forgotten: u64,
+    /// Challenges of tenants no longer configured.
+    pub dropped_unknown_tenant: u64,
+    /// Challenges of tenants whose position in the configuration changed.
+    pub dropped_moved_tenant: u64,
+}
+
 /// The pre-registered metric handles (no registry look-up on the hot path).
 struct TableMetrics {
     issued: metrics::Counter,
@@ -383,10 +401,21 @@ impl ChallengeTable {
         clock: Arc<dyn Clock>,
         sink: Arc<dyn EventSink>,
     ) -> Result<Self, IssueError> {
+        Self::with_seeds(config, clock, sink, HashSeeds::random())
+    }
+
+    /// A new, empty table whose hasher has the given seeds (a restart
+    /// restores a snapshot into a table with the seeds it was written with).
+    pub fn with_seeds(
+        config: TableConfig,
+        clock: Arc<dyn Clock>,
+        sink: Arc<dyn EventSink>,
+        seeds: HashSeeds,
+    ) -> Result<Self, IssueError> {
         config.validate()?;
         let n = config.resolved_shards();
         let epoch_ms = clock.now_ms();
-        let hasher = ahash::RandomState::new();
+        let hasher = seeds.hasher();
         let pending_approx = Arc::new(CachePadded::new(AtomicI64::new(0)));
         // Exact for small tables (tests); at most 64 behind per shard for big ones.
         let flush_batch = (config.capacity / (n * 64)).clamp(1, 64) as i32;
@@ -976,6 +1005,94 @@ impl ChallengeTable {
         self.metrics
             .tombstones
             .set(len.saturating_sub(pending) as f64);
+    }
+
+    /// Writes every pending challenge and tombstone into a snapshot. Each
+    /// shard lock is held while its entries are encoded (tens of
+    /// microseconds); meant for a shutdown, after the listeners stopped.
+    pub fn export(&self, w: &mut Writer) {
+        for shard in self.shards.iter() {
+            shard.lock().export(&mut |r| w.entry(&r));
+        }
+    }
+
+    /// Restores a snapshot's challenges into this (empty) table, which must
+    /// have the seeds and shard count the snapshot was written with.
+    /// `tenants` and `carriers` map the snapshot's numbers to this run's
+    /// (`None` / [`CarrierSlot::NONE`] for names gone from the
+    /// configuration). Pending challenges that expired meanwhile are dropped
+    /// with an `expired` event; tombstones past their grace are dropped.
+    pub fn restore(
+        &self,
+        r: &mut Reader,
+        tenants: &[Option<TenantId>],
+        carriers: &[CarrierSlot],
+    ) -> Result<RestoreCounts, SnapshotError> {
+        let now = self.clock.now_ms();
+        let mut counts = RestoreCounts::default();
+        while let Some(rec) = r.next_entry()? {
+            let Some(tenant) = tenants.get(usize::from(rec.tenant)).copied().flatten() else {
+                counts.dropped_unknown_tenant += 1;
+                continue;
+            };
+            let carrier = carriers
+                .get(usize::from(rec.carrier))
+                .copied()
+                .unwrap_or(CarrierSlot::NONE);
+            let Some(entry) = Entry::from_record(&rec, tenant.0, carrier.0) else {
+                return Err(SnapshotError::Malformed("a challenge's fields"));
+            };
+            self.restore_one(entry, &rec, now, &mut counts);
+        }
+        Ok(counts)
+    }
+
+    fn restore_one(
+        &self,
+        entry: Entry,
+        rec: &EntryRecord<'_>,
+        now: u64,
+        counts: &mut RestoreCounts,
+    ) {
+        let pending = entry.state() == ChallengeState::Pending;
+        if pending && entry.expires_at_ms <= now {
+            counts.expired += 1;
+            self.metrics.expired.increment(1);
+            if self.events {
+                PendingEvent::from_entry(EventKind::Expired, &entry).emit(
+                    &*self.sink,
+                    now,
+                    None,
+                    Some("validity period ended during a restart"),
+                );
+            }
+            return;
+        }
+        if !pending && rec.forget_at_ms <= now {
+            counts.forgotten += 1;
+            return;
+        }
+        let hash = self.hasher.hash_one((entry.tenant, entry.subject_bytes()));
+        let shard_ix = self.shard_of_id(entry.id);
+        if self.shard_of_hash(hash) != shard_ix {
+            // Only when the tenant's position in the configuration moved:
+            // the shard written into the id no longer matches the subject's.
+            counts.dropped_moved_tenant += 1;
+            return;
+        }
+        let id_hash = self.id_hash(entry.id);
+        let mut shard = self.lock_shard(shard_ix);
+        if shard.find_id(id_hash, entry.id).is_some() {
+            return;
+        }
+        if pending {
+            let head = shard.newest_for_subject(hash, entry.tenant, entry.subject_bytes());
+            shard.insert(entry, id_hash, hash, head);
+            counts.pending += 1;
+        } else {
+            shard.insert_tombstone(entry, id_hash, rec.forget_at_ms);
+            counts.tombstones += 1;
+        }
     }
 
     /// The table's creation time, Unix milliseconds (the wheel's epoch).

@@ -22,6 +22,7 @@ use super::IssueSpec;
 use super::index::{TwoTables, find_in, spare_room_wanted};
 use crate::code::Code;
 use crate::delivery::CarrierSlot;
+use crate::snapshot::EntryRecord;
 use crate::types::{ChallengeId, ChallengeState, Channel, DeliveryState};
 
 /// Slots per slab chunk: growth costs at most one chunk, never a doubling.
@@ -249,6 +250,58 @@ impl Entry {
 
     pub(super) fn destination(&self) -> &str {
         std::str::from_utf8(self.destination_bytes()).unwrap_or("")
+    }
+}
+
+impl Entry {
+    /// The snapshot's view of this entry; `forget_at_ms` is 0 while pending.
+    pub(super) fn record(&self, forget_at_ms: u64) -> EntryRecord<'_> {
+        EntryRecord {
+            tenant: self.tenant,
+            id: self.id,
+            code: (self.code, self.code_len),
+            expires_at_ms: self.expires_at_ms,
+            forget_at_ms,
+            state: self.state,
+            channel: self.channel,
+            attempts_left: self.attempts_left,
+            sends: self.sends,
+            delivery: self.delivery,
+            carrier: self.carrier,
+            subject: self.subject_bytes(),
+            destination: self.destination_bytes(),
+        }
+    }
+
+    /// An entry read back from a snapshot, under this run's tenant and
+    /// carrier numbers; `None` when a field is out of range.
+    pub(super) fn from_record(r: &EntryRecord<'_>, tenant: u16, carrier: u8) -> Option<Self> {
+        let ok = !r.subject.is_empty()
+            && r.subject.len() <= super::MAX_SUBJECT_LEN
+            && std::str::from_utf8(r.subject).is_ok()
+            && std::str::from_utf8(r.destination).is_ok()
+            && r.destination.len() <= super::MAX_DESTINATION_LEN
+            && (crate::code::MIN_CODE_LEN..=crate::code::MAX_CODE_LEN).contains(&r.code.1)
+            && r.state <= ChallengeState::Superseded as u8
+            && Channel::from_wire(r.channel).is_some()
+            && r.delivery <= DeliveryState::Failed as u8;
+        ok.then(|| Self {
+            id: r.id,
+            code: r.code.0,
+            expires_at_ms: r.expires_at_ms,
+            text: Text::new(r.subject, r.destination),
+            forget_at_s: 0,
+            prev: NIL,
+            subject_len: r.subject.len() as u16,
+            tenant,
+            channel: r.channel,
+            state: r.state,
+            attempts_left: r.attempts_left,
+            sends: r.sends,
+            code_len: r.code.1,
+            delivery: r.delivery,
+            carrier,
+        })
     }
 }
 
@@ -650,6 +703,68 @@ impl Shard {
         self.count_pending(1);
         self.wheel_push(slot, expires);
         slot
+    }
+
+    /// Hands every entry to `out` for a snapshot, with its forget time
+    /// (0 while pending): each subject's pending entries oldest first, so
+    /// that restoring them in order rebuilds the chain.
+    pub(super) fn export(&self, out: &mut impl FnMut(EntryRecord<'_>)) {
+        let mut chain = Vec::new();
+        for slot in 0..self.fresh {
+            let e = self.entry(slot);
+            if e.is_vacant() {
+                continue;
+            }
+            if e.state() != ChallengeState::Pending {
+                out(e.record(self.forget_at_ms(e)));
+                continue;
+            }
+            let hash = subject_hash_of(&self.hasher, e);
+            if self.newest_for_subject(hash, e.tenant, e.subject_bytes()) != Some(slot) {
+                continue; // Not a head: written with its chain.
+            }
+            chain.clear();
+            let mut cur = slot;
+            while cur != NIL {
+                chain.push(cur);
+                cur = self.entry(cur).prev;
+            }
+            for &s in chain.iter().rev() {
+                out(self.entry(s).record(0));
+            }
+        }
+    }
+
+    /// Stores a finished entry read back from a snapshot as a tombstone
+    /// until `forget_at_ms`; nothing when tombstones are off.
+    pub(super) fn insert_tombstone(&mut self, mut entry: Entry, id_hash: u64, forget_at_ms: u64) {
+        if !self.keep_tombstones {
+            return;
+        }
+        if self.growing() {
+            self.migrate_step();
+        }
+        let slot = self.alloc_slot();
+        let forget_s = forget_at_ms.saturating_sub(self.epoch_ms).div_ceil(1000);
+        entry.forget_at_s = u32::try_from(forget_s).unwrap_or(u32::MAX);
+        entry.prev = NIL;
+        self.text_bytes += entry.text.heap_bytes();
+        *self.entry_mut(slot) = entry;
+        let Indexes {
+            mut ids,
+            id_spare,
+            id_cursor,
+            chunks,
+            hasher,
+            ..
+        } = self.indexes();
+        if ids.insert(id_hash, slot, id_spare, |s| id_hash_in(chunks, hasher, *s)) {
+            *id_cursor = 0;
+        }
+        self.live += 1;
+        self.live_high_water = self.live_high_water.max(self.live);
+        let deadline = self.forget_at_ms(self.entry(slot));
+        self.wheel_push(slot, deadline);
     }
 
     /// Takes a pending entry out of its subject chain.

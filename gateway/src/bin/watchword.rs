@@ -59,6 +59,12 @@ enum Command {
         /// Override `http.listen` (empty turns the HTTP API off).
         #[arg(long)]
         http_listen: Option<String>,
+        /// Delete the restart snapshot (pending.snapshot in the data
+        /// directory) unread and start without the challenges it holds: for a
+        /// snapshot that cannot be opened (another version, another master
+        /// key, a damaged file), which otherwise stops the start.
+        #[arg(long)]
+        discard_snapshot: bool,
     },
     /// Print the full default configuration as commented TOML.
     PrintConfig,
@@ -472,7 +478,14 @@ fn main() -> ExitCode {
             listen,
             metrics_listen,
             http_listen,
-        } => serve(config, listen, metrics_listen, http_listen),
+            discard_snapshot,
+        } => serve(
+            config,
+            listen,
+            metrics_listen,
+            http_listen,
+            watchword_gateway::app::StartOptions { discard_snapshot },
+        ),
         Command::Keygen { file } => keygen(&file),
         Command::Backup { dest, config } => backup(&dest, config.as_deref()),
         Command::CheckStore { config } => check_store(config.as_deref()),
@@ -958,6 +971,7 @@ fn serve(
     listen: Option<String>,
     metrics: Option<String>,
     http: Option<String>,
+    opts: watchword_gateway::app::StartOptions,
 ) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -995,7 +1009,7 @@ fn serve(
         }
     };
     rt.block_on(async move {
-        let running = match watchword_gateway::app::start(cfg).await {
+        let running = match watchword_gateway::app::start_with(cfg, opts).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("cannot start: {e}");

@@ -35,6 +35,10 @@ pub(crate) struct Server {
     /// The HTTP API base URL.
     pub(crate) url: String,
     http_port: u16,
+    /// The protocol listener's port.
+    pub(crate) proto_port: u16,
+    /// Server logs written so far (each start writes the next).
+    logs: u32,
 }
 
 impl Drop for Server {
@@ -69,6 +73,8 @@ impl Server {
             config,
             url: format!("http://127.0.0.1:{http}"),
             http_port: http,
+            proto_port: listen,
+            logs: 1,
         };
         server.wait_healthy(http);
         server
@@ -83,7 +89,58 @@ impl Server {
     /// Starts the server again on the same configuration and data.
     pub(crate) fn restart(&mut self) {
         self.kill9();
-        self.child = spawn(&self.config, &self.dir.path().join("server2.log"));
+        self.start_again(&[]);
+        self.wait_healthy(self.http_port);
+    }
+
+    /// Sends SIGTERM and waits (up to 60 s) for the exit; true if it exited 0.
+    pub(crate) fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "no exit 60 s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts `serve` again with `extra` arguments (the previous child must
+    /// have ended); does not wait for health.
+    pub(crate) fn start_again(&mut self, extra: &[&str]) {
+        self.logs += 1;
+        let log = self.dir.path().join(format!("server{}.log", self.logs));
+        self.child = spawn_with(&self.config, &log, extra);
+    }
+
+    /// Waits up to 30 s for the child to exit; its status code and log.
+    pub(crate) fn wait_exit(&mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "still running after 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (status.code(), self.log())
+    }
+
+    /// The latest start's log.
+    pub(crate) fn log(&self) -> String {
+        let name = if self.logs == 1 {
+            "server.log".to_owned()
+        } else {
+            format!("server{}.log", self.logs)
+        };
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    /// Waits for `GET /healthz` on the HTTP port.
+    pub(crate) fn wait_ready(&self) {
         self.wait_healthy(self.http_port);
     }
 
@@ -101,7 +158,7 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let log = self.log();
         panic!("the server did not answer /healthz within 20 s; its log:\n{log}");
     }
 
@@ -139,11 +196,16 @@ pub(crate) fn healthz(port: u16) -> bool {
 }
 
 fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
+    spawn_with(config, log, &[])
+}
+
+fn spawn_with(config: &std::path::Path, log: &std::path::Path, extra: &[&str]) -> Child {
     let log = File::create(log).unwrap();
     Command::new(BIN)
         .arg("serve")
         .arg("--config")
         .arg(config)
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
