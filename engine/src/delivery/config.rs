@@ -2,8 +2,10 @@
 //! policy, and each tenant's delivery settings. Loaded by the gateway from TOML.
 //!
 //! `Default` is the development profile (simulated carriers only). This module
-//! only describes and validates; it must never start tasks or hold secrets
-//! beyond what the operator wrote in the file.
+//! only describes and validates (validation reads the files the configuration
+//! names, such as an HTTP carrier's `ca_file`); it must never start tasks or
+//! open connections, nor hold secrets beyond what the operator wrote in the
+//! file, nor show them in Debug output.
 
 use serde::{Deserialize, Serialize};
 
@@ -80,7 +82,7 @@ impl RouterConfig {
 pub enum CarrierKind {
     /// In-process simulation delivering into the outbox.
     Simulated,
-    /// JSON over HTTP/1.1 to `http.url`.
+    /// JSON over HTTP/1.1 (or HTTPS) to `http.url`.
     Http,
 }
 
@@ -263,13 +265,16 @@ impl Default for SimulatedConfig {
 }
 
 /// Settings of an HTTP carrier.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Where to POST each message (http:// only; TLS is not wired yet).
+    /// Where to POST each message: `http://` or `https://host[:port]/path`.
     pub url: String,
     /// Optional `Authorization` header value.
     pub authorization: String,
+    /// With an `https://` url: a PEM bundle of the CAs to trust instead of
+    /// the system's trust store (empty: the system's).
+    pub ca_file: String,
     /// Idle keep-alive connections kept per host.
     pub pool_max_idle_per_host: usize,
     /// An idle pooled connection is closed after this long, ms.
@@ -281,9 +286,38 @@ impl Default for HttpConfig {
         Self {
             url: String::new(),
             authorization: String::new(),
+            ca_file: String::new(),
             pool_max_idle_per_host: 64,
             pool_idle_timeout_ms: 90_000,
         }
+    }
+}
+
+/// Shows neither the `Authorization` value nor credentials in the URL.
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = match self.url.split_once("://") {
+            Some((scheme, rest)) => {
+                let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                match rest[..authority_end].rfind('@') {
+                    Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+                    None => self.url.clone(),
+                }
+            }
+            None => self.url.clone(),
+        };
+        let authorization = if self.authorization.is_empty() {
+            ""
+        } else {
+            "<redacted>"
+        };
+        f.debug_struct("HttpConfig")
+            .field("url", &url)
+            .field("authorization", &authorization)
+            .field("ca_file", &self.ca_file)
+            .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
+            .field("pool_idle_timeout_ms", &self.pool_idle_timeout_ms)
+            .finish()
     }
 }
 
@@ -532,8 +566,25 @@ impl RouterConfig {
             if s.latency_min_ms > s.latency_max_ms {
                 return err(format!("{at}.simulated: latency_min_ms > latency_max_ms"));
             }
-            if c.kind == CarrierKind::Http && !c.http.url.starts_with("http://") {
-                return err(format!("{at}.http.url: must start with http://"));
+            if c.kind == CarrierKind::Http {
+                let h = &c.http;
+                let https = h.url.starts_with("https://");
+                if !https && !h.url.starts_with("http://") {
+                    return err(format!(
+                        "{at}.http.url: must start with http:// or https://"
+                    ));
+                }
+                if !h.ca_file.is_empty() {
+                    if !https {
+                        return err(format!(
+                            "{at}.http.ca_file: only with an https:// url (a plain http:// \
+                             carrier has no certificate to check)"
+                        ));
+                    }
+                    if let Err(e) = super::http::ca_file_roots(std::path::Path::new(&h.ca_file)) {
+                        return err(format!("{at}.http.ca_file: {e}"));
+                    }
+                }
             }
         }
         for (i, p) in self.senders.pools.iter().enumerate() {
@@ -573,4 +624,39 @@ impl RouterConfig {
 fn valid_prefix(p: &str) -> bool {
     p.strip_prefix('+')
         .is_some_and(|d| d.len() <= 15 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_authorization_and_url_credentials() {
+        let cfg = HttpConfig {
+            url: "https://user:s3cret@api.example/v1?x=@".into(),
+            authorization: "Bearer t0ken".into(),
+            ..HttpConfig::default()
+        };
+        let d = format!("{cfg:?}");
+        assert!(
+            !d.contains("s3cret") && !d.contains("t0ken") && !d.contains("user"),
+            "{d}"
+        );
+        assert!(d.contains("https://<redacted>@api.example/v1?x=@"), "{d}");
+    }
+
+    #[test]
+    fn an_http_carrier_needs_an_http_or_https_url() {
+        let mut cfg = RouterConfig::default();
+        cfg.carriers[0].kind = CarrierKind::Http;
+        for (url, ok) in [
+            ("https://api.example/v1", true),
+            ("http://127.0.0.1:8080/send", true),
+            ("ftp://api.example/", false),
+            ("", false),
+        ] {
+            cfg.carriers[0].http.url = url.into();
+            assert_eq!(cfg.validate().is_ok(), ok, "{url}");
+        }
+    }
 }

@@ -1,21 +1,34 @@
-//! The HTTP carrier: posts each message as JSON to a configured URL over a
-//! keep-alive connection pool (hyper-util's legacy client), the shape of the
-//! common SMS APIs. 2xx accepted, 429 throttled (honouring `Retry-After`),
-//! other 4xx rejected, 5xx and transport errors failed; the router's timeout
-//! covers a server that never answers.
+//! The HTTP carrier: posts each message as JSON to a configured URL, over
+//! plain HTTP/1.1 or HTTPS (rustls, ring provider), through a keep-alive
+//! connection pool (hyper-util's legacy client). This is the shape of the
+//! common SMS and voice APIs. 2xx accepted, 429 throttled (honouring
+//! `Retry-After`), other 4xx rejected, 5xx and transport errors (TLS
+//! included) failed; the router's timeout covers a server that never answers.
 //!
-//! It must never log the body (it holds the code) nor put the destination or
-//! the URL's credentials in a failure reason.
+//! An `https://` carrier trusts the CAs of its `ca_file` alone when one is
+//! set, else the operating system's trust store; with neither it refuses to
+//! start rather than trust nothing.
+//!
+//! It must never log the body (it holds the code), never put the body, the
+//! destination or the URL's credentials in a failure reason, and never offer
+//! a mode that skips certificate verification.
 
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Request, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 
 use super::carrier::{
     Carrier, CarrierMessage, DialPlan, MessagePurpose, Receipt, Receipts, SendFuture, SendOutcome,
@@ -27,22 +40,39 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// Retry-After assumed when a 429 gives none (or an HTTP date).
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// A carrier reached over HTTP/1.1.
+/// A carrier reached over HTTP/1.1, in the clear or over TLS.
 #[derive(Clone)]
 pub struct HttpCarrier {
-    client: Client<HttpConnector, Full<Bytes>>,
+    pool: Pool,
     uri: Uri,
     authorization: Option<HeaderValue>,
+}
+
+/// The keep-alive pool: `http://` URLs connect exactly as before TLS existed;
+/// `https://` ones through rustls.
+#[derive(Clone)]
+enum Pool {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
+
+impl Pool {
+    fn request(&self, req: Request<Full<Bytes>>) -> ResponseFuture {
+        match self {
+            Self::Plain(c) => c.request(req),
+            Self::Tls(c) => c.request(req),
+        }
+    }
 }
 
 impl std::fmt::Debug for HttpCarrier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpCarrier")
             .field("host", &self.uri.host())
+            .field("tls", &matches!(self.pool, Pool::Tls(_)))
             .finish()
     }
 }
-
 #[derive(serde::Serialize)]
 struct Body<'a> {
     id: String,
@@ -58,15 +88,29 @@ struct Body<'a> {
 }
 
 impl HttpCarrier {
-    /// A client for `cfg.url`; call inside a tokio runtime.
+    /// A client for `cfg.url` (`http://` or `https://`); call inside a tokio
+    /// runtime. An `https://` URL loads its trust roots here: `cfg.ca_file`'s
+    /// CAs when set, else the system's, and an empty system store is an error.
     pub fn new(cfg: &HttpConfig) -> Result<Self, RouterConfigError> {
         let uri: Uri = cfg
             .url
             .parse()
             .map_err(|_| RouterConfigError("http.url: not a valid URL".into()))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
+                return Err(RouterConfigError(
+                    "http.url: must be http:// or https://host[:port]/path".into(),
+                ));
+            }
+        };
+        let Some(host) = uri.host() else {
+            return Err(RouterConfigError("http.url: has no host".into()));
+        };
+        if !tls && !cfg.ca_file.is_empty() {
             return Err(RouterConfigError(
-                "http.url: must be http://host[:port]/path".into(),
+                "http.ca_file: only with an https:// url".into(),
             ));
         }
         let authorization = if cfg.authorization.is_empty() {
@@ -79,16 +123,180 @@ impl HttpCarrier {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            .pool_idle_timeout(Duration::from_millis(cfg.pool_idle_timeout_ms))
-            .build(connector);
+            .pool_idle_timeout(Duration::from_millis(cfg.pool_idle_timeout_ms));
+        let pool = if tls {
+            // The name the certificate must carry: the URL's host (an IP
+            // address is checked against the certificate's IP addresses).
+            let name = host.trim_start_matches('[').trim_end_matches(']');
+            ServerName::try_from(name).map_err(|_| {
+                RouterConfigError("http.url: the host is not a valid TLS server name".into())
+            })?;
+            let roots = trust_roots(cfg).map_err(RouterConfigError)?;
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| RouterConfigError(format!("http: TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            // The TLS connector hands the TCP connector https URLs.
+            connector.enforce_http(false);
+            let https = HttpsConnectorBuilder::new()
+                .with_tls_config(config)
+                .https_only()
+                .enable_http1()
+                .wrap_connector(connector);
+            Pool::Tls(builder.build(https))
+        } else {
+            Pool::Plain(builder.build(connector))
+        };
         Ok(Self {
-            client,
+            pool,
             uri,
             authorization,
         })
     }
+}
+
+/// The roots an `https://` carrier trusts: only the CAs of `cfg.ca_file` when
+/// it is set, else the operating system's store (which must not be empty).
+fn trust_roots(cfg: &HttpConfig) -> Result<RootCertStore, String> {
+    if cfg.ca_file.is_empty() {
+        system_roots()
+    } else {
+        ca_file_roots(Path::new(&cfg.ca_file)).map_err(|e| format!("http.ca_file: {e}"))
+    }
+}
+
+/// The CA certificates of a PEM bundle, as trust anchors. The error says what
+/// is wrong with the file (never quoting its contents); the configuration's
+/// validation uses it too.
+pub(crate) fn ca_file_roots(path: &Path) -> Result<RootCertStore, String> {
+    let shown = path.display();
+    let unreadable = |e: rustls_pki_types::pem::Error| format!("{shown}: cannot read: {e}");
+    let certs = CertificateDer::pem_file_iter(path).map_err(unreadable)?;
+    let mut roots = RootCertStore::empty();
+    for (n, c) in certs.enumerate() {
+        let c = c.map_err(unreadable)?;
+        roots
+            .add(c)
+            .map_err(|e| format!("{shown}: certificate {} is not a usable CA: {e}", n + 1))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "{shown}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    Ok(roots)
+}
+
+/// The operating system's trust store (on Linux, the files openssl-probe
+/// finds, or `SSL_CERT_FILE` / `SSL_CERT_DIR`).
+fn system_roots() -> Result<RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let first_error = found.errors.first().map(ToString::to_string);
+    let unreadable = found.errors.len();
+    let roots = usable_roots(found.certs, first_error)?;
+    tracing::debug!(
+        roots = roots.len(),
+        unreadable,
+        "https carrier: system trust roots loaded"
+    );
+    Ok(roots)
+}
+
+/// The usable certificates of the system's store. None is an error: an
+/// https carrier that trusts nothing would only ever fail, so it refuses to
+/// start and says how to give it roots.
+fn usable_roots(
+    certs: Vec<CertificateDer<'static>>,
+    first_error: Option<String>,
+) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        let why = first_error.map_or_else(String::new, |e| format!(" ({e})"));
+        return Err(format!(
+            "http.url: an https:// carrier needs trust roots and the system's trust store has \
+             none{why}; install the system's CA certificates (e.g. the ca-certificates \
+             package), point SSL_CERT_FILE at a PEM bundle, or set http.ca_file"
+        ));
+    }
+    Ok(roots)
+}
+
+/// Why a request that got no answer failed: the TLS error when there is one
+/// (named, never with the URL or the body), else connect or connection.
+fn transport_reason(e: &hyper_util::client::legacy::Error) -> String {
+    if let Some(t) = find_tls_error(e) {
+        return tls_reason(t);
+    }
+    if e.is_connect() {
+        "could not connect to the carrier".into()
+    } else {
+        "the carrier connection failed".into()
+    }
+}
+
+/// The rustls error somewhere in `e`'s chain. `io::Error` hides the error it
+/// wraps from `source()` (it returns the wrapped error's source), so wrapped
+/// errors are looked into as well.
+fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref())
+            && let Some(t) = find_tls_error(inner)
+        {
+            return Some(t);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// A failure reason for a TLS error: what is wrong, in words, plus the
+/// rustls name of the case. It names neither the host nor the certificate.
+fn tls_reason(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "tls: certificate not trusted (UnknownIssuer)".into(),
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                "tls: hostname mismatch (the certificate is not for the carrier's host)".into()
+            }
+            C::Expired | C::ExpiredContext { .. } => "tls: certificate expired".into(),
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "tls: certificate not valid yet".into()
+            }
+            C::Revoked => "tls: certificate revoked".into(),
+            // webpki's own case, e.g. CaUsedAsEndEntity.
+            C::Other(o) => format!("tls: invalid certificate ({o})"),
+            other => format!("tls: invalid certificate ({})", variant(other)),
+        },
+        rustls::Error::AlertReceived(a) => {
+            format!(
+                "tls: the carrier refused the handshake (alert {})",
+                variant(a)
+            )
+        }
+        other => format!("tls: handshake failed ({})", variant(other)),
+    }
+}
+
+/// The variant name of an enum's Debug output (`ExpiredContext { .. }` ->
+/// `ExpiredContext`): the case without its data.
+fn variant(d: &impl std::fmt::Debug) -> String {
+    let s = format!("{d:?}");
+    s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn retry_after(v: Option<&HeaderValue>) -> Duration {
@@ -152,7 +360,7 @@ impl Carrier for HttpCarrier {
         if let (Ok(r), Some(a)) = (&mut req, &self.authorization) {
             r.headers_mut().insert(AUTHORIZATION, a.clone());
         }
-        let client = self.client.clone();
+        let pool = self.pool.clone();
         let receipts = receipts.clone();
         let token = msg.token;
         Box::pin(async move {
@@ -161,16 +369,11 @@ impl Carrier for HttpCarrier {
                     reason: "could not build the request".into(),
                 };
             };
-            let resp = match client.request(req).await {
+            let resp = match pool.request(req).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let reason = if e.is_connect() {
-                        "could not connect to the carrier"
-                    } else {
-                        "the carrier connection failed"
-                    };
                     return SendOutcome::Failed {
-                        reason: reason.into(),
+                        reason: transport_reason(&e),
                     };
                 }
             };
@@ -184,5 +387,85 @@ impl Carrier for HttpCarrier {
             }
             outcome
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_system_store_refuses_to_start_and_says_what_to_do() {
+        let e = usable_roots(Vec::new(), Some("no such file".into())).unwrap_err();
+        assert!(e.contains("trust store has none (no such file)"), "{e}");
+        assert!(
+            e.contains("http.ca_file") && e.contains("SSL_CERT_FILE"),
+            "{e}"
+        );
+        // Certificates that do not parse count as none.
+        let junk = vec![CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00])];
+        assert!(usable_roots(junk, None).is_err());
+    }
+
+    #[test]
+    fn tls_errors_read_as_what_went_wrong() {
+        use rustls::CertificateError as C;
+        let r = |c: C| tls_reason(&rustls::Error::InvalidCertificate(c));
+        assert_eq!(
+            r(C::UnknownIssuer),
+            "tls: certificate not trusted (UnknownIssuer)"
+        );
+        assert!(r(C::NotValidForName).starts_with("tls: hostname mismatch"));
+        assert_eq!(r(C::Expired), "tls: certificate expired");
+        assert_eq!(
+            r(C::BadSignature),
+            "tls: invalid certificate (BadSignature)"
+        );
+        assert_eq!(
+            tls_reason(&rustls::Error::AlertReceived(
+                rustls::AlertDescription::HandshakeFailure
+            )),
+            "tls: the carrier refused the handshake (alert HandshakeFailure)"
+        );
+        // The TLS error is found inside the io::Errors that wrap it.
+        let wrapped = io::Error::other(io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(C::UnknownIssuer),
+        ));
+        assert_eq!(
+            find_tls_error(&wrapped),
+            Some(&rustls::Error::InvalidCertificate(C::UnknownIssuer))
+        );
+    }
+
+    #[test]
+    fn an_https_url_needs_a_host_and_ca_file_needs_https() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let cfg = |url: &str, ca: &str| HttpConfig {
+            url: url.into(),
+            ca_file: ca.into(),
+            ..HttpConfig::default()
+        };
+        let e = HttpCarrier::new(&cfg("ftp://h/x", "")).unwrap_err();
+        assert!(e.0.starts_with("http.url: must be http://"), "{e}");
+        let e = HttpCarrier::new(&cfg("http://h/x", "/ca.pem")).unwrap_err();
+        assert!(
+            e.0.starts_with("http.ca_file: only with an https://"),
+            "{e}"
+        );
+        let e = HttpCarrier::new(&cfg("https://h/x", "/nonexistent/ca.pem")).unwrap_err();
+        assert!(
+            e.0.starts_with("http.ca_file: /nonexistent/ca.pem: cannot read"),
+            "{e}"
+        );
+        // A plain carrier loads no trust roots at all.
+        let c = HttpCarrier::new(&cfg("http://user:pw@h:80/x", "")).unwrap();
+        assert_eq!(
+            format!("{c:?}"),
+            r#"HttpCarrier { host: Some("h"), tls: false }"#
+        );
     }
 }

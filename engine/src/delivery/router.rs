@@ -640,7 +640,9 @@ impl Router {
                             sims.push((c.name.clone(), Arc::clone(&s)));
                             Arc::new(s)
                         }
-                        CarrierKind::Http => Arc::new(HttpCarrier::new(&c.http)?),
+                        CarrierKind::Http => Arc::new(HttpCarrier::new(&c.http).map_err(|e| {
+                            RouterConfigError(format!("carriers[{i}] ({}).{}", c.name, e.0))
+                        })?),
                     }
                 };
             carriers.push(carrier_rt(i, c, imp));
