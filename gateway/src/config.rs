@@ -856,7 +856,8 @@ impl Config {
             errors.push(err("table", e.to_string()));
         }
         if let Err(e) = self.router.validate() {
-            errors.push(err("router", e.0));
+            let (field, reason) = self.router_error_field(&e.0);
+            errors.push(err(field, reason));
         }
         self.validate_radius(&mut errors);
         let a = &self.audit;
@@ -877,7 +878,25 @@ impl Config {
         errors
     }
 
-    /// The `[radius]` mistakes. Secrets are never quoted, only their length.
+    /// The field a router error names: the engine writes a carrier's as
+    /// `carriers[i] (name).field: reason`, shown here as
+    /// `router.carriers[i].field` (so its line is found) and the reason.
+    /// Anything else stays under `router`.
+    fn router_error_field(&self, msg: &str) -> (String, String) {
+        for (i, c) in self.router.carriers.iter().enumerate() {
+            let Some(rest) = msg.strip_prefix(&format!("carriers[{i}] ({})", c.name)) else {
+                continue;
+            };
+            if let Some((path, reason)) = rest.strip_prefix('.').and_then(|r| r.split_once(": ")) {
+                return (format!("router.carriers[{i}].{path}"), reason.to_owned());
+            }
+            if let Some(reason) = rest.strip_prefix(": ") {
+                return (format!("router.carriers[{i}]"), reason.to_owned());
+            }
+        }
+        ("router".into(), msg.to_owned())
+    }
+
     /// The production profile's guards: every rule of [`PRODUCTION_RULES`]
     /// not waived in `server.allow`, each refusal naming its rule.
     fn validate_production(&self, errors: &mut Vec<ConfigError>) {
@@ -1006,6 +1025,7 @@ impl Config {
         }
     }
 
+    /// The `[radius]` mistakes. Secrets are never quoted, only their length.
     fn validate_radius(&self, errors: &mut Vec<ConfigError>) {
         let r = &self.radius;
         if r.listen.is_empty() {
@@ -1245,47 +1265,53 @@ fn section<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// Where `field` (`server.listen`, `tenants[1].keys[0]`, ...) is written in
-/// `text`: the line and column of its key, under the header of its table
-/// (the n-th `[[array]]` header for an indexed table). `None` when it is not
-/// written there (a default, or a whole section).
+/// Where `field` (`server.listen`, `tenants[1].keys[0]`,
+/// `router.carriers[1].http.ca_file`, ...) is written in `text`: the line and
+/// column of its key, under the header of its table (the n-th `[[array]]`
+/// header for an indexed table, and a sub-table's header within that entry).
+/// `None` when it is not written there (a default, or a whole section).
 fn locate(text: &str, field: &str) -> Option<(usize, usize)> {
-    let strip = |s: &str| -> (String, usize) {
+    // A part's name and, when it has one, its index.
+    let strip = |s: &str| -> (String, Option<usize>) {
         match s.split_once('[') {
-            Some((n, rest)) => (
-                n.to_owned(),
-                rest.trim_end_matches(']').parse().unwrap_or(0),
-            ),
-            None => (s.to_owned(), 0),
+            Some((n, rest)) => (n.to_owned(), rest.trim_end_matches(']').parse().ok()),
+            None => (s.to_owned(), None),
         }
     };
     let parts: Vec<&str> = field.split('.').collect();
     let (last, sections) = parts.split_last()?;
     let (key, _) = strip(last);
-    // The table's header: names without indexes; the index of the last
-    // indexed part says which occurrence of an array header.
-    let names: Vec<(String, usize)> = sections.iter().map(|s| strip(s)).collect();
-    let header: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
-    let header = header.join(".");
-    let nth = names.last().map_or(0, |(_, i)| *i);
+    let names: Vec<(String, Option<usize>)> = sections.iter().map(|s| strip(s)).collect();
+    let joined = |n: usize| {
+        let v: Vec<&str> = names[..n].iter().map(|(s, _)| s.as_str()).collect();
+        v.join(".")
+    };
+    let header = joined(names.len());
     let lines: Vec<&str> = text.lines().collect();
-    let mut start = 0;
-    if !header.is_empty() {
-        let mut seen = 0;
-        let mut found = None;
-        for (i, l) in lines.iter().enumerate() {
-            let t = l.trim();
-            if t == format!("[{header}]") || t == format!("[[{header}]]") {
-                if seen == nth || t.starts_with("[") && !t.starts_with("[[") {
-                    found = Some(i + 1);
-                    break;
-                }
-                seen += 1;
-            }
+    let (mut start, mut end) = (0, lines.len());
+    // The last indexed part says which occurrence of its array's header.
+    if let Some(k) = names.iter().rposition(|(_, i)| i.is_some()) {
+        let array = format!("[[{}]]", joined(k + 1));
+        let nth = names[k].1.unwrap_or(0);
+        let mut at = (lines.iter().enumerate())
+            .filter(|(_, l)| l.trim() == array)
+            .map(|(i, _)| i)
+            .skip(nth);
+        start = at.next()? + 1;
+        end = at.next().unwrap_or(lines.len());
+        if k + 1 < names.len() {
+            // A sub-table of that entry: its header before the next entry.
+            let sub = format!("[{header}]");
+            start = (start..end).find(|&i| lines[i].trim() == sub)? + 1;
         }
-        start = found?;
+    } else if !header.is_empty() {
+        let (table, array) = (format!("[{header}]"), format!("[[{header}]]"));
+        start = lines
+            .iter()
+            .position(|l| l.trim() == table || l.trim() == array)?
+            + 1;
     }
-    for (i, l) in lines.iter().enumerate().skip(start) {
+    for (i, l) in lines.iter().enumerate().take(end).skip(start) {
         let t = l.trim_start();
         if t.starts_with('[') {
             break;
@@ -1314,7 +1340,9 @@ fn section_comment(header: &str) -> Option<&'static str> {
         "[router.carriers.simulated]" => {
             "Behaviour of a simulated carrier (latencies, failure rates)."
         }
-        "[router.carriers.http]" => "Settings of an HTTP carrier (JSON over HTTP/1.1).",
+        "[router.carriers.http]" => {
+            "Settings of an HTTP carrier (JSON over HTTP/1.1, plain or HTTPS)."
+        }
         "[router.carriers.simulated.auto_answer]" => {
             "The simulated handsets answer confirmation calls by themselves (keys, delay),\n\
              only while no connection of the tenant is subscribed to the outbox."
@@ -1490,6 +1518,19 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
         ("[[router.carriers]]", "throughput_per_s") => "Sends per second (0 = unlimited).",
         ("[[router.carriers]]", "max_in_flight") => "Sends awaiting the carrier's answer at once.",
         ("[[router.carriers]]", "senders") => "Sender ids / caller ids / from addresses.",
+        ("[router.carriers.http]", "url") => {
+            "Where each message is POSTed: http:// or https://host[:port]/path."
+        }
+        ("[router.carriers.http]", "authorization") => "The Authorization header sent, if any.",
+        ("[router.carriers.http]", "ca_file") => {
+            "With an https:// url: a PEM bundle of the only CAs trusted for this\n\
+             carrier. Empty: the system's trust store (SSL_CERT_FILE / SSL_CERT_DIR\n\
+             override it; an https carrier refuses to start when it is empty)."
+        }
+        ("[router.carriers.http]", "pool_max_idle_per_host") => {
+            "Idle keep-alive connections kept (each an open TLS session for https)."
+        }
+        ("[router.carriers.http]", "pool_idle_timeout_ms") => "Close an idle connection after, ms.",
         ("[audit]", "enabled") => "Write the audit log.",
         ("[audit]", "path") => "Audit file; rotated files get .1, .2, ...",
         ("[audit]", "max_file_bytes") => "Rotate beyond this size.",
@@ -1608,6 +1649,45 @@ mod tests {
             errs[0].reason.contains('\n') && errs[0].reason.contains('^'),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn a_carrier_mistake_names_the_carrier_field_and_its_line() {
+        let text = "[[router.carriers]]\nname = \"a\"\nkind = \"http\"\n\n[router.carriers.http]\nurl = \"https://a.example/send\"\n\n[[router.carriers]]\nname = \"b\"\nkind = \"http\"\n\n[router.carriers.http]\nurl = \"https://b.example/send\"\nca_file = \"/nonexistent/ca.pem\"\n\n[[tenants]]\nname = \"x\"\nkeys = [\"0123456789\"]\n";
+        let errs = Config::parse(text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "router.carriers[1].http.ca_file");
+        assert!(
+            errs[0]
+                .reason
+                .starts_with("/nonexistent/ca.pem: cannot read")
+                && errs[0].reason.ends_with("(line 14, column 1)"),
+            "{errs:?}"
+        );
+        // A plain http:// carrier has no certificate to check.
+        let plain = text.replace("https://b.", "http://b.");
+        let errs = Config::parse(&plain).unwrap_err();
+        assert_eq!(errs[0].field, "router.carriers[1].http.ca_file");
+        assert!(
+            errs[0].reason.starts_with("only with an https:// url"),
+            "{errs:?}"
+        );
+        // A mistake of the whole carrier names the carrier.
+        let dup = text.replace("name = \"b\"", "name = \"a\"");
+        let errs = Config::parse(&dup).unwrap_err();
+        assert_eq!(errs[0].field, "router.carriers[1].name");
+        assert!(
+            errs[0].reason.starts_with("duplicate (line 9, column 1)"),
+            "{errs:?}"
+        );
+        // Mistakes outside the carriers stay under router.
+        let errs = Config::parse(&text.replace(
+            "[[router.carriers]]\nname = \"a\"",
+            "[router]\nqueue_capacity = 0\n[[router.carriers]]\nname = \"a\"",
+        ))
+        .unwrap_err();
+        assert_eq!(errs[0].field, "router", "{errs:?}");
+        assert!(errs[0].reason.starts_with("queue_capacity: "), "{errs:?}");
     }
 
     #[test]
