@@ -25,7 +25,7 @@ use crate::directory::{
 };
 use crate::events::Record;
 use crate::mask::mask_destination;
-use crate::service::{Engine, EngineError, IssueParams};
+use crate::service::{Engine, EngineError, GuessLimit, IssueParams};
 use crate::types::{ChallengeId, TenantId, VerifyOutcome};
 
 /// Longest answer and state a CHECK takes, bytes (protocol v1).
@@ -505,6 +505,8 @@ impl Engine {
                 )));
             }
         }
+        let gate = self.tenant(tenant)?.check_gate.as_ref();
+        self.admit_guess(gate, GuessLimit::TenantCheck)?;
         let keyword =
             MethodType::parse(req.answer.trim()).filter(|t| MethodType::REGISTRABLE.contains(t));
         // In `prefix` mode a typed answer is the PIN then the code: checked
@@ -527,7 +529,7 @@ impl Engine {
             req
         };
         if !req.state.is_empty() {
-            return Ok(self.check_state(tenant, req));
+            return self.check_state(tenant, req);
         }
         let answers_a_code = !req.answer.is_empty() && keyword.is_none();
         // Whether the user holds a token matters only to pick a challenge:
@@ -718,7 +720,11 @@ impl Engine {
         })
     }
 
-    fn check_state(&self, tenant: TenantId, req: &CheckRequest<'_>) -> CheckStep {
+    fn check_state(
+        &self,
+        tenant: TenantId,
+        req: &CheckRequest<'_>,
+    ) -> Result<CheckStep, EngineError> {
         // Step 1 holds with a state too: a user disabled or deleted since
         // the challenge began is rejected, whatever the answer.
         let enabled = self
@@ -727,57 +733,59 @@ impl Engine {
             .with_view(tenant, req.subject, |u| u.enabled)
             .unwrap_or(false);
         if !enabled {
-            return self.decided(
+            return Ok(self.decided(
                 tenant,
                 req,
                 CheckResult::reject(RejectReason::UnknownUser),
                 None,
                 None,
-            );
+            ));
         }
         if req.state.starts_with("wt1") {
-            return match self
-                .inner
-                .state_seal
-                .open_token_state(tenant, req.subject, req.state)
-            {
-                Some(expires) if self.now_ms() < expires => {
-                    self.check_token_code(tenant, req, Some(req.state))
-                }
-                Some(_) => self.decided(
-                    tenant,
-                    req,
-                    CheckResult::reject(RejectReason::Expired),
-                    Some(MethodType::Token),
-                    None,
-                ),
-                None => self.decided(
-                    tenant,
-                    req,
-                    CheckResult::reject(RejectReason::UnknownState),
-                    None,
-                    None,
-                ),
-            };
+            return Ok(
+                match self
+                    .inner
+                    .state_seal
+                    .open_token_state(tenant, req.subject, req.state)
+                {
+                    Some(expires) if self.now_ms() < expires => {
+                        self.check_token_code(tenant, req, Some(req.state))
+                    }
+                    Some(_) => self.decided(
+                        tenant,
+                        req,
+                        CheckResult::reject(RejectReason::Expired),
+                        Some(MethodType::Token),
+                        None,
+                    ),
+                    None => self.decided(
+                        tenant,
+                        req,
+                        CheckResult::reject(RejectReason::UnknownState),
+                        None,
+                        None,
+                    ),
+                },
+            );
         }
         let Some(id) = self.inner.state_seal.open(tenant, req.state) else {
-            return self.decided(
+            return Ok(self.decided(
                 tenant,
                 req,
                 CheckResult::reject(RejectReason::UnknownState),
                 None,
                 None,
-            );
+            ));
         };
         if let Some(call) = self.inner.calls.watch(tenant, id) {
             if *call.subject != *req.subject {
-                return self.decided(
+                return Ok(self.decided(
                     tenant,
                     req,
                     CheckResult::reject(RejectReason::UnknownState),
                     None,
                     None,
-                );
+                ));
             }
             let masked = self
                 .inner
@@ -792,33 +800,39 @@ impl Engine {
                 masked_destination: masked,
                 expires_at_ms: call.expires_at_ms,
             };
-            return CheckStep::WaitCall(CallWait {
+            return Ok(CheckStep::WaitCall(CallWait {
                 engine: self.clone(),
                 tenant,
                 id,
                 call,
                 again,
                 client_ip: req.client_ip.to_owned(),
-            });
+            }));
         }
         // A pending challenge of another subject is not this user's state:
         // refused without counting an attempt against it.
         let pending = self.inner.table.peek_pending(tenant, id);
         if pending.as_ref().is_some_and(|t| t.subject != req.subject) {
-            return self.decided(
+            return Ok(self.decided(
                 tenant,
                 req,
                 CheckResult::reject(RejectReason::UnknownState),
                 None,
                 None,
-            );
+            ));
         }
         let method = pending.as_ref().map(|t| match t.channel {
             crate::types::Channel::Sms => MethodType::Sms,
             crate::types::Channel::Voice => MethodType::Voice,
             crate::types::Channel::Email => MethodType::Email,
         });
-        let result = match self.inner.table.verify(tenant, id, req.answer.as_bytes()) {
+        let gap = self.tenant(tenant)?.policy.verify_gap_ms;
+        let outcome = self
+            .inner
+            .table
+            .verify_spaced(tenant, id, req.answer.as_bytes(), gap)
+            .map_err(|wait| self.guess_refused(GuessLimit::Challenge, u64::from(wait)))?;
+        let result = match outcome {
             VerifyOutcome::Approved => CheckResult::Accept,
             VerifyOutcome::Rejected { attempts_left } => CheckResult::Reject {
                 reason: RejectReason::WrongAnswer,
@@ -829,7 +843,7 @@ impl Engine {
             VerifyOutcome::Locked => CheckResult::reject(RejectReason::Locked),
             VerifyOutcome::Unknown => CheckResult::reject(RejectReason::UnknownState),
         };
-        self.decided(tenant, req, result, method, Some(id))
+        Ok(self.decided(tenant, req, result, method, Some(id)))
     }
 
     pub(crate) fn audit_check(

@@ -24,7 +24,7 @@ use crate::clock::Clock;
 use crate::code::{MAX_CODE_LEN, MIN_CODE_LEN};
 use crate::delivery::{
     CarrierSlot, ChallengeLedger, DeliveryJob, DeliveryPermit, Destination, Handsets,
-    MessagePurpose, OutboxMessage, Router, RouterConfig, TenantDelivery, normalize,
+    MessagePurpose, OutboxMessage, RateGate, Router, RouterConfig, TenantDelivery, normalize,
 };
 use crate::directory::{Directory, DirectoryError, MethodId};
 use crate::events::EventSink;
@@ -73,6 +73,15 @@ pub struct TenantPolicy {
     /// (empty: e-mail, then SMS, then voice).
     #[serde(skip)]
     pub helpdesk_order: Vec<crate::directory::MethodType>,
+    /// VERIFY and VERIFY_SUBJECT attempts per second for the whole tenant
+    /// (a burst of one second's worth); beyond it RATE_LIMITED. 0: no limit.
+    pub verify_per_s: u32,
+    /// CHECKs per second for the whole tenant; 0: no limit.
+    pub check_per_s: u32,
+    /// Per challenge, the least time between a wrong code and the next try
+    /// (VERIFY, VERIFY_SUBJECT, a CHECK's code); sooner is RATE_LIMITED and
+    /// counts no attempt. 0: none.
+    pub verify_gap_ms: u32,
 }
 
 /// Where a tenant's users type their PIN (DOMAIN.md §6).
@@ -127,6 +136,9 @@ impl Default for TenantPolicy {
             pin_length: crate::directory::DEFAULT_PIN_LEN,
             helpdesk_order: crate::helpdesk::DEFAULT_ORDER.to_vec(),
             tokens: crate::directory::TokenPolicy::default(),
+            verify_per_s: 0,
+            check_per_s: 0,
+            verify_gap_ms: 0,
         }
     }
 }
@@ -301,8 +313,33 @@ impl From<IssueError> for EngineError {
 }
 
 pub(crate) struct TenantRuntime {
-    policy: TenantPolicy,
+    pub(crate) policy: TenantPolicy,
     pub(crate) delivery: TenantDelivery,
+    /// The tenant's VERIFY rate (`verify_per_s`), if limited.
+    pub(crate) verify_gate: Option<RateGate>,
+    /// The tenant's CHECK rate (`check_per_s`), if limited.
+    pub(crate) check_gate: Option<RateGate>,
+}
+
+/// What a guess-limit refusal was about, for its error and its metric.
+#[derive(Clone, Copy)]
+pub(crate) enum GuessLimit {
+    /// The tenant's VERIFY rate.
+    TenantVerify = 0,
+    /// The tenant's CHECK rate.
+    TenantCheck = 1,
+    /// The challenge's gap after a wrong code.
+    Challenge = 2,
+}
+
+impl GuessLimit {
+    fn scope(self) -> &'static str {
+        match self {
+            Self::TenantVerify => "tenant_verify",
+            Self::TenantCheck => "tenant_check",
+            Self::Challenge => "challenge",
+        }
+    }
 }
 
 /// Calls in progress at most (each also holds a challenge in the table).
@@ -326,6 +363,9 @@ pub(crate) struct Inner {
     pub(crate) check_counters: [metrics::Counter; 9],
     /// Seals and opens CHECK states.
     pub(crate) state_seal: crate::check::StateSeal,
+    /// `watchword_rate_limited_total{scope}` for the guess limits, in
+    /// [`GuessLimit`] order.
+    guess_refusals: [metrics::Counter; 3],
     clock: Arc<dyn Clock>,
     /// The hash seeds and keys a restart snapshot keeps.
     seeds: snapshot::EngineSeeds,
@@ -560,6 +600,8 @@ impl Engine {
             }
             tenants.push(TenantRuntime {
                 delivery: policy.delivery(),
+                verify_gate: RateGate::per_second(policy.verify_per_s),
+                check_gate: RateGate::per_second(policy.check_per_s),
                 policy,
             });
         }
@@ -626,6 +668,12 @@ impl Engine {
                 confirmations: Mutex::default(),
                 check_counters: crate::check::check_counters(),
                 state_seal: crate::check::StateSeal::with_key(&seeds.state_seal),
+                guess_refusals: [
+                    GuessLimit::TenantVerify,
+                    GuessLimit::TenantCheck,
+                    GuessLimit::Challenge,
+                ]
+                .map(|l| metrics::counter!("watchword_rate_limited_total", "scope" => l.scope())),
                 seeds,
                 sink,
                 clock,
@@ -809,9 +857,47 @@ impl Engine {
         })
     }
 
-    /// Checks a code against a challenge.
-    pub fn verify(&self, tenant: TenantId, id: ChallengeId, code: &[u8]) -> VerifyOutcome {
-        self.inner.table.verify(tenant, id, code)
+    /// Checks a code against a challenge, within the tenant's VERIFY rate
+    /// and the challenge's gap after a wrong code (RATE_LIMITED beyond them,
+    /// no attempt counted).
+    pub fn verify(
+        &self,
+        tenant: TenantId,
+        id: ChallengeId,
+        code: &[u8],
+    ) -> Result<VerifyOutcome, EngineError> {
+        let t = self.tenant(tenant)?;
+        self.admit_guess(t.verify_gate.as_ref(), GuessLimit::TenantVerify)?;
+        self.inner
+            .table
+            .verify_spaced(tenant, id, code, t.policy.verify_gap_ms)
+            .map_err(|wait| self.guess_refused(GuessLimit::Challenge, u64::from(wait)))
+    }
+
+    /// Lets one guess through `gate` (none: no limit) or refuses it.
+    pub(crate) fn admit_guess(
+        &self,
+        gate: Option<&RateGate>,
+        limit: GuessLimit,
+    ) -> Result<(), EngineError> {
+        match gate.map(|g| g.acquire(self.now_ms())) {
+            Some(Err(wait)) => Err(self.guess_refused(limit, wait)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The RATE_LIMITED answer to a guess refused by `limit`, counted.
+    pub(crate) fn guess_refused(&self, limit: GuessLimit, wait_ms: u64) -> EngineError {
+        self.inner.guess_refusals[limit as usize].increment(1);
+        let message = match limit {
+            GuessLimit::TenantVerify => "rate limit of VERIFY attempts per tenant reached",
+            GuessLimit::TenantCheck => "rate limit of CHECKs per tenant reached",
+            GuessLimit::Challenge => "too soon after a wrong code for this challenge",
+        };
+        EngineError::RateLimited {
+            retry_after_ms: wait_ms.clamp(1, u64::from(u32::MAX)) as u32,
+            message: message.into(),
+        }
     }
 
     /// Checks a code against the subject's newest pending challenge.
@@ -827,7 +913,12 @@ impl Engine {
                 subject.len()
             )));
         }
-        Ok(self.inner.table.verify_subject(tenant, subject, code))
+        let t = self.tenant(tenant)?;
+        self.admit_guess(t.verify_gate.as_ref(), GuessLimit::TenantVerify)?;
+        self.inner
+            .table
+            .verify_subject_spaced(tenant, subject, code, t.policy.verify_gap_ms)
+            .map_err(|wait| self.guess_refused(GuessLimit::Challenge, u64::from(wait)))
     }
 
     /// Sends the same code again, preferring another carrier than the last.

@@ -104,7 +104,7 @@ async fn pending_challenges_limits_and_tombstones_survive_a_restart() {
     let mail_code = code_of(&mut outbox, mail.id).await;
     // One wrong guess on the e-mail's challenge.
     assert_eq!(
-        before.verify(demo, mail.id, b"000000"),
+        before.verify(demo, mail.id, b"000000").unwrap(),
         VerifyOutcome::Rejected { attempts_left: 4 }
     );
     // bob: approved before the restart (a tombstone).
@@ -113,7 +113,7 @@ async fn pending_challenges_limits_and_tombstones_survive_a_restart() {
         .unwrap();
     let bob_code = code_of(&mut outbox, bob.id).await;
     assert_eq!(
-        before.verify(demo, bob.id, bob_code.as_bytes()),
+        before.verify(demo, bob.id, bob_code.as_bytes()).unwrap(),
         VerifyOutcome::Approved
     );
     // carl (other tenant): a short validity that ends during the restart.
@@ -158,7 +158,7 @@ async fn pending_challenges_limits_and_tombstones_survive_a_restart() {
         "an expired event for carl"
     );
     assert_eq!(
-        after.verify(other, carl.id, b"123456"),
+        after.verify(other, carl.id, b"123456").unwrap(),
         VerifyOutcome::Unknown
     );
 
@@ -166,7 +166,7 @@ async fn pending_challenges_limits_and_tombstones_survive_a_restart() {
     let status = after.status(demo, mail.id).unwrap();
     assert_eq!(status.attempts_left, 4, "{status:?}");
     assert_eq!(
-        after.verify(demo, mail.id, mail_code.as_bytes()),
+        after.verify(demo, mail.id, mail_code.as_bytes()).unwrap(),
         VerifyOutcome::Approved
     );
     // The destination's five sends are remembered: a sixth is refused.
@@ -178,11 +178,11 @@ async fn pending_challenges_limits_and_tombstones_survive_a_restart() {
     }
     // Tenant isolation holds after the restart.
     assert_eq!(
-        after.verify(other, sms.id, sms_code.as_bytes()),
+        after.verify(other, sms.id, sms_code.as_bytes()).unwrap(),
         VerifyOutcome::Unknown
     );
     assert_eq!(
-        after.verify(demo, sms.id, sms_code.as_bytes()),
+        after.verify(demo, sms.id, sms_code.as_bytes()).unwrap(),
         VerifyOutcome::Approved
     );
     after.begin_shutdown();
@@ -199,7 +199,7 @@ async fn tombstones_and_subject_chains_come_back_whole() {
         .issue(demo, &params("dora", Channel::Sms, "+14255550110"))
         .unwrap();
     let code = code_of(&mut outbox, done.id).await;
-    before.verify(demo, done.id, code.as_bytes());
+    before.verify(demo, done.id, code.as_bytes()).unwrap();
     let a = before
         .issue(demo, &params("eve", Channel::Sms, "+14255550111"))
         .unwrap();

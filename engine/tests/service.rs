@@ -76,7 +76,7 @@ async fn issue_deliver_verify() {
     let code = code_in(&msg.text, 6);
     assert!(!format!("{:?}", engine.status(demo, issued.id).unwrap()).contains(&code));
     assert_eq!(
-        engine.verify(demo, issued.id, code.as_bytes()),
+        engine.verify(demo, issued.id, code.as_bytes()).unwrap(),
         VerifyOutcome::Approved
     );
     let status = engine.status(demo, issued.id).unwrap();
@@ -133,7 +133,7 @@ async fn resend_sends_the_same_code_and_the_sixth_send_is_rate_limited() {
         Err(EngineError::RateLimited { .. })
     ));
     assert_eq!(
-        engine.verify(demo, issued.id, first.as_bytes()),
+        engine.verify(demo, issued.id, first.as_bytes()).unwrap(),
         VerifyOutcome::Approved
     );
 }
@@ -222,7 +222,7 @@ async fn shutdown_refuses_new_issues_but_still_verifies() {
     ));
     engine.drain(Duration::from_secs(5)).await;
     assert_eq!(
-        engine.verify(demo, issued.id, code.as_bytes()),
+        engine.verify(demo, issued.id, code.as_bytes()).unwrap(),
         VerifyOutcome::Approved
     );
 }

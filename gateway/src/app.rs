@@ -84,6 +84,9 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
                     .iter()
                     .filter_map(|k| watchword_engine::directory::MethodType::parse(k))
                     .collect(),
+                verify_per_s: t.verify_per_s,
+                check_per_s: t.check_per_s,
+                verify_gap_ms: t.verify_gap_ms,
                 tokens: watchword_engine::directory::TokenPolicy {
                     window: t.token_window,
                     lookahead: t.hotp_lookahead,

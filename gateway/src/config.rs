@@ -66,7 +66,7 @@ pub struct ServerConfig {
 
 /// The rules the production profile enforces, each waived by naming it in
 /// `server.allow`: its name and what it refuses.
-pub const PRODUCTION_RULES: [(&str, &str); 5] = [
+pub const PRODUCTION_RULES: [(&str, &str); 6] = [
     (
         "simulator_tenants",
         "a tenant with the simulator role (it reads every code from the outbox)",
@@ -82,7 +82,11 @@ pub const PRODUCTION_RULES: [(&str, &str); 5] = [
     ("short_keys", "a tenant or HTTP key shorter than 16 bytes"),
     (
         "plaintext",
-        "a protocol, HTTP or metrics listener off loopback without TLS",
+        "a protocol, HTTP or metrics listener off loopback without TLS, or an http:// carrier",
+    ),
+    (
+        "unlimited_guesses",
+        "a tenant without a VERIFY or CHECK rate limit (verify_per_s, check_per_s = 0)",
     ),
 ];
 
@@ -149,6 +153,16 @@ pub struct TenantConfig {
     /// The contacts a help-desk verification code goes to, the first
     /// active one first: `email`, `sms`, `voice` in any order.
     pub helpdesk_order: Vec<String>,
+    /// VERIFY and VERIFY_SUBJECT attempts per second for the whole tenant
+    /// (a burst of one second's worth); beyond it RATE_LIMITED. 0: no limit
+    /// (refused in production unless `unlimited_guesses` is allowed).
+    pub verify_per_s: u32,
+    /// CHECKs per second for the whole tenant, every front end together;
+    /// 0: no limit (as `verify_per_s` in production).
+    pub check_per_s: u32,
+    /// Per challenge, the least time between a wrong code and the next try;
+    /// sooner is RATE_LIMITED and counts no attempt (0..=60000 ms, 0: none).
+    pub verify_gap_ms: u32,
     /// Keys of the HTTP API, each with its role.
     pub http_keys: Vec<HttpKey>,
 }
@@ -214,6 +228,9 @@ impl std::fmt::Debug for TenantConfig {
             .field("token_max_failures", &self.token_max_failures)
             .field("pin_mode", &self.pin_mode)
             .field("pin_length", &self.pin_length)
+            .field("verify_per_s", &self.verify_per_s)
+            .field("check_per_s", &self.check_per_s)
+            .field("verify_gap_ms", &self.verify_gap_ms)
             .field("helpdesk_order", &self.helpdesk_order)
             .field("http_keys", &self.http_keys)
             .finish()
@@ -240,6 +257,9 @@ impl Default for TenantConfig {
             pin_mode: "none".into(),
             pin_length: watchword_engine::directory::DEFAULT_PIN_LEN,
             helpdesk_order: vec!["email".into(), "sms".into(), "voice".into()],
+            verify_per_s: 0,
+            check_per_s: 0,
+            verify_gap_ms: 0,
             // None by default: a tenant written without `http_keys` must not
             // inherit the development profile's keys.
             http_keys: Vec::new(),
@@ -780,6 +800,12 @@ impl Config {
                     format!("must be 4..=12, got {}", t.pin_length),
                 ));
             }
+            if t.verify_gap_ms > 60_000 {
+                errors.push(err(
+                    at("verify_gap_ms"),
+                    format!("must be 0..=60000 ms, got {}", t.verify_gap_ms),
+                ));
+            }
             let mut seen_kinds = Vec::new();
             for k in &t.helpdesk_order {
                 if !matches!(k.as_str(), "email" | "sms" | "voice") || seen_kinds.contains(k) {
@@ -935,6 +961,35 @@ impl Config {
                             "tenant {:?} has the simulator role, which reads every code",
                             t.name
                         ),
+                    );
+                }
+            }
+        }
+        if !allowed("unlimited_guesses") {
+            for (i, t) in self.tenants.iter().enumerate() {
+                for (key, v) in [
+                    ("verify_per_s", t.verify_per_s),
+                    ("check_per_s", t.check_per_s),
+                ] {
+                    if v == 0 {
+                        refuse(
+                            errors,
+                            format!("tenants[{i}].{key}"),
+                            "unlimited_guesses",
+                            format!("tenant {:?} sets no {key} limit", t.name),
+                        );
+                    }
+                }
+            }
+        }
+        if !allowed("plaintext") {
+            for (i, c) in self.router.carriers.iter().enumerate() {
+                if c.kind == CarrierKind::Http && c.http.url.starts_with("http://") {
+                    refuse(
+                        errors,
+                        format!("router.carriers[{i}].http.url"),
+                        "plaintext",
+                        format!("carrier {:?} sends codes over plain http://", c.name),
                     );
                 }
             }
@@ -1433,6 +1488,17 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
             "Where a help-desk verification code goes: the first active contact of\n\
              these types, in this order."
         }
+        ("[[tenants]]", "verify_per_s") => {
+            "VERIFY attempts per second for the whole tenant (0: no limit;\n\
+             production needs one)."
+        }
+        ("[[tenants]]", "check_per_s") => {
+            "CHECKs per second for the whole tenant, all front ends (0: no limit;\n\
+             production needs one)."
+        }
+        ("[[tenants]]", "verify_gap_ms") => {
+            "Per challenge, ms between a wrong code and the next try (0: none)."
+        }
         ("[[tenants]]", "pin_length") => {
             "Digits of PINs made from now on (4..=12); existing PINs keep theirs."
         }
@@ -1615,7 +1681,7 @@ mod tests {
 
     #[test]
     fn production_may_listen_anywhere() {
-        let text = "[server]\nprofile = \"production\"\nlisten = \"0.0.0.0:7400\"\nallow = [\"plaintext\", \"simulated_carriers\"]\n[[tenants]]\nname = \"x\"\nrole = \"client\"\nkeys = [\"0123456789abcdef\"]\n[storage]\nmaster_key = \"/etc/watchword/master.key\"\n";
+        let text = "[server]\nprofile = \"production\"\nlisten = \"0.0.0.0:7400\"\nallow = [\"plaintext\", \"simulated_carriers\"]\n[[tenants]]\nname = \"x\"\nrole = \"client\"\nkeys = [\"0123456789abcdef\"]\nverify_per_s = 20000\ncheck_per_s = 5000\n[storage]\nmaster_key = \"/etc/watchword/master.key\"\n";
         Config::parse(text).unwrap();
     }
 
@@ -1708,6 +1774,8 @@ mod tests {
             ("development_keys", "radius.clients[0].secret"),
             ("short_keys", "tenants[0].keys[1]"),
             ("plaintext", "server.listen"),
+            ("unlimited_guesses", "tenants[0].verify_per_s"),
+            ("unlimited_guesses", "tenants[0].check_per_s"),
         ] {
             assert!(
                 errs.iter()
@@ -1726,13 +1794,14 @@ mod tests {
             .collect();
         assert!(c.validate().is_empty(), "{:?}", c.validate());
         c.server.allow.push("everything".into());
-        assert!(c.validate().iter().any(|e| e.field == "server.allow[5]"));
+        assert!(c.validate().iter().any(|e| e.field == "server.allow[6]"));
         // TLS on the listeners satisfies the plaintext rule (metrics stay on loopback).
         c.server.allow = vec![
             "simulator_tenants".into(),
             "simulated_carriers".into(),
             "development_keys".into(),
             "short_keys".into(),
+            "unlimited_guesses".into(),
         ];
         c.server.tls_cert = Some(PathBuf::from("/dev/null"));
         c.server.tls_key = Some(PathBuf::from("/dev/null"));
@@ -1741,6 +1810,16 @@ mod tests {
             "{:?}",
             c.validate()
         );
+    }
+
+    #[test]
+    fn production_refuses_codes_over_plain_http_to_a_carrier() {
+        let text = "[server]\nprofile = \"production\"\n[[tenants]]\nname = \"x\"\nrole = \"client\"\nkeys = [\"0123456789abcdef\"]\nverify_per_s = 100\ncheck_per_s = 100\n[storage]\nmaster_key = \"/etc/watchword/master.key\"\n[[router.carriers]]\nname = \"sms\"\nkind = \"http\"\n[router.carriers.http]\nurl = \"http://sms.example/send\"\n";
+        let errs = Config::parse(text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "router.carriers[0].http.url");
+        assert!(errs[0].reason.contains("rule plaintext"), "{errs:?}");
+        Config::parse(&text.replace("http://sms", "https://sms")).unwrap();
     }
 
     #[test]

@@ -154,9 +154,10 @@ impl Backend for Engine {
                     Err(e) => error_response(e),
                 }
             }
-            Request::Verify { id, code } => {
-                Response::Verified(self.verify(tenant, id, code.as_bytes()))
-            }
+            Request::Verify { id, code } => match self.verify(tenant, id, code.as_bytes()) {
+                Ok(o) => Response::Verified(o),
+                Err(e) => error_response(e),
+            },
             Request::VerifySubject { subject, code } => {
                 match self.verify_subject(tenant, &subject, code.as_bytes()) {
                     Ok(o) => Response::Verified(o),

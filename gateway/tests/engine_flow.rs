@@ -473,3 +473,35 @@ async fn one_pending_gauge_equals_the_table_and_every_metric_has_help() {
     }
     r.shutdown();
 }
+
+#[tokio::test]
+async fn a_guess_flood_is_answered_rate_limited_with_a_retry_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.tenants[0].verify_per_s = 4;
+    cfg.tenants[0].verify_gap_ms = 2_000;
+    let r = start(cfg).await.unwrap();
+    let c = demo(&r).await;
+    let a = c.issue(&sms("flood-a", "+14255550160")).await.unwrap();
+    let b = c.issue(&sms("flood-b", "+14255550161")).await.unwrap();
+    let d = c.issue(&sms("flood-d", "+14255550162")).await.unwrap();
+    // A wrong code, then at once another: held by the challenge's gap.
+    let v = c.verify(a.id, "000000").await.unwrap();
+    assert_eq!(v.outcome, VerifyOutcome::Rejected { attempts_left: 4 });
+    let (status, wait) = status_of(c.verify(a.id, "111111").await);
+    assert_eq!(status, Status::RateLimited);
+    assert!((1..=2_000).contains(&wait), "{wait}");
+    // Other challenges are not held; the tenant's 4 a second are.
+    let v = c.verify(b.id, "000000").await.unwrap();
+    assert_eq!(v.outcome, VerifyOutcome::Rejected { attempts_left: 4 });
+    let _ = c.verify_subject("flood-b", "222222").await;
+    // A fifth guess within the second, on a challenge never tried: the
+    // tenant's rate refuses it.
+    let (status, _) = status_of(c.verify(d.id, "333333").await);
+    assert_eq!(status, Status::RateLimited);
+    assert_eq!(c.status(d.id).await.unwrap().attempts_left, 5);
+    // Refused guesses counted no attempt.
+    assert_eq!(c.status(a.id).await.unwrap().attempts_left, 4);
+    r.shutdown();
+    r.wait().await;
+}

@@ -408,6 +408,49 @@ impl KeyedLimiter {
     }
 }
 
+/// A keyless rate limit, lock-free: one tenant's VERIFY or CHECK attempts.
+/// A GCRA over one atomic theoretical arrival time, on the engine's clock:
+/// `per_s` attempts a second, a burst of one second's worth.
+pub(crate) struct RateGate {
+    interval_us: u64,
+    tolerance_us: u64,
+    tat_us: std::sync::atomic::AtomicU64,
+}
+
+impl RateGate {
+    /// A gate for `per_s` attempts a second; `None` when 0 (no limit).
+    pub(crate) fn per_second(per_s: u32) -> Option<RateGate> {
+        (per_s > 0).then(|| {
+            let interval_us = (1_000_000 / u64::from(per_s)).max(1);
+            RateGate {
+                interval_us,
+                tolerance_us: interval_us * u64::from(per_s - 1),
+                tat_us: std::sync::atomic::AtomicU64::new(0),
+            }
+        })
+    }
+
+    /// Lets one attempt through at `now` (ms), or answers the ms to wait.
+    pub(crate) fn acquire(&self, now_ms: u64) -> Result<(), u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now_us = now_ms.saturating_mul(1_000);
+        let mut tat = self.tat_us.load(Relaxed);
+        loop {
+            let base = tat.max(now_us);
+            if base - now_us > self.tolerance_us {
+                return Err((base - now_us - self.tolerance_us).div_ceil(1_000).max(1));
+            }
+            match self
+                .tat_us
+                .compare_exchange_weak(tat, base + self.interval_us, Relaxed, Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(seen) => tat = seen,
+            }
+        }
+    }
+}
+
 /// Gives memory back once a map is mostly empty, but not on every janitor
 /// pass: shrinking a map that is about to grow again only churns pages.
 fn shrink_if_mostly_empty<V>(map: &mut Map<V>) {
@@ -468,6 +511,19 @@ mod tests {
             seen[KeyedLimiter::shard(i << (57 - SHARDS.trailing_zeros()))] = true;
         }
         assert!(seen.iter().all(|&s| s), "every shard is reachable");
+    }
+
+    #[test]
+    fn a_rate_gate_allows_its_burst_then_its_rate() {
+        assert!(RateGate::per_second(0).is_none());
+        let g = RateGate::per_second(100).unwrap();
+        for _ in 0..100 {
+            assert!(g.acquire(1_000).is_ok());
+        }
+        assert_eq!(g.acquire(1_000), Err(10));
+        assert!(g.acquire(1_010).is_ok(), "one more every 10 ms");
+        assert!(g.acquire(1_010).is_err());
+        assert!(g.acquire(3_000).is_ok(), "idle time refills the burst");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod destination;
 pub mod http;
 mod limits;
+pub(crate) use limits::RateGate;
 mod pace;
 pub mod router;
 pub mod simulated;

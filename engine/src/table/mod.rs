@@ -674,19 +674,38 @@ impl ChallengeTable {
     /// Locking behaviour: takes the id's shard lock once; the sink is called
     /// after it is released.
     pub fn verify(&self, tenant: TenantId, id: ChallengeId, code: &[u8]) -> VerifyOutcome {
+        // With no gap the attempt is never refused for coming too soon.
+        self.verify_spaced(tenant, id, code, 0)
+            .unwrap_or(VerifyOutcome::Unknown)
+    }
+
+    /// [`Self::verify`], refusing the attempt (`Err(ms to wait)`, nothing
+    /// counted, nothing changed) when the challenge's last wrong code came
+    /// less than `gap_ms` ago: a floor under the lockout that spreads a
+    /// guesser's attempts out in time.
+    pub fn verify_spaced(
+        &self,
+        tenant: TenantId,
+        id: ChallengeId,
+        code: &[u8],
+        gap_ms: u32,
+    ) -> Result<VerifyOutcome, u32> {
         let now = self.clock.now_ms();
         let grace = self.grace_ms();
         let (outcome, event) = {
             let mut shard = self.lock_shard(self.shard_of_id(id));
             match shard.find_id(self.id_hash(id), id) {
                 Some(slot) if shard.entry(slot).tenant == tenant.0 => {
+                    if let Some(wait) = shard.too_soon(slot, now, gap_ms) {
+                        return Err(wait);
+                    }
                     shard.verify_slot(slot, code, now, grace, |e, t| self.transition_event(e, t))
                 }
                 _ => (VerifyOutcome::Unknown, None),
             }
         };
         self.after_transition(event, now);
-        self.record_verify(outcome)
+        Ok(self.record_verify(outcome))
     }
 
     /// Checks `code` against the newest pending challenge of `subject`.
@@ -695,8 +714,21 @@ impl ChallengeTable {
     /// no live one remains). Locking behaviour: takes the subject's shard lock
     /// once; the sink is called after it is released.
     pub fn verify_subject(&self, tenant: TenantId, subject: &str, code: &[u8]) -> VerifyOutcome {
+        // With no gap the attempt is never refused for coming too soon.
+        self.verify_subject_spaced(tenant, subject, code, 0)
+            .unwrap_or(VerifyOutcome::Unknown)
+    }
+
+    /// [`Self::verify_subject`] with the floor of [`Self::verify_spaced`].
+    pub fn verify_subject_spaced(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        code: &[u8],
+        gap_ms: u32,
+    ) -> Result<VerifyOutcome, u32> {
         if subject.is_empty() || subject.len() > MAX_SUBJECT_LEN {
-            return self.record_verify(VerifyOutcome::Unknown);
+            return Ok(self.record_verify(VerifyOutcome::Unknown));
         }
         let now = self.clock.now_ms();
         let grace = self.grace_ms();
@@ -722,18 +754,24 @@ impl ChallengeTable {
                 break;
             }
             match found {
-                Some(slot) => {
-                    shard.verify_slot(slot, code, now, grace, |e, t| self.transition_event(e, t))
-                }
-                None if saw_expired => (VerifyOutcome::Expired, None),
-                None => (VerifyOutcome::Unknown, None),
+                Some(slot) => match shard.too_soon(slot, now, gap_ms) {
+                    Some(wait) => (Err(wait), None),
+                    None => {
+                        let (o, ev) = shard.verify_slot(slot, code, now, grace, |e, t| {
+                            self.transition_event(e, t)
+                        });
+                        (Ok(o), ev)
+                    }
+                },
+                None if saw_expired => (Ok(VerifyOutcome::Expired), None),
+                None => (Ok(VerifyOutcome::Unknown), None),
             }
         };
         for ev in &expired_events {
             ev.emit(&*self.sink, now, None, Some("validity period ended"));
         }
         self.after_transition(event, now);
-        self.record_verify(outcome)
+        outcome.map(|o| self.record_verify(o))
     }
 
     /// Maps a shard transition to the verify outcome and the event to emit.

@@ -144,7 +144,9 @@ pub(super) struct Entry {
     pub(super) expires_at_ms: u64,
     /// Subject bytes, then destination bytes.
     text: Text,
-    /// When a tombstone is forgotten, seconds after the shard epoch.
+    /// When a tombstone is forgotten, seconds after the shard epoch; while
+    /// pending, when its last wrong code came (ms after the epoch, low 32
+    /// bits; 0: none yet).
     forget_at_s: u32,
     /// The next-older pending entry of the same subject.
     prev: u32,
@@ -841,6 +843,30 @@ impl Shard {
         self.live -= 1;
     }
 
+    /// `now` as milliseconds after the epoch plus one, low 32 bits, never 0
+    /// (0 means "no wrong code yet"); differences are taken with wrapping
+    /// arithmetic, exact while a challenge lives (an hour at most), far
+    /// below the 49-day wrap.
+    fn relative_ms(&self, now: u64) -> u32 {
+        (now.saturating_sub(self.epoch_ms).wrapping_add(1) as u32).max(1)
+    }
+
+    /// How long, in ms, before a pending, unexpired entry takes another code
+    /// when its last wrong one came less than `gap_ms` ago; `None` when it
+    /// may be tried now.
+    pub(super) fn too_soon(&self, slot: u32, now: u64, gap_ms: u32) -> Option<u32> {
+        let e = self.entry(slot);
+        if gap_ms == 0
+            || e.forget_at_s == 0
+            || e.state() != ChallengeState::Pending
+            || e.expires_at_ms <= now
+        {
+            return None;
+        }
+        let since = self.relative_ms(now).wrapping_sub(e.forget_at_s);
+        (since < gap_ms).then(|| gap_ms - since)
+    }
+
     /// One verify attempt against a slot, deadline checked first; `read`
     /// sees the entry after the attempt (before a finished one is forgotten)
     /// and what the attempt did.
@@ -861,8 +887,12 @@ impl Shard {
         } else if e.code().matches(code) {
             (Transition::Approved, Some(ChallengeState::Approved))
         } else {
+            let at = self.relative_ms(now);
             let e = self.entry_mut(slot);
             e.attempts_left = e.attempts_left.saturating_sub(1);
+            // While pending, `forget_at_s` holds when the last wrong code came
+            // (see `too_soon`); `finish` sets the real forget time.
+            e.forget_at_s = at;
             if e.attempts_left == 0 {
                 (Transition::Locked, Some(ChallengeState::Locked))
             } else {
