@@ -13,18 +13,25 @@
 //! records how many were lost. A writer thread wakes every few milliseconds (or
 //! at once when the queue is half full), appends what is queued, flushes and
 //! fsyncs every `flush_interval_ms` and at [`AuditLog::close`], and rotates the
-//! file by size (`path.1`, `path.2`, ...). Waking the writer per event cost a
-//! futex call per event, a fifth of the gateway's CPU under an issue load.
+//! file by size: it renames the full file `PATH.<UTC time>` and starts a new
+//! one. Waking the writer per event cost a futex call per event, a fifth of
+//! the gateway's CPU under an issue load.
+//!
+//! Rotated files are compressed and retained by age and disk budget by the
+//! archiver thread ([`archive`]), never on the recording path or the writer
+//! thread: the writer only renames files.
 //!
 //! This module must never write a code, a key or a full destination: events
 //! carry only masked destinations and never a code.
 
+mod archive;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::mpsc::{Sender, SyncSender, sync_channel};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -56,6 +63,8 @@ pub struct AuditLog {
     writer_thread: Thread,
     dropped: Arc<AtomicU64>,
     unreported: AtomicU64,
+    deleted_early: Arc<AtomicU64>,
+    archiver: Sender<archive::Msg>,
     server: String,
     server_ip: String,
     tenants: Vec<String>,
@@ -84,8 +93,11 @@ fn result_of(kind: EventKind) -> &'static str {
 }
 
 impl AuditLog {
-    /// Opens (appends to) the file and starts the writer thread. `tenants`
-    /// are the tenant names in `TenantId` order.
+    /// Opens (appends to) the file and starts the writer and archiver
+    /// threads. Rotated files of the former
+    /// scheme (`PATH.1`, `PATH.2`, ...) are renamed to the stamp of their
+    /// modification time, to be compressed and retained like the others.
+    /// `tenants` are the tenant names in `TenantId` order.
     pub fn open(
         cfg: &AuditConfig,
         server: &str,
@@ -97,6 +109,22 @@ impl AuditLog {
         {
             std::fs::create_dir_all(dir)?;
         }
+        let names = archive::Names::new(&cfg.path);
+        let legacy = names.scan()?.legacy;
+        if !legacy.is_empty() {
+            let n = names.adopt_legacy(&legacy)?;
+            tracing::info!(
+                files = n,
+                "audit files of the former rotation scheme renamed to their time, to be compressed"
+            );
+        }
+        let newest = names
+            .scan()?
+            .rotated
+            .iter()
+            .map(|r| r.stamp_ms)
+            .max()
+            .unwrap_or(0);
         let file = open_append(&cfg.path)?;
         let size = file.metadata()?.len();
         let shared = Arc::new(Shared {
@@ -105,12 +133,24 @@ impl AuditLog {
             closed: AtomicBool::new(false),
         });
         let dropped = Arc::new(AtomicU64::new(0));
+        let deleted_early = Arc::new(AtomicU64::new(0));
+        let (to_archiver, archiver_rx) = std::sync::mpsc::channel();
+        let archiver = archive::Archiver::new(
+            names.clone(),
+            archive::Retention::of(cfg),
+            newest,
+            Arc::clone(&deleted_early),
+        );
+        std::thread::Builder::new()
+            .name("watchword-audit-archive".into())
+            .spawn(move || archiver.run(&archiver_rx))?;
         let w = Writer {
-            path: cfg.path.clone(),
+            names,
             out: BufWriter::with_capacity(256 * 1024, file),
             size,
             max_bytes: cfg.max_file_bytes.max(4096),
-            max_files: cfg.max_files,
+            last_stamp_ms: newest,
+            archiver: to_archiver.clone(),
             interval: Duration::from_millis(cfg.flush_interval_ms.max(1)),
             last_error_log: None,
             errors_unlogged: 0,
@@ -126,6 +166,8 @@ impl AuditLog {
             writer_thread: handle.thread().clone(),
             dropped,
             unreported: AtomicU64::new(0),
+            deleted_early,
+            archiver: to_archiver,
             server: server.to_owned(),
             server_ip: server_ip.to_owned(),
             tenants,
@@ -136,6 +178,27 @@ impl AuditLog {
     /// Events dropped because the buffer was full, since start.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records deleted by the disk budget (or `max_files`) while younger than
+    /// `min_age_hours`, since start (`watchword_audit_deleted_early_total`).
+    pub fn deleted_early(&self) -> u64 {
+        self.deleted_early.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the archiver has compressed every file rotated so far and
+    /// applied retention (call [`AuditLog::flush`] first for the lines
+    /// queued). Blocking, and as long as compressing those files takes.
+    pub fn archive(&self) {
+        let (ack, done) = sync_channel(1);
+        if self.archiver.send(archive::Msg::Settle(ack)).is_ok()
+            && done.recv_timeout(FLUSH_WAIT).is_err()
+        {
+            tracing::error!(
+                waited_s = FLUSH_WAIT.as_secs(),
+                "audit archiver did not finish its pass"
+            );
+        }
     }
 
     /// Waits until every line queued so far is written, flushed and fsynced.
@@ -353,11 +416,13 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 }
 
 struct Writer {
-    path: PathBuf,
+    names: archive::Names,
     out: BufWriter<File>,
     size: u64,
     max_bytes: u64,
-    max_files: u32,
+    /// The stamp of the newest rotated file: the next one is later.
+    last_stamp_ms: u64,
+    archiver: Sender<archive::Msg>,
     interval: Duration,
     /// When an I/O error was last logged, and how many were not logged since:
     /// a failing disk gets one error line per second, not one per event.
@@ -415,7 +480,11 @@ impl Writer {
     fn write(&mut self, line: &str) -> std::io::Result<()> {
         let n = line.len() as u64 + 1;
         if self.size > 0 && self.size + n > self.max_bytes {
-            self.rotate()?;
+            // A failed rotation keeps the current file: the line is written
+            // there rather than lost.
+            if let Err(e) = self.rotate() {
+                self.report_error("rotation", &e);
+            }
         }
         self.out.write_all(line.as_bytes())?;
         self.out.write_all(b"\n")?;
@@ -433,32 +502,43 @@ impl Writer {
         }
     }
 
-    fn rotated(&self, i: u32) -> PathBuf {
-        let mut p = self.path.clone().into_os_string();
-        p.push(format!(".{i}"));
-        PathBuf::from(p)
-    }
-
+    /// Renames the current file `PATH.<stamp>` (later than any before it)
+    /// and opens a new one; once nothing more can reach the old file, tells
+    /// the archiver it is sealed. Every line is in exactly one file: the old
+    /// file holds what was written before, the new one what comes after.
     fn rotate(&mut self) -> std::io::Result<()> {
         self.sync();
-        if self.max_files == 0 {
-            match std::fs::remove_file(&self.path) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                r => r?,
-            }
-        } else {
-            let _ = std::fs::remove_file(self.rotated(self.max_files));
-            for i in (1..self.max_files).rev() {
-                let _ = std::fs::rename(self.rotated(i), self.rotated(i + 1));
-            }
-            match std::fs::rename(&self.path, self.rotated(1)) {
-                // Removed from under us (by hand, or another rotator): start anew.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                r => r?,
-            }
+        let mut stamp_ms = archive::now_ms().max(self.last_stamp_ms + 1);
+        while self.names.taken(stamp_ms) {
+            stamp_ms += 1;
         }
-        self.out = BufWriter::with_capacity(256 * 1024, open_append(&self.path)?);
+        let rotated = self.names.plain(stamp_ms);
+        match std::fs::rename(&self.names.current, &rotated) {
+            // Removed from under us (by hand, or another rotator): start anew.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.out = BufWriter::with_capacity(256 * 1024, open_append(&self.names.current)?);
+                self.size = 0;
+                return Ok(());
+            }
+            r => r?,
+        }
+        self.last_stamp_ms = stamp_ms;
+        let file = match open_append(&self.names.current) {
+            Ok(f) => f,
+            Err(e) => {
+                // Keep writing to the old file under its old name.
+                let _ = std::fs::rename(&rotated, &self.names.current);
+                return Err(e);
+            }
+        };
+        let old = std::mem::replace(&mut self.out, BufWriter::with_capacity(256 * 1024, file));
         self.size = 0;
+        // Whatever the failed flush of `sync` left is written (or lost) now,
+        // before the archiver may touch the file.
+        if let Err(e) = old.into_inner().map_err(|e| e.into_error()) {
+            self.report_error("flush", &e);
+        }
+        let _ = self.archiver.send(archive::Msg::Sealed(stamp_ms));
         Ok(())
     }
 }
@@ -601,14 +681,43 @@ mod tests {
         (cfg, log)
     }
 
+    /// The trail's files in `dir` besides the current one, by name.
+    fn rotated_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("a.jsonl."))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Every line of the trail in `dir`, oldest first: the rotated files
+    /// (decompressed) by stamp, then the current file.
+    fn trail(dir: &Path) -> Vec<String> {
+        let mut text = String::new();
+        for name in rotated_in(dir) {
+            let bytes = std::fs::read(dir.join(&name)).unwrap();
+            let plain = if name.ends_with(".zst") {
+                zstd::stream::decode_all(&bytes[..]).unwrap()
+            } else {
+                bytes
+            };
+            text.push_str(std::str::from_utf8(&plain).unwrap());
+        }
+        if let Ok(current) = std::fs::read_to_string(dir.join("a.jsonl")) {
+            text.push_str(&current);
+        }
+        text.lines().map(str::to_owned).collect()
+    }
+
     #[test]
-    fn writes_rotates_and_never_holds_the_full_number() {
+    fn rotation_compresses_every_file_and_loses_or_repeats_no_line() {
         let dir = tempfile::tempdir().unwrap();
-        let (cfg, log) = log_in(
+        let (_, log) = log_in(
             &dir,
             AuditConfig {
                 max_file_bytes: 4096,
-                max_files: 5,
                 ..AuditConfig::default()
             },
         );
@@ -616,22 +725,273 @@ mod tests {
             client_ip: Some("203.0.113.9"),
             ..event(EventKind::Issued)
         });
-        for _ in 0..20 {
-            log.record(&event(EventKind::Rejected));
+        let subjects: Vec<String> = (0..600).map(|i| format!("user-{i}")).collect();
+        for (i, s) in subjects.iter().enumerate() {
+            log.record(&Event {
+                subject: s,
+                at_ms: 1 + i as u64,
+                ..event(EventKind::Rejected)
+            });
+            if i % 100 == 0 {
+                // Rotations on both sides of a flush.
+                log.flush();
+            }
         }
         log.close();
-        let first = std::fs::read_to_string(cfg.path.with_extension("jsonl.1")).unwrap();
-        let line: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
-        assert_eq!(line["event"], "issued");
-        assert_eq!(line["client_ip"], "203.0.113.9");
-        assert_eq!(line["destination"], "+14*******34");
-        assert_eq!(line["tenant"], "demo");
-        assert!(!cfg.path.with_extension("jsonl.2").exists());
-        let rest = std::fs::read_to_string(&cfg.path).unwrap();
-        assert_eq!(first.lines().count() + rest.lines().count(), 21);
-        let all = first + &rest;
+        log.archive();
+        let names = rotated_in(dir.path());
+        // 601 lines of about 300 bytes in files of 4 KiB: dozens of rotations,
+        // each compressed, no plain or temporary file left.
+        assert!(names.len() >= 30, "{names:?}");
+        for n in &names {
+            let stamp = n
+                .strip_prefix("a.jsonl.")
+                .and_then(|r| r.strip_suffix(".zst"))
+                .unwrap_or_else(|| panic!("not a compressed rotated file: {n}"));
+            assert!(archive::parse_stamp(stamp).is_some(), "{n}");
+        }
+        let lines = trail(dir.path());
+        assert_eq!(lines.len(), 601, "no line lost or repeated");
+        let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(first["event"], "issued");
+        assert_eq!(first["client_ip"], "203.0.113.9");
+        assert_eq!(first["destination"], "+14*******34");
+        assert_eq!(first["tenant"], "demo");
+        for (line, s) in lines[1..].iter().zip(&subjects) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["subject"], s.as_str(), "in order");
+        }
+        let all = lines.join("\n");
         assert!(!all.contains("4255551234"));
-        assert!(all.lines().all(|l| l.len() < 4096));
+        assert!(lines.iter().all(|l| l.len() < 4096));
+        // zstd's own tool reads them too, when it is installed.
+        if let Ok(out) = std::process::Command::new("zstdcat")
+            .arg(dir.path().join(&names[0]))
+            .output()
+        {
+            assert!(out.status.success());
+            assert!(String::from_utf8_lossy(&out.stdout).starts_with(&lines[0]));
+        }
+    }
+
+    /// Writes `lines` records (`ts_ms` from `first_ts`, one a millisecond)
+    /// to `path`, plain.
+    fn write_records(path: &Path, first_ts: u64, lines: u64) {
+        let mut text = String::new();
+        for i in 0..lines {
+            text.push_str(&format!(
+                "{{\"ts_ms\":{},\"event\":\"issued\",\"subject\":\"u{i}\"}}\n",
+                first_ts + i
+            ));
+        }
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn a_start_after_a_crash_finishes_the_compression_and_adopts_old_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = archive::Names::new(&dir.path().join("a.jsonl"));
+        let now = archive::now_ms();
+        // Rotated, not compressed: the crash came before the compression.
+        let plain = names.plain(now - 3_000);
+        write_records(&plain, now - 4_000, 10);
+        // A compression that was under way: its temporary file is dropped.
+        let mut tmp = names.plain(now - 2_000).into_os_string();
+        tmp.push(".zst.tmp");
+        std::fs::write(&tmp, b"partial").unwrap();
+        // Compressed and renamed, the plain file not yet deleted.
+        let both = names.plain(now - 1_000);
+        write_records(&both, now - 1_500, 5);
+        let f = archive::Rotated {
+            path: both.clone(),
+            stamp_ms: now - 1_000,
+            compressed: false,
+            bytes: 0,
+        };
+        archive::compress(&f).unwrap();
+        write_records(&both, now - 1_500, 5);
+        // The former scheme: .2 older than .1.
+        let old = |n: u32, ago_ms: u64, first: u64| {
+            let p = dir.path().join(format!("a.jsonl.{n}"));
+            write_records(&p, first, 3);
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(std::time::UNIX_EPOCH + Duration::from_millis(now - ago_ms))
+                .unwrap();
+        };
+        old(2, 20_000, 100);
+        old(1, 10_000, 200);
+        let (_, log) = log_in(&dir, AuditConfig::default());
+        log.record(&event(EventKind::Issued));
+        log.close();
+        log.archive();
+        let names = rotated_in(dir.path());
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert!(names.iter().all(|n| n.ends_with(".zst")), "{names:?}");
+        assert_eq!(
+            names[0],
+            format!("a.jsonl.{}.zst", archive::stamp(now - 20_000)),
+            "a former file is named by its modification time"
+        );
+        let ts: Vec<u64> = trail(dir.path())
+            .iter()
+            .map(|l| archive::ts_ms_of(l.as_bytes()).unwrap())
+            .collect();
+        let mut want: Vec<u64> = (100..103).chain(200..203).collect();
+        want.extend((0..10).map(|i| now - 4_000 + i));
+        want.extend((0..5).map(|i| now - 1_500 + i));
+        want.push(1);
+        assert_eq!(ts, want);
+    }
+
+    #[test]
+    fn rotated_files_past_the_age_limit_are_deleted_by_their_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = archive::Names::new(&dir.path().join("a.jsonl"));
+        let now = archive::now_ms();
+        const DAY: u64 = 24 * 3600 * 1000;
+        for days in [120, 91, 89, 1] {
+            write_records(&names.plain(now - days * DAY), now - days * DAY - 10, 2);
+        }
+        let (_, log) = log_in(
+            &dir,
+            AuditConfig {
+                max_age_days: 90,
+                ..AuditConfig::default()
+            },
+        );
+        log.archive();
+        let kept = rotated_in(dir.path());
+        assert_eq!(
+            kept,
+            vec![
+                format!("a.jsonl.{}.zst", archive::stamp(now - 89 * DAY)),
+                format!("a.jsonl.{}.zst", archive::stamp(now - DAY)),
+            ]
+        );
+        assert_eq!(log.deleted_early(), 0, "age is no early deletion");
+    }
+
+    /// A log subscriber that keeps what it is given.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Writes `lines` records to the rotated file of `stamp_ms` and
+    /// compresses it; returns its size.
+    fn rotated_file(
+        names: &archive::Names,
+        stamp_ms: u64,
+        first_ts: u64,
+        lines: u64,
+        extra: &str,
+    ) -> u64 {
+        let path = names.plain(stamp_ms);
+        write_records(&path, first_ts, lines);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(extra.as_bytes())
+            .unwrap();
+        archive::compress(&archive::Rotated {
+            path,
+            stamp_ms,
+            compressed: false,
+            bytes: 0,
+        })
+        .unwrap()
+    }
+
+    /// Runs `f` with a log subscriber; returns what it logged.
+    fn logged(f: impl FnOnce()) -> String {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer({
+                let c = captured.clone();
+                move || c.clone()
+            })
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(captured.0.lock().clone()).unwrap()
+    }
+
+    #[test]
+    fn the_budget_deletes_the_oldest_first_and_counts_and_logs_early_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = archive::Names::new(&dir.path().join("a.jsonl"));
+        const H: u64 = 3600 * 1000;
+        let now = 1_000 * 24 * H;
+        // Two old files, then two of the last hours. The first young one
+        // holds 100 records from 30 h ago (older than min_age_hours: not
+        // counted), a gap line (no record) and one record from 3 h ago.
+        let young_extra = format!(
+            "{{\"event\":\"audit_gap\",\"dropped\":1}}\n{{\"ts_ms\":{},\"event\":\"issued\"}}\n",
+            now - 3 * H
+        );
+        let sizes = [
+            rotated_file(&names, now - 72 * H, now - 73 * H, 100, ""),
+            rotated_file(&names, now - 48 * H, now - 49 * H, 100, ""),
+            rotated_file(&names, now - 2 * H, now - 30 * H, 100, &young_extra),
+            rotated_file(&names, now - H, now - 90 * 60 * 1000, 100, ""),
+        ];
+        std::fs::write(&names.current, "").unwrap();
+        let one = *sizes.iter().max().unwrap();
+        assert!(one + 10 < 2 * sizes.iter().min().unwrap());
+        let deleted_early = Arc::new(AtomicU64::new(0));
+        let retention = archive::Retention {
+            max_age_ms: Some(90 * 24 * H),
+            // Room for one file.
+            max_total_bytes: one + 10,
+            max_files: None,
+            min_age_ms: 24 * H,
+        };
+        let mut a =
+            archive::Archiver::new(names.clone(), retention, now, Arc::clone(&deleted_early));
+        let t0 = Instant::now();
+        let log = logged(|| a.pass(now, t0));
+        assert_eq!(
+            rotated_in(dir.path()),
+            vec![format!("a.jsonl.{}.zst", archive::stamp(now - H))],
+            "the oldest went first"
+        );
+        // Of the file rotated 2 h ago, one record was of the last 24 h.
+        assert_eq!(deleted_early.load(Ordering::Relaxed), 1);
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{log}");
+        assert!(errors[0].contains("records=1"), "{log}");
+        assert!(errors[0].contains("files=1"), "{log}");
+        assert!(
+            errors[0].contains(&format!("newest_record_age_s={}", 3 * 3600)),
+            "{log}"
+        );
+        // More early deletions within the minute are counted at once and
+        // logged when the minute is over, together.
+        rotated_file(&names, now - H / 2, now - H, 100, "");
+        rotated_file(&names, now - H / 4, now - H / 2, 100, "");
+        let log = logged(|| {
+            a.pass(now, t0 + Duration::from_secs(10));
+            assert_eq!(deleted_early.load(Ordering::Relaxed), 1 + 100 + 100);
+        });
+        assert!(!log.contains("ERROR"), "{log}");
+        let log = logged(|| a.pass(now, t0 + Duration::from_secs(60)));
+        assert!(
+            log.contains("records=200") && log.contains("files=2"),
+            "{log}"
+        );
+        assert_eq!(
+            rotated_in(dir.path()),
+            vec![format!("a.jsonl.{}.zst", archive::stamp(now - H / 4))],
+        );
     }
 
     #[test]
@@ -677,7 +1037,7 @@ mod tests {
             &dir,
             AuditConfig {
                 max_file_bytes: 4096,
-                max_files: 3,
+                max_files: Some(3),
                 ..AuditConfig::default()
             },
         );

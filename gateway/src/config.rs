@@ -481,12 +481,25 @@ impl std::fmt::Debug for RadiusUpstreamConfig {
 pub struct AuditConfig {
     /// Write the audit log at all.
     pub enabled: bool,
-    /// The JSON Lines file; rotated files get `.1`, `.2`, ... appended.
+    /// The JSON Lines file. A rotated file is renamed `PATH.<UTC time>`
+    /// (`20250131T120000.123Z`, when it was rotated), then compressed to
+    /// `PATH.<UTC time>.zst`.
     pub path: PathBuf,
     /// Rotate when the file would grow beyond this many bytes.
     pub max_file_bytes: u64,
-    /// Rotated files kept.
-    pub max_files: u32,
+    /// Optional limit on the number of rotated files kept (unset: none; 0
+    /// keeps no rotated file). Age and disk budget apply either way.
+    pub max_files: Option<u32>,
+    /// Rotated files whose newest record is older than this many days are
+    /// deleted (0: no age limit).
+    pub max_age_days: u32,
+    /// The disk budget of the trail: the current file and every rotated
+    /// file together; beyond it the oldest rotated files are deleted.
+    pub max_total_bytes: u64,
+    /// A record deleted (by the disk budget or `max_files`) younger than this
+    /// many hours is counted (`watchword_audit_deleted_early_total`) and
+    /// logged as an error.
+    pub min_age_hours: u32,
     /// Events buffered in memory; when full, new events are dropped and counted.
     pub buffer_events: usize,
     /// Flush and fsync at least this often, milliseconds.
@@ -499,7 +512,10 @@ impl Default for AuditConfig {
             enabled: true,
             path: PathBuf::from("watchword-audit.jsonl"),
             max_file_bytes: 64 * 1024 * 1024,
-            max_files: 10,
+            max_files: None,
+            max_age_days: 90,
+            max_total_bytes: 4 * 1024 * 1024 * 1024,
+            min_age_hours: 24,
             buffer_events: 65_536,
             flush_interval_ms: 200,
         }
@@ -900,6 +916,7 @@ impl Config {
             if a.flush_interval_ms == 0 || a.flush_interval_ms > 60_000 {
                 errors.push(err("audit.flush_interval_ms", "must be 1..=60000"));
             }
+            validate_audit_retention(a, &mut errors);
         }
         errors
     }
@@ -1263,6 +1280,13 @@ impl Config {
             out.push_str(line);
             out.push('\n');
             // Keys unset by default print nothing in TOML: shown commented.
+            if header == "[audit]" && t.starts_with("max_file_bytes = ") {
+                out.push_str(
+                    "# Optional limit on the number of rotated files kept (unset: none;\n\
+                     # 0 keeps none); max_age_days and max_total_bytes apply either way.\n\
+                     # max_files = 1000\n",
+                );
+            }
             if header == "[server]" && t.starts_with("idle_timeout_s = ") {
                 out.push_str(
                     "# PEM certificate chain; with tls_key, the protocol and the HTTP API\n\
@@ -1274,6 +1298,45 @@ impl Config {
             }
         }
         out
+    }
+}
+
+/// The `[audit]` retention mistakes: the disk budget must hold the current
+/// file and one rotated file beside it, and the age limit must not delete
+/// what `min_age_hours` promises to keep.
+fn validate_audit_retention(a: &AuditConfig, errors: &mut Vec<ConfigError>) {
+    if a.max_total_bytes < a.max_file_bytes.saturating_mul(2) {
+        errors.push(err(
+            "audit.max_total_bytes",
+            format!(
+                "must be at least twice audit.max_file_bytes ({}): the current file and \
+                 one rotated file must fit, got {}",
+                a.max_file_bytes.saturating_mul(2),
+                a.max_total_bytes
+            ),
+        ));
+    }
+    if a.max_age_days > 36_500 {
+        errors.push(err(
+            "audit.max_age_days",
+            format!("must be 0 (no age limit)..=36500, got {}", a.max_age_days),
+        ));
+    }
+    if a.min_age_hours > 24 * 36_500 {
+        errors.push(err(
+            "audit.min_age_hours",
+            format!("must be 0..=876000, got {}", a.min_age_hours),
+        ));
+    } else if a.max_age_days > 0 && u64::from(a.min_age_hours) > u64::from(a.max_age_days) * 24 {
+        errors.push(err(
+            "audit.min_age_hours",
+            format!(
+                "must not exceed audit.max_age_days x 24 ({}): records older than \
+                 max_age_days are deleted, got {}",
+                u64::from(a.max_age_days) * 24,
+                a.min_age_hours
+            ),
+        ));
     }
 }
 
@@ -1598,9 +1661,24 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
         }
         ("[router.carriers.http]", "pool_idle_timeout_ms") => "Close an idle connection after, ms.",
         ("[audit]", "enabled") => "Write the audit log.",
-        ("[audit]", "path") => "Audit file; rotated files get .1, .2, ...",
+        ("[audit]", "path") => {
+            "Audit file. A full file is renamed PATH.<UTC time of rotation>, e.g.\n\
+             watchword-audit.jsonl.20250131T120000.123Z, then compressed with zstd\n\
+             to that name plus .zst (read it with zstdcat)."
+        }
         ("[audit]", "max_file_bytes") => "Rotate beyond this size.",
-        ("[audit]", "max_files") => "Rotated files kept.",
+        ("[audit]", "max_age_days") => {
+            "Delete rotated files whose newest record is older than this (0: never by age)."
+        }
+        ("[audit]", "max_total_bytes") => {
+            "Disk budget of the trail (current file and rotated files, as stored);\n\
+             beyond it the oldest rotated files are deleted. At least 2 x max_file_bytes."
+        }
+        ("[audit]", "min_age_hours") => {
+            "Records deleted by the disk budget (or max_files) younger than this are\n\
+             counted (watchword_audit_deleted_early_total) and logged as an error:\n\
+             the budget is too small for the traffic."
+        }
         ("[audit]", "buffer_events") => {
             "Events buffered in memory; when full, new events are dropped and counted\n\
              (metric watchword_audit_dropped_total, and an audit_gap line when room returns)."
@@ -1667,6 +1745,82 @@ mod tests {
             assert!(fields.contains(&want), "{want} missing in {errs:?}");
         }
         assert!(!format!("{errs:?}").contains("short\""), "a key leaked");
+    }
+
+    #[test]
+    fn audit_retention_mistakes_name_the_field_and_the_reason() {
+        let base = "[[tenants]]\nname = \"x\"\nkeys = [\"0123456789\"]\n[audit]\n";
+        let errs = |audit: &str| Config::parse(&format!("{base}{audit}")).unwrap_err();
+        let one = |audit: &str, field: &str, why: &str| {
+            let e = errs(audit);
+            assert!(
+                e.iter().any(|e| e.field == field && e.reason.contains(why)),
+                "{audit}: want {field}: {why}, got {e:?}"
+            );
+        };
+        one(
+            "max_total_bytes = 100000000",
+            "audit.max_total_bytes",
+            "at least twice audit.max_file_bytes (134217728)",
+        );
+        one(
+            "max_age_days = 1\nmin_age_hours = 48",
+            "audit.min_age_hours",
+            "must not exceed audit.max_age_days x 24 (24)",
+        );
+        one("max_age_days = 40000", "audit.max_age_days", "36500");
+        one("max_files = -1", "audit", "max_files");
+        // Every one says where.
+        assert!(
+            errs("max_age_days = 40000")[0]
+                .reason
+                .ends_with("(line 5, column 1)")
+        );
+        // Good values, and the former count key, are read.
+        let c = Config::parse(&format!(
+            "{base}max_files = 10\nmax_age_days = 0\nmin_age_hours = 0\nmax_total_bytes = 134217728\n"
+        ))
+        .unwrap();
+        assert_eq!(c.audit.max_files, Some(10));
+        assert_eq!(c.audit.max_age_days, 0);
+        let d = AuditConfig::default();
+        assert_eq!(
+            (
+                d.max_files,
+                d.max_age_days,
+                d.min_age_hours,
+                d.max_total_bytes
+            ),
+            (None, 90, 24, 4 << 30)
+        );
+        // A disabled trail is not checked.
+        Config::parse(&format!("{base}enabled = false\nmax_total_bytes = 0\n")).unwrap();
+    }
+
+    #[test]
+    fn every_audit_key_is_explained_in_the_printed_default() {
+        let text = Config::commented_default();
+        let audit = text.split("\n[audit]\n").nth(1).unwrap();
+        let audit = audit.split("\n[").next().unwrap();
+        let mut previous = "";
+        for line in audit.lines() {
+            if line.contains(" = ") && !line.starts_with('#') {
+                assert!(
+                    previous.starts_with("# "),
+                    "{line} has no comment:\n{audit}"
+                );
+            }
+            previous = line;
+        }
+        for key in [
+            "max_age_days = 90",
+            "max_total_bytes = 4294967296",
+            "min_age_hours = 24",
+            "# max_files = ",
+            "zstdcat",
+        ] {
+            assert!(audit.contains(key), "{key} missing:\n{audit}");
+        }
     }
 
     #[test]

@@ -6,9 +6,13 @@
 //! `request_duration_seconds{op}` (histogram of the time to decode, execute
 //! and encode one request; not the time it waited in buffers), `connections` (gauge),
 //! `connections_total`, `pushes_total`, `pushes_lagged_total`,
-//! `pending_challenges` (gauge), `audit_dropped_total`, plus whatever the
-//! engine records (carrier figures). Labels are fixed small sets: never a
-//! tenant-chosen or user-chosen string, never a code, key or destination.
+//! `pending_challenges` (gauge), `audit_dropped_total`, the audit trail's
+//! `audit_deleted_early_total` (records deleted by the disk budget before
+//! `min_age_hours`), `audit_deleted_files_total{reason}`, `audit_disk_bytes`,
+//! `audit_compressed_files_total` and `audit_archive_errors_total`, plus
+//! whatever the engine records (carrier figures). Labels are fixed small
+//! sets: never a tenant-chosen or user-chosen string, never a code, key or
+//! destination.
 //!
 //! RADIUS (docs/radius.md), per configured client (label `client`, the
 //! operator's name for it): `radius_requests_total`, `radius_accepts_total`,
@@ -92,6 +96,26 @@ pub fn describe_all() {
     metrics::describe_counter!(
         "watchword_audit_write_errors_total",
         "Audit log writes that failed."
+    );
+    metrics::describe_counter!(
+        "watchword_audit_archive_errors_total",
+        "Compressions, scans and deletions of rotated audit files that failed."
+    );
+    metrics::describe_counter!(
+        "watchword_audit_compressed_files_total",
+        "Rotated audit files compressed to .zst."
+    );
+    metrics::describe_counter!(
+        "watchword_audit_deleted_files_total",
+        "Rotated audit files deleted, by reason: age (max_age_days), budget (max_total_bytes), count (max_files)."
+    );
+    metrics::describe_counter!(
+        "watchword_audit_deleted_early_total",
+        "Audit records (lines, not files) deleted by the disk budget or max_files while younger than min_age_hours: the trail is missing them."
+    );
+    metrics::describe_gauge!(
+        "watchword_audit_disk_bytes",
+        "Bytes the audit trail holds on disk: the current file and the rotated files."
     );
     metrics::describe_gauge!(
         "watchword_calls_in_progress",
