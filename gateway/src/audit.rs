@@ -18,13 +18,15 @@
 //! the gateway's CPU under an issue load.
 //!
 //! Rotated files are compressed and retained by age and disk budget by the
-//! archiver thread ([`archive`]), never on the recording path or the writer
-//! thread: the writer only renames files.
+//! archiver thread ([`archive`]); each written line may also go to a local
+//! syslog daemon ([`syslog`]). Neither runs on the recording path or the
+//! writer thread: the writer only renames files and hands lines over.
 //!
 //! This module must never write a code, a key or a full destination: events
 //! carry only masked destinations and never a code.
 
 mod archive;
+pub mod syslog;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -64,6 +66,7 @@ pub struct AuditLog {
     dropped: Arc<AtomicU64>,
     unreported: AtomicU64,
     deleted_early: Arc<AtomicU64>,
+    syslog_dropped: Arc<AtomicU64>,
     archiver: Sender<archive::Msg>,
     server: String,
     server_ip: String,
@@ -93,8 +96,8 @@ fn result_of(kind: EventKind) -> &'static str {
 }
 
 impl AuditLog {
-    /// Opens (appends to) the file and starts the writer and archiver
-    /// threads. Rotated files of the former
+    /// Opens (appends to) the file and starts the writer, archiver and (when
+    /// `cfg.syslog` is set) syslog threads. Rotated files of the former
     /// scheme (`PATH.1`, `PATH.2`, ...) are renamed to the stamp of their
     /// modification time, to be compressed and retained like the others.
     /// `tenants` are the tenant names in `TenantId` order.
@@ -125,6 +128,28 @@ impl AuditLog {
             .map(|r| r.stamp_ms)
             .max()
             .unwrap_or(0);
+        let syslog = match syslog::Target::parse(&cfg.syslog) {
+            Ok(t) => t,
+            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)),
+        };
+        let syslog_dropped = Arc::new(AtomicU64::new(0));
+        let feed = match syslog {
+            None => None,
+            Some(target) => {
+                let facility = syslog::facility(&cfg.syslog_facility).ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("unknown syslog facility {:?}", cfg.syslog_facility),
+                    )
+                })?;
+                Some(syslog::Feed::start(
+                    target,
+                    facility,
+                    cfg.buffer_events,
+                    Arc::clone(&syslog_dropped),
+                )?)
+            }
+        };
         let file = open_append(&cfg.path)?;
         let size = file.metadata()?.len();
         let shared = Arc::new(Shared {
@@ -151,6 +176,7 @@ impl AuditLog {
             max_bytes: cfg.max_file_bytes.max(4096),
             last_stamp_ms: newest,
             archiver: to_archiver.clone(),
+            syslog: feed,
             interval: Duration::from_millis(cfg.flush_interval_ms.max(1)),
             last_error_log: None,
             errors_unlogged: 0,
@@ -167,6 +193,7 @@ impl AuditLog {
             dropped,
             unreported: AtomicU64::new(0),
             deleted_early,
+            syslog_dropped,
             archiver: to_archiver,
             server: server.to_owned(),
             server_ip: server_ip.to_owned(),
@@ -184,6 +211,12 @@ impl AuditLog {
     /// `min_age_hours`, since start (`watchword_audit_deleted_early_total`).
     pub fn deleted_early(&self) -> u64 {
         self.deleted_early.load(Ordering::Relaxed)
+    }
+
+    /// Records not forwarded to syslog (queue full or send failed), since
+    /// start (`watchword_audit_syslog_dropped_total`).
+    pub fn syslog_dropped(&self) -> u64 {
+        self.syslog_dropped.load(Ordering::Relaxed)
     }
 
     /// Waits until the archiver has compressed every file rotated so far and
@@ -423,6 +456,7 @@ struct Writer {
     /// The stamp of the newest rotated file: the next one is later.
     last_stamp_ms: u64,
     archiver: Sender<archive::Msg>,
+    syslog: Option<syslog::Feed>,
     interval: Duration,
     /// When an I/O error was last logged, and how many were not logged since:
     /// a failing disk gets one error line per second, not one per event.
@@ -457,7 +491,13 @@ impl Writer {
                 if let Err(e) = self.write(&line) {
                     self.report_error("write", &e);
                 }
+                if let Some(feed) = &self.syslog {
+                    feed.offer(line);
+                }
                 dirty = true;
+            }
+            if let Some(feed) = &self.syslog {
+                feed.wake();
             }
             if closed || !flushes.is_empty() || last_sync.elapsed() >= self.interval {
                 if dirty || !flushes.is_empty() {
@@ -992,6 +1032,30 @@ mod tests {
             rotated_in(dir.path()),
             vec![format!("a.jsonl.{}.zst", archive::stamp(now - H / 4))],
         );
+    }
+
+    #[test]
+    fn a_syslog_daemon_that_is_not_there_costs_the_file_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, log) = log_in(
+            &dir,
+            AuditConfig {
+                syslog: format!("unix:{}", dir.path().join("nobody.sock").display()),
+                ..AuditConfig::default()
+            },
+        );
+        for _ in 0..100 {
+            log.record(&event(EventKind::Issued));
+        }
+        log.close();
+        let text = std::fs::read_to_string(&cfg.path).unwrap();
+        assert_eq!(text.lines().count(), 100);
+        // The sender drops (and counts) each record it could not send.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log.syslog_dropped() < 100 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(log.syslog_dropped(), 100);
     }
 
     #[test]

@@ -504,6 +504,11 @@ pub struct AuditConfig {
     pub buffer_events: usize,
     /// Flush and fsync at least this often, milliseconds.
     pub flush_interval_ms: u64,
+    /// Forward every record to a local syslog daemon (RFC 5424):
+    /// `unix:/dev/log` or `udp:127.0.0.1:514`; empty: off.
+    pub syslog: String,
+    /// The syslog facility: `auth`, `authpriv`, `daemon`, `user` or `local0`..`local7`.
+    pub syslog_facility: String,
 }
 
 impl Default for AuditConfig {
@@ -518,6 +523,8 @@ impl Default for AuditConfig {
             min_age_hours: 24,
             buffer_events: 65_536,
             flush_interval_ms: 200,
+            syslog: String::new(),
+            syslog_facility: "authpriv".into(),
         }
     }
 }
@@ -917,6 +924,19 @@ impl Config {
                 errors.push(err("audit.flush_interval_ms", "must be 1..=60000"));
             }
             validate_audit_retention(a, &mut errors);
+            if let Err(e) = crate::audit::syslog::Target::parse(&a.syslog) {
+                errors.push(err("audit.syslog", e));
+            }
+            if crate::audit::syslog::facility(&a.syslog_facility).is_none() {
+                errors.push(err(
+                    "audit.syslog_facility",
+                    format!(
+                        "must be one of {}, got {:?}",
+                        crate::audit::syslog::FACILITIES.map(|(n, _)| n).join(", "),
+                        a.syslog_facility
+                    ),
+                ));
+            }
         }
         errors
     }
@@ -1679,6 +1699,15 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
              counted (watchword_audit_deleted_early_total) and logged as an error:\n\
              the budget is too small for the traffic."
         }
+        ("[audit]", "syslog") => {
+            "Also forward each record to a local syslog daemon, RFC 5424:\n\
+             \"unix:/dev/log\" or \"udp:127.0.0.1:514\" (loopback only); \"\" is off.\n\
+             Records that cannot be sent at once are dropped and counted\n\
+             (watchword_audit_syslog_dropped_total); the file keeps them."
+        }
+        ("[audit]", "syslog_facility") => {
+            "auth, authpriv, daemon, user or local0..local7 (severity: info; app-name watchword)."
+        }
         ("[audit]", "buffer_events") => {
             "Events buffered in memory; when full, new events are dropped and counted\n\
              (metric watchword_audit_dropped_total, and an audit_gap line when room returns)."
@@ -1748,7 +1777,7 @@ mod tests {
     }
 
     #[test]
-    fn audit_retention_mistakes_name_the_field_and_the_reason() {
+    fn audit_retention_and_syslog_mistakes_name_the_field_and_the_reason() {
         let base = "[[tenants]]\nname = \"x\"\nkeys = [\"0123456789\"]\n[audit]\n";
         let errs = |audit: &str| Config::parse(&format!("{base}{audit}")).unwrap_err();
         let one = |audit: &str, field: &str, why: &str| {
@@ -1769,20 +1798,30 @@ mod tests {
             "must not exceed audit.max_age_days x 24 (24)",
         );
         one("max_age_days = 40000", "audit.max_age_days", "36500");
+        one("syslog = \"/dev/log\"", "audit.syslog", "unix:/dev/log");
+        one("syslog = \"udp:192.0.2.1:514\"", "audit.syslog", "loopback");
+        one("syslog = \"unix:dev/log\"", "audit.syslog", "absolute");
+        one(
+            "syslog_facility = \"kern\"",
+            "audit.syslog_facility",
+            "authpriv",
+        );
         one("max_files = -1", "audit", "max_files");
         // Every one says where.
         assert!(
-            errs("max_age_days = 40000")[0]
+            errs("syslog = \"x\"")[0]
                 .reason
                 .ends_with("(line 5, column 1)")
         );
         // Good values, and the former count key, are read.
         let c = Config::parse(&format!(
-            "{base}max_files = 10\nmax_age_days = 0\nmin_age_hours = 0\nmax_total_bytes = 134217728\n"
+            "{base}max_files = 10\nmax_age_days = 0\nmin_age_hours = 0\nmax_total_bytes = 134217728\n\
+             syslog = \"udp:127.0.0.1:514\"\nsyslog_facility = \"local3\"\n"
         ))
         .unwrap();
         assert_eq!(c.audit.max_files, Some(10));
         assert_eq!(c.audit.max_age_days, 0);
+        assert_eq!(c.audit.syslog, "udp:127.0.0.1:514");
         let d = AuditConfig::default();
         assert_eq!(
             (
@@ -1793,8 +1832,12 @@ mod tests {
             ),
             (None, 90, 24, 4 << 30)
         );
+        assert!(d.syslog.is_empty() && d.syslog_facility == "authpriv");
         // A disabled trail is not checked.
-        Config::parse(&format!("{base}enabled = false\nmax_total_bytes = 0\n")).unwrap();
+        Config::parse(&format!(
+            "{base}enabled = false\nmax_total_bytes = 0\nsyslog = \"x\"\n"
+        ))
+        .unwrap();
     }
 
     #[test]
@@ -1816,6 +1859,8 @@ mod tests {
             "max_age_days = 90",
             "max_total_bytes = 4294967296",
             "min_age_hours = 24",
+            "syslog = \"\"",
+            "syslog_facility = \"authpriv\"",
             "# max_files = ",
             "zstdcat",
         ] {

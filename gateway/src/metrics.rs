@@ -9,7 +9,8 @@
 //! `pending_challenges` (gauge), `audit_dropped_total`, the audit trail's
 //! `audit_deleted_early_total` (records deleted by the disk budget before
 //! `min_age_hours`), `audit_deleted_files_total{reason}`, `audit_disk_bytes`,
-//! `audit_compressed_files_total` and `audit_archive_errors_total`, plus
+//! `audit_compressed_files_total`, `audit_archive_errors_total`,
+//! `audit_syslog_sent_total` and `audit_syslog_dropped_total{reason}`, plus
 //! whatever the engine records (carrier figures). Labels are fixed small
 //! sets: never a tenant-chosen or user-chosen string, never a code, key or
 //! destination.
@@ -116,6 +117,14 @@ pub fn describe_all() {
     metrics::describe_gauge!(
         "watchword_audit_disk_bytes",
         "Bytes the audit trail holds on disk: the current file and the rotated files."
+    );
+    metrics::describe_counter!(
+        "watchword_audit_syslog_sent_total",
+        "Audit records sent to the syslog daemon."
+    );
+    metrics::describe_counter!(
+        "watchword_audit_syslog_dropped_total",
+        "Audit records not forwarded to syslog (the file has them), by reason: full (queue full) or error (send failed)."
     );
     metrics::describe_gauge!(
         "watchword_calls_in_progress",
