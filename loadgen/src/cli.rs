@@ -227,9 +227,15 @@ pub struct CompareArgs {
     /// Ops to compare, comma-separated (issue, verify, ping).
     #[arg(long, default_value = "issue,verify", value_delimiter = ',')]
     pub ops: Vec<Scenario>,
-    /// The equal offered rate for the p99 column (default: half the lower max).
+    /// One equal offered rate for the open-loop p99 comparison, instead of
+    /// `--at`.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Offered rates of the open-loop p99 comparison, as fractions of Redis's
+    /// closed-loop maximum, comma-separated; each is run `--rounds` times per
+    /// side, the order alternating.
+    #[arg(long, default_value = "0.25,0.5", value_delimiter = ',')]
+    pub at: Vec<f64>,
     /// Pause before each run, so that a server still working off the previous
     /// run (Watchword delivers every ISSUE after answering it) starts idle.
     #[arg(long, default_value = "5s", value_parser = dur)]
@@ -439,6 +445,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             let (TargetAddr::Watchword(w), TargetAddr::Redis(r)) = (&c.watchword, &c.redis) else {
                 anyhow::bail!("compare needs --watchword watchword://.. and --redis redis://..");
             };
+            anyhow::ensure!(
+                c.at.iter().all(|f| f.is_finite() && *f > 0.0 && *f <= 2.0),
+                "--at: fractions of Redis's maximum must be above 0 and at most 2, got {:?}",
+                c.at
+            );
             let depth_max = c.depth.iter().copied().max().unwrap_or(1);
             let cfg = CompareConfig {
                 base: c
@@ -447,11 +458,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 depths: c.depth.clone(),
                 ops: c.ops.clone(),
                 equal_rate: c.rate,
+                fractions: c.at.clone(),
                 settle: c.settle,
                 rounds: c.rounds as usize,
             };
             eprintln!(
-                "compare: {} connections, depths {:?}, {:?} measured + {:?} warm-up per run, {:?} pause before each, {} closed-loop round(s) per row",
+                "compare: {} connections, depths {:?}, {:?} measured + {:?} warm-up per run, {:?} pause before each, {} round(s) per row (closed loop, and open loop at each rate)",
                 c.common.connections,
                 c.depth,
                 c.common.duration,

@@ -7,7 +7,7 @@
 //! It must never start or stop a server (the caller does) and never compare
 //! runs made with different connections, depth, duration or scenario.
 
-use crate::hist::{Percentiles, fmt_us};
+use crate::hist::fmt_us;
 use crate::mix::{Mix, Scenario};
 use crate::run::{Mode, RunConfig, run};
 use crate::target::{Backend, RedisBackend};
@@ -37,16 +37,44 @@ pub struct CompareRow {
     pub ratio_range: (f64, f64),
     /// Closed-loop rounds (one run of each target per round).
     pub rounds: usize,
-    /// The equal offered rate of the open-loop runs.
-    pub equal_rate: f64,
-    /// Watchword's response time at that rate.
-    pub watchword_at_rate: Percentiles,
-    /// Redis' response time at that rate.
-    pub redis_at_rate: Percentiles,
+    /// The open-loop comparisons at equal offered rates.
+    pub latency: Vec<LatencyPoint>,
+    /// The generator's CPU per request in the closed-loop runs (median),
+    /// driving Watchword and Redis, µs.
+    pub generator_cpu_us: (f64, f64),
     /// Errors in Watchword's runs.
     pub watchword_errors: u64,
     /// Errors in Redis' runs.
     pub redis_errors: u64,
+}
+
+/// Both targets at one equal offered rate (open loop), over alternated
+/// rounds: p99 of response time (from the intended start: what a user
+/// waits) and of service time (from the actual send: what the server took).
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyPoint {
+    /// The rate as a fraction of Redis's closed-loop maximum (0 when given
+    /// as a rate).
+    pub fraction: f64,
+    /// Requests offered per second, to each target.
+    pub rate: f64,
+    /// Watchword's response-time p99 (median of the rounds), µs.
+    pub watchword_response_p99_us: u64,
+    /// Watchword's service-time p99 (median of the rounds), µs.
+    pub watchword_service_p99_us: u64,
+    /// Redis's response-time p99 (median of the rounds), µs.
+    pub redis_response_p99_us: u64,
+    /// Redis's service-time p99 (median of the rounds), µs.
+    pub redis_service_p99_us: u64,
+    /// Watchword / Redis response p99: the median of the rounds' ratios
+    /// (at most 1 meets the target).
+    pub response_ratio: f64,
+    /// The same for service time.
+    pub service_ratio: f64,
+    /// The generator's CPU per request driving each side (median), µs.
+    pub generator_cpu_us: (f64, f64),
+    /// Rounds (one run of each target per round, the order alternating).
+    pub rounds: usize,
 }
 
 /// Settings of a comparison.
@@ -58,8 +86,11 @@ pub struct CompareConfig {
     pub depths: Vec<usize>,
     /// Ops to measure (`issue`, `verify`, `ping`).
     pub ops: Vec<Scenario>,
-    /// The equal offered rate; `None` = half the lower of the two maxima.
+    /// An equal offered rate for the open-loop comparison; `None`: the
+    /// `fractions` of Redis's closed-loop maximum.
     pub equal_rate: Option<f64>,
+    /// Fractions of Redis's closed-loop maximum offered to both in open loop.
+    pub fractions: Vec<f64>,
     /// Pause before every run but the first. A closed-loop ISSUE run leaves
     /// Watchword delivering its backlog for a few seconds after the last
     /// answer; without the pause the next run measured that backlog (p99 of
@@ -129,7 +160,7 @@ async fn one<B: Backend>(
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     eprintln!(
-        "  {:<28} {:<6} depth {:>2} {:<6} answered {:>7.0}/s  ok {:>7.0}/s  p99 {:>9}  service p99 {:>9}  errors {}",
+        "  {:<28} {:<6} depth {:>2} {:<6} answered {:>7.0}/s  ok {:>7.0}/s  p99 {:>9}  service p99 {:>9}  generator {:>5.1} us/req  errors {}",
         r.target,
         op.name(),
         depth,
@@ -138,6 +169,7 @@ async fn one<B: Backend>(
         r.ok_rate,
         fmt_us(r.response.p99_us),
         fmt_us(r.service.p99_us),
+        r.generator_cpu_us_per_request,
         if errs.is_empty() {
             "0".to_string()
         } else {
@@ -145,6 +177,53 @@ async fn one<B: Backend>(
         }
     );
     Ok(r)
+}
+
+/// The medians of paired open-loop runs (run `i` of each side is round `i`).
+fn latency_point(
+    fraction: f64,
+    rate: f64,
+    w: &[crate::report::RunReport],
+    r: &[crate::report::RunReport],
+) -> LatencyPoint {
+    let p99 = |v: &[crate::report::RunReport], service: bool| -> Vec<f64> {
+        v.iter()
+            .map(|x| {
+                if service {
+                    x.service.p99_us as f64
+                } else {
+                    x.response.p99_us as f64
+                }
+            })
+            .collect()
+    };
+    let ratio = |service: bool| {
+        let ratios: Vec<f64> = p99(w, service)
+            .iter()
+            .zip(p99(r, service))
+            .map(|(&a, b)| ratio_of(a, b))
+            .collect();
+        median(&ratios)
+    };
+    let cpu = |v: &[crate::report::RunReport]| {
+        median(
+            &v.iter()
+                .map(|x| x.generator_cpu_us_per_request)
+                .collect::<Vec<_>>(),
+        )
+    };
+    LatencyPoint {
+        fraction,
+        rate,
+        watchword_response_p99_us: median(&p99(w, false)) as u64,
+        watchword_service_p99_us: median(&p99(w, true)) as u64,
+        redis_response_p99_us: median(&p99(r, false)) as u64,
+        redis_service_p99_us: median(&p99(r, true)) as u64,
+        response_ratio: ratio(false),
+        service_ratio: ratio(true),
+        generator_cpu_us: (cpu(w), cpu(r)),
+        rounds: w.len().min(r.len()),
+    }
 }
 
 /// Runs the comparison; progress goes to stderr, the rows come back.
@@ -159,6 +238,7 @@ pub async fn compare(
     for &depth in &cfg.depths {
         for &op in &cfg.ops {
             let (mut w_max, mut r_max) = (Vec::new(), Vec::new());
+            let (mut w_cpu, mut r_cpu) = (Vec::new(), Vec::new());
             let (mut w_errors, mut r_errors) = (0, 0);
             for _ in 0..cfg.rounds.max(1) {
                 // Every run but the very first follows another.
@@ -170,17 +250,44 @@ pub async fn compare(
                 let r = one(&redis, &cfg.base, op, depth, Mode::Closed).await?;
                 w_max.push(w.ok_rate);
                 r_max.push(r.ok_rate);
+                w_cpu.push(w.generator_cpu_us_per_request);
+                r_cpu.push(r.generator_cpu_us_per_request);
                 w_errors += w.errors;
                 r_errors += r.errors;
             }
             let (watchword_max, redis_max, ratio, ratio_range) = summarize(&w_max, &r_max);
-            let rate = cfg
-                .equal_rate
-                .unwrap_or_else(|| (watchword_max.min(redis_max) / 2.0).max(1.0));
-            settle().await;
-            let wo = one(&ww, &cfg.base, op, depth, Mode::Open { rate }).await?;
-            settle().await;
-            let ro = one(&redis, &cfg.base, op, depth, Mode::Open { rate }).await?;
+            let points: Vec<(f64, f64)> = match cfg.equal_rate {
+                Some(rate) => vec![(0.0, rate)],
+                None => cfg
+                    .fractions
+                    .iter()
+                    .map(|&f| (f, (redis_max * f).max(1.0)))
+                    .collect(),
+            };
+            let mut latency = Vec::new();
+            for (fraction, rate) in points {
+                let mut runs: [Vec<crate::report::RunReport>; 2] = [Vec::new(), Vec::new()];
+                for round in 0..cfg.rounds.max(1) {
+                    // Alternate who goes first: a machine that slows down
+                    // during a round does not always hurt the same side.
+                    for side in [round % 2, 1 - round % 2] {
+                        settle().await;
+                        let mode = Mode::Open { rate };
+                        let r = if side == 0 {
+                            one(&ww, &cfg.base, op, depth, mode).await?
+                        } else {
+                            one(&redis, &cfg.base, op, depth, mode).await?
+                        };
+                        if side == 0 {
+                            w_errors += r.errors;
+                        } else {
+                            r_errors += r.errors;
+                        }
+                        runs[side].push(r);
+                    }
+                }
+                latency.push(latency_point(fraction, rate, &runs[0], &runs[1]));
+            }
             rows.push(CompareRow {
                 op: op.name().into(),
                 connections: cfg.base.connections,
@@ -190,41 +297,71 @@ pub async fn compare(
                 ratio,
                 ratio_range,
                 rounds: w_max.len(),
-                equal_rate: rate,
-                watchword_at_rate: wo.response,
-                redis_at_rate: ro.response,
-                watchword_errors: w_errors + wo.errors,
-                redis_errors: r_errors + ro.errors,
+                latency,
+                generator_cpu_us: (median(&w_cpu), median(&r_cpu)),
+                watchword_errors: w_errors,
+                redis_errors: r_errors,
             });
         }
     }
     Ok(rows)
 }
 
-/// The comparison as a Markdown table.
+/// The comparison as Markdown: the closed-loop maxima, then the open-loop
+/// p99s at equal offered rates.
 pub fn table(rows: &[CompareRow]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "| op | conns | depth | Watchword ok/s (closed) | Redis ok/s (closed) | ratio | equal offered rate/s | Watchword p99 | Redis p99 | errors (W/R) |"
+        "| op | conns | depth | Watchword ok/s (closed) | Redis ok/s (closed) | ratio | generator CPU/request (W/R) | errors (W/R) |"
     );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {:.0} | {:.0} | {} | {:.0} | {} | {} | {}/{} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {} | {:.1} / {:.1} us | {}/{} |",
             r.op,
             r.connections,
             r.depth,
             r.watchword_max,
             r.redis_max,
             ratio_cell(r),
-            r.equal_rate,
-            fmt_us(r.watchword_at_rate.p99_us),
-            fmt_us(r.redis_at_rate.p99_us),
+            r.generator_cpu_us.0,
+            r.generator_cpu_us.1,
             r.watchword_errors,
             r.redis_errors
         );
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "| op | depth | offered rate/s | Watchword p99 response (service) | Redis p99 response (service) | p99 ratio W/R response (service) | generator CPU/request (W/R) | rounds |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        for p in &r.latency {
+            let share = if p.fraction > 0.0 {
+                format!(" ({:.0}% of Redis max)", p.fraction * 100.0)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                o,
+                "| {} | {} | {:.0}{share} | {} ({}) | {} ({}) | {:.2}x ({:.2}x) | {:.1} / {:.1} us | {} |",
+                r.op,
+                r.depth,
+                p.rate,
+                fmt_us(p.watchword_response_p99_us),
+                fmt_us(p.watchword_service_p99_us),
+                fmt_us(p.redis_response_p99_us),
+                fmt_us(p.redis_service_p99_us),
+                p.response_ratio,
+                p.service_ratio,
+                p.generator_cpu_us.0,
+                p.generator_cpu_us.1,
+                p.rounds
+            );
+        }
     }
     o
 }

@@ -105,6 +105,12 @@ pub struct RunReport {
     pub outbox_dropped: u64,
     /// Codes the outbox delivered (all of them, pool and resends included).
     pub outbox_received: u64,
+    /// The generator's own CPU time (all its threads) per request sent
+    /// while the run lasted, warm-up included, µs: when it nears the
+    /// server's, the generator may be what limits the run.
+    pub generator_cpu_us_per_request: f64,
+    /// The generator's CPU time over the run's wall time: cores it kept busy.
+    pub generator_cores: f64,
     /// All ops' response times together.
     pub response: Percentiles,
     /// All ops' service times together.
@@ -169,6 +175,11 @@ impl RunReport {
             self.late_sends,
             fmt_us(self.late_threshold_us),
             self.errors
+        );
+        let _ = writeln!(
+            o,
+            "generator: {:.1} us CPU per request, {:.2} cores busy (its own threads; warm-up included)",
+            self.generator_cpu_us_per_request, self.generator_cores
         );
         for op in &self.ops {
             let _ = writeln!(

@@ -523,6 +523,7 @@ pub async fn run<B: Backend>(backend: Arc<B>, cfg: RunConfig) -> anyhow::Result<
         None
     };
 
+    let cpu = CpuClock::start();
     let mut lanes = tokio::task::JoinSet::new();
     let mut pacer = None;
     match cfg.mode {
@@ -595,11 +596,45 @@ pub async fn run<B: Backend>(backend: Arc<B>, cfg: RunConfig) -> anyhow::Result<
     }
     ctx.tracker.close();
     ctx.tracker.wait().await;
+    let (cpu_us, wall_us) = cpu.elapsed_us();
     stop.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
         let _ = p.await;
     }
-    Ok(build_report(&ctx, &*backend, end))
+    let mut report = build_report(&ctx, &*backend, end);
+    let sent = ctx.reqs.load(Ordering::Relaxed).max(1);
+    report.generator_cpu_us_per_request = cpu_us / sent as f64;
+    report.generator_cores = cpu_us / wall_us.max(1.0);
+    Ok(report)
+}
+
+/// The process's CPU time and the wall time since a start.
+struct CpuClock {
+    cpu: Duration,
+    wall: Instant,
+}
+
+impl CpuClock {
+    fn process_cpu() -> Duration {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    }
+
+    fn start() -> CpuClock {
+        CpuClock {
+            cpu: Self::process_cpu(),
+            wall: Instant::now(),
+        }
+    }
+
+    /// CPU µs used by every thread of the process, and wall µs, since the start.
+    fn elapsed_us(&self) -> (f64, f64) {
+        let cpu = Self::process_cpu().saturating_sub(self.cpu);
+        (
+            cpu.as_secs_f64() * 1e6,
+            self.wall.elapsed().as_secs_f64() * 1e6,
+        )
+    }
 }
 
 async fn progress_loop<B: Backend>(ctx: Arc<Ctx<B>>, t0: Instant, stop: Arc<AtomicBool>) {
@@ -770,6 +805,8 @@ fn build_report<B: Backend>(ctx: &Ctx<B>, backend: &B, end: Instant) -> RunRepor
             .router
             .as_ref()
             .map_or(0, |r| r.received.load(Ordering::Relaxed)),
+        generator_cpu_us_per_request: 0.0,
+        generator_cores: 0.0,
         response: all_resp.summary(),
         service: all_serv.summary(),
         response_hist: all_resp,
