@@ -1272,33 +1272,74 @@ impl Config {
 
     /// The full default configuration as commented TOML.
     pub fn commented_default() -> String {
-        let d = Config::development();
+        Self::commented(&Config::development())
+    }
+
+    /// `cfg` as TOML with a comment above every table header and every key:
+    /// the commented default's printer. A carrier shows the table of its own
+    /// kind only (`[router.carriers.simulated]` or `[router.carriers.http]`);
+    /// keys unset in `cfg` (the TLS files) are shown commented out, and so is
+    /// an HTTP carrier when `cfg` has none.
+    pub(crate) fn commented(cfg: &Config) -> String {
         let mut out = String::from(
             "# Watchword gateway configuration (TOML). This is the embedded development\n\
              # profile that `watchword serve` runs with no --config; every key is shown\n\
              # with its default. Validate a file with `watchword check-config FILE`.\n\n",
         );
-        let body = toml::to_string_pretty(&d).unwrap_or_default();
+        let body = toml::to_string_pretty(cfg).unwrap_or_default();
+        let has_http_carrier = cfg
+            .router
+            .carriers
+            .iter()
+            .any(|c| c.kind == CarrierKind::Http);
         let mut header = String::new();
+        // The kind of the carrier whose tables are being printed.
+        let mut carrier_kind = "";
+        let mut skipping = false;
+        let mut example_due = !has_http_carrier;
         for line in body.lines() {
             let t = line.trim();
-            let c = if t.starts_with('[') {
-                header = t.to_owned();
-                section_comment(t)
-            } else if !line.starts_with(' ') && t.contains(" = ") {
-                key_comment(&header, t.split(" = ").next().unwrap_or(""))
-            } else {
-                None
-            };
-            if let Some(c) = c {
-                for l in c.lines() {
-                    out.push_str("# ");
-                    out.push_str(l);
-                    out.push('\n');
+            if t.starts_with('[') {
+                let in_carrier = t == "[[router.carriers]]" || t.starts_with("[router.carriers.");
+                let was_carrier =
+                    header == "[[router.carriers]]" || header.starts_with("[router.carriers.");
+                if example_due && was_carrier && !in_carrier {
+                    example_due = false;
+                    out.push_str(
+                        "# An HTTP carrier, commented out: each message is POSTed as JSON to its url.\n\
+                         # Uncomment, fill in, and give it the other keys of a carrier (as above)\n\
+                         # where their defaults do not fit.\n",
+                    );
+                    out.push_str(&http_carrier_example());
                 }
+                header = t.to_owned();
+                if t == "[[router.carriers]]" {
+                    carrier_kind = "";
+                }
+                // A table of the other kind's settings does not apply.
+                let other = match carrier_kind {
+                    "simulated" => "[router.carriers.http",
+                    "http" => "[router.carriers.simulated",
+                    _ => "\u{0}",
+                };
+                skipping = t.starts_with(other);
+                if skipping {
+                    continue;
+                }
+                // The blank line that ends the table before is already out.
+            } else if skipping {
+                continue;
             }
-            out.push_str(line);
-            out.push('\n');
+            if header == "[[router.carriers]]"
+                && let Some(kind) = t.strip_prefix("kind = ")
+            {
+                carrier_kind = match kind {
+                    "\"simulated\"" => "simulated",
+                    "\"http\"" => "http",
+                    _ => "",
+                };
+            }
+            annotate(&mut out, &header, line, "", "# ");
             // Keys unset by default print nothing in TOML: shown commented.
             if header == "[audit]" && t.starts_with("max_file_bytes = ") {
                 out.push_str(
@@ -1307,7 +1348,11 @@ impl Config {
                      # max_files = 1000\n",
                 );
             }
-            if header == "[server]" && t.starts_with("idle_timeout_s = ") {
+            if header == "[server]"
+                && t.starts_with("idle_timeout_s = ")
+                && cfg.server.tls_cert.is_none()
+                && cfg.server.tls_key.is_none()
+            {
                 out.push_str(
                     "# PEM certificate chain; with tls_key, the protocol and the HTTP API\n\
                      # speak TLS (unset: plain TCP, refused off loopback in production).\n\
@@ -1316,6 +1361,10 @@ impl Config {
                      # tls_key = \"/etc/watchword/tls/key.pem\"\n",
                 );
             }
+        }
+        // A blank line stays from a skipped table's end; collapse doubles.
+        while out.contains("\n\n\n") {
+            out = out.replace("\n\n\n", "\n\n");
         }
         out
     }
@@ -1358,6 +1407,88 @@ fn validate_audit_retention(a: &AuditConfig, errors: &mut Vec<ConfigError>) {
             ),
         ));
     }
+}
+
+/// Writes `line` of the table `header` with its comment above it: lines of
+/// the comment start with `comment`, the line itself with `prefix` (both
+/// `# ` and `## ` for a commented-out example).
+fn annotate(out: &mut String, header: &str, line: &str, prefix: &str, comment: &str) {
+    let t = line.trim();
+    let c = if t.starts_with('[') {
+        section_comment(t)
+    } else if !line.starts_with(' ') && t.contains(" = ") {
+        key_comment(header, t.split(" = ").next().unwrap_or(""))
+    } else {
+        None
+    };
+    if let Some(c) = c {
+        for l in c.lines() {
+            out.push_str(comment);
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    if !line.is_empty() {
+        out.push_str(prefix);
+        out.push_str(line);
+    }
+    out.push('\n');
+}
+
+/// An HTTP carrier, commented out (`# ` before each line, `## ` before each
+/// comment): its name, kind, senders and its `[router.carriers.http]` table
+/// (the other keys are a carrier's as above).
+fn http_carrier_example() -> String {
+    #[derive(Serialize)]
+    struct Router {
+        carriers: Vec<watchword_engine::delivery::CarrierConfig>,
+    }
+    #[derive(Serialize)]
+    struct Example {
+        router: Router,
+    }
+    let carrier = watchword_engine::delivery::CarrierConfig {
+        name: "http-primary".into(),
+        kind: CarrierKind::Http,
+        senders: vec!["+15550100003".into(), "Watchword".into()],
+        http: watchword_engine::delivery::HttpConfig {
+            url: "http://carrier.example/messages".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let body = toml::to_string_pretty(&Example {
+        router: Router {
+            carriers: vec![carrier],
+        },
+    })
+    .unwrap_or_default();
+    let mut out = String::new();
+    let mut header = String::new();
+    let mut keep_table = true;
+    // Whether the last key (and the lines of its multi-line array) is shown.
+    let mut keep_key = true;
+    for line in body.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            header = t.to_owned();
+            keep_table = t == "[[router.carriers]]" || t.starts_with("[router.carriers.http");
+            keep_key = true;
+        } else if !line.starts_with(' ') && t.contains(" = ") {
+            keep_key = header != "[[router.carriers]]"
+                || ["name = ", "kind = ", "senders = "]
+                    .iter()
+                    .any(|k| t.starts_with(k));
+        }
+        if t == "[[router.carriers]]" {
+            // The introduction above stands for the table's own comment.
+            out.push_str("# [[router.carriers]]\n");
+        } else if keep_table && (keep_key || t.is_empty()) {
+            annotate(&mut out, &header, line, "# ", "## ");
+        }
+    }
+    out.push('\n');
+    out
 }
 
 /// Reads one section into `into`. An unknown key is reported and set
@@ -1473,7 +1604,9 @@ fn section_comment(header: &str) -> Option<&'static str> {
         "[table]" => "The in-memory challenge table.",
         "[router]" => "Delivery: queue, outbox, retries, receipts.",
         "[[router.carriers]]" => {
-            "A carrier: kind = \"simulated\" or \"http\"; lower priority is preferred."
+            "A carrier: kind = \"simulated\" or \"http\"; lower priority is preferred.\n\
+             A simulated carrier has a [router.carriers.simulated] table, an HTTP\n\
+             carrier a [router.carriers.http] table."
         }
         "[router.carriers.simulated]" => {
             "Behaviour of a simulated carrier (latencies, failure rates)."
@@ -1486,7 +1619,26 @@ fn section_comment(header: &str) -> Option<&'static str> {
              only while no connection of the tenant is subscribed to the outbox."
         }
         "[router.carriers.breaker]" => "The carrier's circuit breaker.",
-        "[[router.senders.pools]]" => "An SMS sender pool (short codes) for one country.",
+        "[[router.carriers.simulated.outages]]" => {
+            "A scheduled outage of the simulated carrier, counted from the start."
+        }
+        "[router.senders]" => "SMS sender pools per country.",
+        "[[router.senders.pools]]" => {
+            "An SMS sender pool (short codes) for one country: SMS to that country\n\
+             go from these senders, whatever the carrier. It carries at most\n\
+             senders x rate_per_s messages a second (metric\n\
+             watchword_sender_capacity_per_second); more queue and arrive late."
+        }
+        "[router.limits]" => {
+            "Keyed admission limits: a send over any of them is refused with\n\
+             RATE_LIMITED (metric watchword_rate_limited_total{scope}). A max up to 16\n\
+             is an exact count over any window; above, a smooth rate with a burst of max."
+        }
+        "[[router.limits.prefixes]]" => {
+            "A limit on every destination under a number prefix together (against\n\
+             SMS pumping); the longest matching prefix applies."
+        }
+        "[router.limits.prefixes.limit]" => "The prefix's limit (max 0 = off).",
         "[router.limits.destination]" => {
             "Sends per destination, all tenants: protocol v1 says 5 in any 5 minutes."
         }
@@ -1529,6 +1681,10 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
         ("[server]", "idle_timeout_s") => {
             "Close a connection after this many seconds without traffic."
         }
+        ("[server]", "tls_cert") => {
+            "PEM certificate chain; with tls_key, the protocol and the HTTP API speak TLS."
+        }
+        ("[server]", "tls_key") => "The PEM private key of tls_cert.",
         ("[server]", "shutdown_deadline_s") => {
             "At SIGTERM/SIGINT, seconds allowed for queued deliveries to drain."
         }
@@ -1589,6 +1745,9 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
             "Hours after confirmation before a new phone or address counts for\n\
              help-desk caller verification (seed 000: 48)."
         }
+        ("[[tenants]]", "http_keys") => {
+            "HTTP API keys ([[tenants.http_keys]]: key and role); none unless written."
+        }
         ("[[tenants.http_keys]]", "key") => {
             "The bearer token (replace the demo keys anywhere real)."
         }
@@ -1603,6 +1762,9 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
         }
         ("[router.carriers.simulated]", "ring_timeout_ms") => {
             "A confirmation call nobody answers ends as not answered after this long."
+        }
+        ("[storage]", "master_key") => {
+            "The master key file (`watchword keygen`), outside the data directory."
         }
         ("[storage]", "queue_ops") => "Writes queued for the disk before the API answers 503.",
         ("[storage]", "snapshot") => {
@@ -1622,6 +1784,7 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
             "Replies of one client kept 30 s for retransmissions; when full, the\n\
              oldest goes early (counted). Rate x 30 s keeps every reply 30 s."
         }
+        ("[radius]", "clients") => "The clients ([[radius.clients]] tables).",
         ("[[radius.clients]]", "name") => "Its name in metrics, logs and the audit trail.",
         ("[[radius.clients]]", "address") => "Source address or prefix, e.g. 10.0.0.0/8.",
         ("[[radius.clients]]", "secret") => "The shared secret, 16 bytes or more.",
@@ -1659,27 +1822,126 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
             "A message without a receipt after this long has failed."
         }
         ("[router]", "janitor_interval_ms") => "How often idle limiter keys are reclaimed.",
+        ("[router]", "carriers") => "The carriers ([[router.carriers]] tables), at most 64.",
         ("[[router.carriers]]", "name") => "Unique; shown in STATUS, metrics and the audit log.",
+        ("[[router.carriers]]", "kind") => {
+            "simulated (messages go to the outbox, not to people) or http."
+        }
         ("[[router.carriers]]", "channels") => "Channels served: sms, voice, email.",
         ("[[router.carriers]]", "countries") => "ISO countries served; with prefixes empty, all.",
         ("[[router.carriers]]", "prefixes") => "E.164 prefixes served, e.g. \"+1\".",
-        ("[[router.carriers]]", "weight") => "Traffic share among carriers of equal priority.",
-        ("[[router.carriers]]", "throughput_per_s") => "Sends per second (0 = unlimited).",
-        ("[[router.carriers]]", "max_in_flight") => "Sends awaiting the carrier's answer at once.",
-        ("[[router.carriers]]", "senders") => "Sender ids / caller ids / from addresses.",
-        ("[router.carriers.http]", "url") => {
-            "Where each message is POSTed: http:// or https://host[:port]/path."
+        ("[[router.carriers]]", "priority") => {
+            "Lower is preferred; a higher one takes over when the preferred ones are\n\
+             open (breaker), throttled or saturated."
         }
-        ("[router.carriers.http]", "authorization") => "The Authorization header sent, if any.",
+        ("[[router.carriers]]", "weight") => "Traffic share among carriers of equal priority.",
+        ("[[router.carriers]]", "throughput_per_s") => {
+            "Sends per second to this carrier (0 = unlimited), paced with a burst of two."
+        }
+        ("[[router.carriers]]", "queue_capacity") => {
+            "Messages waiting for this carrier before it counts as saturated."
+        }
+        ("[[router.carriers]]", "max_queue_delay_ms") => {
+            "With throughput_per_s: a pacing backlog longer than this also counts as\n\
+             saturated (new messages go to another carrier or are refused)."
+        }
+        ("[[router.carriers]]", "max_in_flight") => {
+            "Sends awaiting the carrier's answer at once (like an SMPP window)."
+        }
+        ("[[router.carriers]]", "timeout_ms") => "A send without an answer after this long failed.",
+        ("[[router.carriers]]", "senders") => {
+            "SMS to countries without a sender pool rotate over these; the first is\n\
+             the caller id of calls and the from address of e-mail."
+        }
+        ("[[router.carriers]]", "sender_rate_per_s") => {
+            "Each of senders' own SMS per second (0 = unlimited; a long number does\n\
+             about 1): SMS without a pool carry at most senders x this."
+        }
+        ("[router.carriers.breaker]", "failure_threshold") => "Failures in a row that open it.",
+        ("[router.carriers.breaker]", "cooldown_ms") => {
+            "First wait, ms, before one probe send tries the carrier again."
+        }
+        ("[router.carriers.breaker]", "max_cooldown_ms") => {
+            "The wait doubles after each failed probe, up to this, ms."
+        }
+        ("[router.carriers.simulated]", "latency_min_ms") => "Fastest answer to a send, ms.",
+        ("[router.carriers.simulated]", "latency_max_ms") => {
+            "Slowest answer, ms (uniform between the two)."
+        }
+        ("[router.carriers.simulated]", "failure_rate") => {
+            "Share of sends that fail for the moment (retried), 0..=1."
+        }
+        ("[router.carriers.simulated]", "throttle_rate") => {
+            "Share of sends throttled (retried after throttle_retry_after_ms), 0..=1."
+        }
+        ("[router.carriers.simulated]", "throttle_retry_after_ms") => {
+            "The Retry-After of a throttled send, ms."
+        }
+        ("[router.carriers.simulated]", "reject_rate") => {
+            "Share of sends rejected for good (not retried), 0..=1."
+        }
+        ("[router.carriers.simulated]", "lost_rate") => {
+            "Share of accepted messages never delivered (no receipt), 0..=1."
+        }
+        ("[router.carriers.simulated]", "receipt_delay_ms") => {
+            "From acceptance to the delivery receipt, ms."
+        }
+        ("[router.carriers.simulated]", "outages") => {
+            "Scheduled outages ([[router.carriers.simulated.outages]]: start_ms,\n\
+             duration_ms, mode = \"fail\" or \"hang\")."
+        }
+        ("[[router.carriers.simulated.outages]]", "start_ms") => "Start, ms after the start.",
+        ("[[router.carriers.simulated.outages]]", "duration_ms") => "Length, ms.",
+        ("[[router.carriers.simulated.outages]]", "mode") => {
+            "fail: every send fails at once; hang: sends get no answer (timeout_ms)."
+        }
+        ("[router.carriers.simulated.auto_answer]", "digits") => {
+            "Keys pressed: # confirms, PIN# confirms with a PIN, other digits decline,\n\
+             empty hangs up."
+        }
+        ("[router.carriers.simulated.auto_answer]", "delay_ms") => {
+            "From the ring to the answer, ms."
+        }
+        ("[router.carriers.http]", "url") => "Where each message is POSTed as JSON.",
+        ("[router.carriers.http]", "authorization") => {
+            "The Authorization header sent with each message (empty: none)."
+        }
+        ("[router.carriers.http]", "pool_max_idle_per_host") => {
+            "Idle keep-alive connections kept to the carrier."
+        }
+        ("[router.carriers.http]", "pool_idle_timeout_ms") => {
+            "An idle kept connection is closed after this long, ms."
+        }
+        ("[router.senders]", "pools") => "The pools ([[router.senders.pools]] tables).",
+        ("[[router.senders.pools]]", "country") => "ISO 3166 alpha-2 country of the destinations.",
+        ("[[router.senders.pools]]", "senders") => "The senders (short codes), used in rotation.",
+        ("[[router.senders.pools]]", "rate_per_s") => {
+            "Each sender's own messages per second (0 = unlimited)."
+        }
+        ("[router.limits]", "prefixes") => {
+            "Limits per number prefix ([[router.limits.prefixes]]: prefix = \"+882\",\n\
+             and its limit table, max and window_ms)."
+        }
+        ("[[router.limits.prefixes]]", "prefix") => "E.164 prefix, e.g. \"+882\".",
+        (h, "max") if h.starts_with("[router.limits.") => {
+            "Sends allowed in any window (0 = no limit)."
+        }
+        (h, "window_ms") if h.starts_with("[router.limits.") => "The window, ms (at most 7 days).",
+        ("[router.retry]", "max_tries") => {
+            "Tries per message (1..=5); a try after a failure may go to another carrier."
+        }
+        ("[router.retry]", "budget_ms") => {
+            "Every try starts within this long of the first, ms (at most 300000)."
+        }
+        ("[router.retry]", "base_backoff_ms") => {
+            "Wait before the second try, ms; it doubles after each, with jitter."
+        }
+        ("[router.retry]", "max_backoff_ms") => "The longest wait between tries, ms.",
         ("[router.carriers.http]", "ca_file") => {
             "With an https:// url: a PEM bundle of the only CAs trusted for this\n\
              carrier. Empty: the system's trust store (SSL_CERT_FILE / SSL_CERT_DIR\n\
              override it; an https carrier refuses to start when it is empty)."
         }
-        ("[router.carriers.http]", "pool_max_idle_per_host") => {
-            "Idle keep-alive connections kept (each an open TLS session for https)."
-        }
-        ("[router.carriers.http]", "pool_idle_timeout_ms") => "Close an idle connection after, ms.",
         ("[audit]", "enabled") => "Write the audit log.",
         ("[audit]", "path") => {
             "Audit file. A full file is renamed PATH.<UTC time of rotation>, e.g.\n\
@@ -1741,6 +2003,136 @@ mod tests {
                 .any(|e| e.field == "server.tls_cert" && e.reason.contains("not a readable file")),
             "{errs:?}"
         );
+    }
+
+    /// A configuration with every optional table written: an HTTP carrier
+    /// beside a simulated one, an outage, a prefix limit, the TLS files, the
+    /// master key, a RADIUS upstream, a tenant without HTTP keys.
+    fn everything() -> Config {
+        use watchword_engine::delivery::{
+            CarrierConfig, HttpConfig as CarrierHttp, Limit, OutageConfig, OutageMode, PrefixLimit,
+        };
+        let mut c = Config::development();
+        c.server.tls_cert = Some("/etc/watchword/tls/cert.pem".into());
+        c.server.tls_key = Some("/etc/watchword/tls/key.pem".into());
+        c.storage.master_key = Some("/etc/watchword/master.key".into());
+        c.tenants.push(TenantConfig {
+            name: "other".into(),
+            keys: vec!["0123456789abcdef".into()],
+            ..TenantConfig::default()
+        });
+        c.router.carriers[0].simulated.outages.push(OutageConfig {
+            start_ms: 1_000,
+            duration_ms: 2_000,
+            mode: OutageMode::Hang,
+        });
+        c.router.carriers.push(CarrierConfig {
+            name: "http-primary".into(),
+            kind: CarrierKind::Http,
+            http: CarrierHttp {
+                url: "http://127.0.0.1:8080/messages".into(),
+                ..CarrierHttp::default()
+            },
+            ..CarrierConfig::default()
+        });
+        c.router.limits.prefixes.push(PrefixLimit {
+            prefix: "+882".into(),
+            limit: Limit::new(10, 60_000),
+        });
+        c.radius.upstream = Some(RadiusUpstreamConfig {
+            address: "127.0.0.1:18120".into(),
+            secret: "an-upstream-secret".into(),
+            ..RadiusUpstreamConfig::default()
+        });
+        c
+    }
+
+    /// The key lines and table headers of `text` (TOML) that have no
+    /// comment: neither a comment line right above them nor one after the
+    /// value on the same line.
+    fn uncommented(text: &str) -> Vec<String> {
+        let inline_comment = |line: &str| {
+            let mut quoted = false;
+            line.chars().any(|c| {
+                if c == '"' {
+                    quoted = !quoted;
+                }
+                c == '#' && !quoted
+            })
+        };
+        let mut above = "";
+        let mut missing = Vec::new();
+        for line in text.lines() {
+            let is_key = !line.starts_with([' ', '#', ']', '[']) && line.contains(" = ");
+            if (is_key || line.starts_with('[')) && !above.starts_with('#') && !inline_comment(line)
+            {
+                missing.push(line.to_owned());
+            }
+            above = line;
+        }
+        missing
+    }
+
+    #[test]
+    fn every_printed_key_and_table_has_a_comment() {
+        let all = Config::commented(&everything());
+        for text in [Config::commented_default(), all.clone()] {
+            let missing = uncommented(&text);
+            assert!(missing.is_empty(), "no comment on {missing:#?}\n{text}");
+        }
+        // The walk sees what it must: keys nested in carriers, limits and pools.
+        for key in [
+            "\npriority = 0\n",
+            "\nfailure_threshold = 5\n",
+            "\nsender_rate_per_s = 1\n",
+            "\nrate_per_s = 100\n",
+            "\nmax_tries = 5\n",
+            "\nmode = \"hang\"\n",
+            "\nprefix = \"+882\"\n",
+            "\nurl = \"http://127.0.0.1:8080/messages\"\n",
+            "\ntls_cert = ",
+            "\nmaster_key = ",
+            "\nhttp_keys = []\n",
+        ] {
+            assert!(all.contains(key), "{key:?} not printed:\n{all}");
+        }
+        // The walk itself: a comment above or after the value counts, a # in a
+        // string does not.
+        assert_eq!(
+            uncommented("[x]\na = 1 # one\nc = \"#\"\n# b\nb = [\n    2,\n]\n"),
+            ["[x]", "c = \"#\""]
+        );
+        // Everything printed reads back as it was.
+        let back: Config = toml::from_str(&all).unwrap();
+        assert_eq!(back, everything());
+    }
+
+    #[test]
+    fn a_carrier_prints_the_settings_of_its_kind_only() {
+        let text = Config::commented_default();
+        let tables = |t: &str, name: &str| t.lines().filter(|l| *l == name).count();
+        // Two simulated carriers: their tables, and no HTTP carrier table.
+        assert_eq!(tables(&text, "[router.carriers.simulated]"), 2, "{text}");
+        assert_eq!(tables(&text, "[router.carriers.http]"), 0, "{text}");
+        assert!(!text.contains("\nhttp = "), "{text}");
+        // An HTTP carrier is shown commented out; uncommented, it is read.
+        let example = http_carrier_example();
+        let uncommented: String = example
+            .lines()
+            .filter(|l| !l.starts_with("##"))
+            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+            .collect();
+        let parsed = Config::parse(&format!("{text}\n{uncommented}"))
+            .unwrap_or_else(|e| panic!("{e:?}\n{uncommented}"));
+        let http = &parsed.router.carriers[2];
+        assert_eq!(http.kind, CarrierKind::Http);
+        assert_eq!(http.http.url, "http://carrier.example/messages");
+        // A configuration with an HTTP carrier prints its table and no
+        // simulated one for it, and no example.
+        let all = Config::commented(&everything());
+        assert_eq!(tables(&all, "[router.carriers.simulated]"), 2, "{all}");
+        assert_eq!(tables(&all, "[router.carriers.http]"), 1, "{all}");
+        assert!(!all.contains("# [router.carriers.http]"), "{all}");
     }
 
     #[test]

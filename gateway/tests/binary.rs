@@ -17,6 +17,9 @@ fn print_config_output_passes_check_config() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("listen = \"127.0.0.1:7400\""));
     assert!(text.contains("# "));
+    // Simulated carriers print no HTTP carrier settings (the example of an
+    // HTTP carrier is commented out).
+    assert!(!text.contains("\n[router.carriers.http]"), "{text}");
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("w.toml");
     std::fs::write(&f, text).unwrap();
