@@ -160,6 +160,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> Result<Running, Stri
     // handles when they start, and handles taken before the recorder exists
     // count nowhere.
     let handle = crate::metrics::install();
+    crate::metrics::publish_sender_capacity(&cfg.router);
     let key = if cfg.storage.path.as_os_str().is_empty() {
         None
     } else {

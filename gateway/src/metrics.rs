@@ -288,6 +288,77 @@ pub fn describe_all() {
         "watchword_radius_send_errors_total",
         "RADIUS replies the socket refused to send."
     );
+    metrics::describe_gauge!(
+        "watchword_sender_capacity_per_second",
+        "SMS a second the senders of each sender pool (label pool, its country) or \
+         carrier's own senders (label carrier, for countries without a pool) may send \
+         together: senders x each one's rate, from the configuration. More queue and \
+         arrive late. No series where the rate is unlimited."
+    );
+    metrics::describe_gauge!(
+        "watchword_senders",
+        "Senders (short codes, numbers) of each sender pool (label pool) or carrier's \
+         own set (label carrier)."
+    );
+}
+
+/// One set of SMS senders and what it may send: a country's sender pool, or
+/// a carrier's own senders (SMS to countries without a pool).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderCapacity {
+    /// `("pool", country)` or `("carrier", name)`: the series' label.
+    pub label: (&'static str, String),
+    /// Senders in the set.
+    pub senders: usize,
+    /// Each sender's own rate, messages a second (0 = unlimited).
+    pub rate_per_s: u32,
+}
+
+impl SenderCapacity {
+    /// Messages a second the set may send together; `None` when unlimited.
+    pub fn per_second(&self) -> Option<u64> {
+        (self.rate_per_s > 0).then(|| self.senders as u64 * u64::from(self.rate_per_s))
+    }
+}
+
+/// The SMS sender sets of `router`, as the router paces them: each
+/// country's pool (one per country, the last written wins, as in the
+/// router), then each SMS carrier's own senders.
+pub fn sender_capacities(router: &watchword_engine::delivery::RouterConfig) -> Vec<SenderCapacity> {
+    let mut out: Vec<SenderCapacity> = Vec::new();
+    for p in &router.senders.pools {
+        let country = p.country.to_ascii_uppercase();
+        out.retain(|c| c.label.1 != country);
+        out.push(SenderCapacity {
+            label: ("pool", country),
+            senders: p.senders.len(),
+            rate_per_s: p.rate_per_s,
+        });
+    }
+    for c in &router.carriers {
+        if c.channels.contains(&watchword_engine::Channel::Sms) {
+            out.push(SenderCapacity {
+                label: ("carrier", c.name.clone()),
+                senders: c.senders.len(),
+                rate_per_s: c.sender_rate_per_s,
+            });
+        }
+    }
+    out
+}
+
+/// Sets `watchword_sender_capacity_per_second` and `watchword_senders` from
+/// the router's configuration (once, at start).
+pub(crate) fn publish_sender_capacity(router: &watchword_engine::delivery::RouterConfig) {
+    for c in sender_capacities(router) {
+        let (key, value) = (c.label.0, c.label.1.clone());
+        metrics::gauge!("watchword_senders", key => value.clone(), "channel" => "sms")
+            .set(c.senders as f64);
+        if let Some(n) = c.per_second() {
+            metrics::gauge!("watchword_sender_capacity_per_second", key => value, "channel" => "sms")
+                .set(n as f64);
+        }
+    }
 }
 
 /// Handles for the per-request series, registered once per server so the hot
@@ -555,5 +626,47 @@ pub async fn serve(
                 .serve_connection(io, svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use watchword_engine::Channel;
+    use watchword_engine::delivery::{CarrierConfig, RouterConfig, SenderPool};
+
+    #[test]
+    fn sender_capacity_is_senders_times_rate_per_pool_and_carrier() {
+        let mut r = RouterConfig::development();
+        let got: Vec<_> = sender_capacities(&r)
+            .iter()
+            .map(|c| (c.label.0, c.label.1.clone(), c.senders, c.per_second()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("pool", "US".to_owned(), 4, Some(400)),
+                ("pool", "CA".to_owned(), 2, Some(200)),
+                ("carrier", "sim-primary".to_owned(), 2, Some(2)),
+                ("carrier", "sim-backup".to_owned(), 2, Some(2)),
+            ]
+        );
+        // A later pool of the same country replaces it (as in the router); a
+        // rate of 0 is unlimited; a carrier without SMS has no SMS senders.
+        r.senders.pools.push(SenderPool {
+            country: "us".into(),
+            senders: vec!["1".into(); 3],
+            rate_per_s: 0,
+        });
+        r.carriers.push(CarrierConfig {
+            name: "voice-only".into(),
+            channels: vec![Channel::Voice],
+            ..CarrierConfig::default()
+        });
+        let caps = sender_capacities(&r);
+        let us = caps.iter().find(|c| c.label.1 == "US").unwrap();
+        assert_eq!((us.senders, us.per_second()), (3, None));
+        assert_eq!(caps.iter().filter(|c| c.label.1 == "US").count(), 1);
+        assert!(!caps.iter().any(|c| c.label.1 == "voice-only"));
     }
 }

@@ -390,6 +390,15 @@ async fn metrics_and_health() {
     assert!(m.contains("watchword_requests_total"), "{m}");
     assert!(m.contains("status=\"NOT_FOUND\""), "{m}");
     assert!(m.contains("watchword_request_duration_seconds"), "{m}");
+    // What the senders may carry, from the configuration: 4 US short codes
+    // at 100/s each, and each carrier's own 2 senders at 1/s.
+    for line in [
+        "watchword_sender_capacity_per_second{pool=\"US\",channel=\"sms\"} 400\n",
+        "watchword_senders{pool=\"US\",channel=\"sms\"} 4\n",
+        "watchword_sender_capacity_per_second{carrier=\"sim-primary\",channel=\"sms\"} 2\n",
+    ] {
+        assert!(m.contains(line), "{line} missing:\n{m}");
+    }
     assert!(
         http_get(r.metrics_addr, "/nope")
             .await
