@@ -207,9 +207,70 @@ pub struct RunArgs {
     /// No progress lines.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// The gateway's metrics endpoint, read before an open-loop run against
+    /// watchword:// for its SMS sender capacity
+    /// (`watchword_sender_capacity_per_second`): a run offering more SMS to
+    /// its phone numbers than the senders carry is warned on stderr and in
+    /// the report. Default: http://HOST:9400/metrics of --target's host;
+    /// `none` skips the check.
+    #[arg(long)]
+    pub metrics: Option<String>,
     /// Shared flags.
     #[command(flatten)]
     pub common: Common,
+}
+
+impl RunArgs {
+    /// The metrics URL to read the sender capacity from, if any.
+    fn metrics_url(&self, addr: &str) -> Option<String> {
+        match self.metrics.as_deref() {
+            Some("none") => None,
+            Some(url) => Some(url.to_owned()),
+            None => {
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                Some(format!("http://{host}:9400/metrics"))
+            }
+        }
+    }
+}
+
+/// Before an open-loop run against a gateway: reads its SMS sender capacity
+/// and says (on stderr, and returns for the report) when the run offers
+/// more SMS to its phone numbers than the senders carry. An unreadable
+/// endpoint is said once, and the run goes on.
+async fn sender_capacity_check(a: &RunArgs, addr: &str) -> Vec<String> {
+    if a.closed {
+        return Vec::new();
+    }
+    let rate = a.rate;
+    let Some((country, prefix)) = a.common.plan().phone_country() else {
+        return Vec::new();
+    };
+    let offered = crate::senders::sms_offered(&a.mix, rate);
+    let Some(url) = a.metrics_url(addr).filter(|_| !offered.is_empty()) else {
+        return Vec::new();
+    };
+    let sets = match crate::senders::read(&url).await {
+        Ok(sets) if sets.is_empty() => {
+            eprintln!(
+                "note: {url} shows no SMS sender capacity (watchword_sender_capacity_per_second); the run goes on without the capacity check"
+            );
+            return Vec::new();
+        }
+        Ok(sets) => sets,
+        Err(e) => {
+            eprintln!(
+                "note: cannot read the gateway's SMS sender capacity from {url} ({e}); the run goes on without the capacity check (--metrics URL, or --metrics none)"
+            );
+            return Vec::new();
+        }
+    };
+    let pool = if a.mix.needs_pool() { a.common.pool } else { 0 };
+    let warnings = crate::senders::warnings(&sets, country, prefix, &offered, pool);
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    warnings
 }
 
 /// Flags of `compare`.
@@ -351,7 +412,7 @@ impl<B: Backend> Probe for RunProbe<B> {
     }
 }
 
-async fn single<B: Backend>(backend: B, a: &RunArgs) -> anyhow::Result<()> {
+async fn single<B: Backend>(backend: B, a: &RunArgs, warnings: Vec<String>) -> anyhow::Result<()> {
     let backend = Arc::new(backend);
     let mode = if a.closed {
         Mode::Closed
@@ -373,7 +434,8 @@ async fn single<B: Backend>(backend: B, a: &RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let cfg = a.common.run_config(mode, a.depth, a.mix.clone(), !a.quiet);
-    let rep = run(backend, cfg).await?;
+    let mut rep = run(backend, cfg).await?;
+    rep.warnings = warnings;
     print!("{}", rep.to_text());
     if let Some(f) = &a.json {
         rep.write_json(f)?;
@@ -500,9 +562,14 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 TargetAddr::Watchword(addr) => {
                     let backend = a.common.watchword(addr, a.depth);
                     provision_for(a, &backend, false).await?;
-                    single(backend, a).await
+                    let warnings = if a.find_capacity {
+                        Vec::new()
+                    } else {
+                        sender_capacity_check(a, addr).await
+                    };
+                    single(backend, a, warnings).await
                 }
-                TargetAddr::Redis(addr) => single(Common::redis(addr), a).await,
+                TargetAddr::Redis(addr) => single(Common::redis(addr), a, Vec::new()).await,
                 TargetAddr::Radius(addr) => {
                     let c = &a.common;
                     let gateway = (c.radius_gateway != "none")
@@ -518,7 +585,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                         users: c.users,
                         outbox: gateway,
                     };
-                    single(backend, a).await
+                    single(backend, a, Vec::new()).await
                 }
             }
         }

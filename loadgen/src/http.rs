@@ -16,7 +16,8 @@ const MAX_BODY: usize = 4 << 20;
 pub struct HttpConn {
     io: BufReader<TcpStream>,
     host: String,
-    auth: String,
+    /// The `Authorization` header's value; none for an empty key.
+    auth: Option<String>,
     req: Vec<u8>,
 }
 
@@ -37,7 +38,8 @@ pub fn host_of(url: &str) -> anyhow::Result<String> {
 }
 
 impl HttpConn {
-    /// Connects to `url` (`http://HOST:PORT`) with a bearer key.
+    /// Connects to `url` (`http://HOST:PORT`) with a bearer key (none when
+    /// `key` is empty).
     pub async fn connect(url: &str, key: &str) -> anyhow::Result<HttpConn> {
         let host = host_of(url)?;
         let tcp = TcpStream::connect(&host)
@@ -46,7 +48,7 @@ impl HttpConn {
         tcp.set_nodelay(true)?;
         Ok(HttpConn {
             io: BufReader::with_capacity(16 * 1024, tcp),
-            auth: format!("Bearer {key}"),
+            auth: (!key.is_empty()).then(|| format!("Bearer {key}")),
             host,
             req: Vec::with_capacity(1024),
         })
@@ -60,10 +62,14 @@ impl HttpConn {
         body: &str,
     ) -> anyhow::Result<(u16, Vec<u8>)> {
         self.req.clear();
+        let auth = self
+            .auth
+            .as_deref()
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             self.host,
-            self.auth,
             body.len()
         );
         self.req.extend_from_slice(head.as_bytes());
@@ -115,4 +121,17 @@ impl HttpConn {
         }
         Ok(v)
     }
+}
+
+/// GETs `url` (`http://HOST:PORT/PATH`) without credentials, on a connection
+/// of its own: the status and the body as text.
+pub async fn get(url: &str) -> anyhow::Result<(u16, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("{url}: only http:// URLs are supported"))?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let mut c = HttpConn::connect(&format!("http://{host}"), "").await?;
+    let (status, body) = c.request("GET", path, "").await?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -17,6 +17,7 @@ pub mod report;
 pub mod resp;
 pub mod router;
 pub mod run;
+pub mod senders;
 pub mod slo;
 pub mod svg;
 pub mod target;

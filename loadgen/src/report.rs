@@ -66,6 +66,9 @@ pub struct FlowReport {
 pub struct RunReport {
     /// The target URL.
     pub target: String,
+    /// What the run should know about the target before reading its
+    /// figures (e.g. an offered SMS rate over the gateway's sender capacity).
+    pub warnings: Vec<String>,
     /// The scenario mix, e.g. `flow=80,wrong=10,resend=5,unknown=5`.
     pub scenario: String,
     /// `open` or `closed`.
@@ -181,6 +184,9 @@ impl RunReport {
             "generator: {:.1} us CPU per request, {:.2} cores busy (its own threads; warm-up included)",
             self.generator_cpu_us_per_request, self.generator_cores
         );
+        for w in &self.warnings {
+            let _ = writeln!(o, "warning: {w}");
+        }
         for op in &self.ops {
             let _ = writeln!(
                 o,

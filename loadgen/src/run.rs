@@ -777,6 +777,7 @@ fn build_report<B: Backend>(ctx: &Ctx<B>, backend: &B, end: Instant) -> RunRepor
     });
     RunReport {
         target: backend.describe(),
+        warnings: Vec::new(),
         scenario: cfg.mix.to_string(),
         mode: match cfg.mode {
             Mode::Open { .. } => "open".into(),

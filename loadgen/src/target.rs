@@ -193,6 +193,12 @@ impl DestPlan {
         format!("+1{area}{exch:03}{line:04}")
     }
 
+    /// The country and calling code of the phone numbers (every area code
+    /// of [`AREA`] is in the US); `None` with e-mail addresses.
+    pub fn phone_country(&self) -> Option<(&'static str, &'static str)> {
+        (!self.email).then_some(("US", "+1"))
+    }
+
     /// The subject for request `n`.
     pub fn subject(&self, n: u64) -> String {
         format!("user{n}")
