@@ -31,6 +31,15 @@ pub use crate::protocol::{Delivered, IssueRequest, StatusReply};
 /// (never blocking the connection) and counted in [`Client::outbox_dropped`].
 pub const OUTBOX_CAPACITY: usize = 65_536;
 
+/// The code a delivered message carries (what a person reads off the
+/// handset): its first run of 4 to 12 digits, the lengths a tenant's
+/// `code_len` may have. The texts' other numbers (the minutes of validity)
+/// are shorter; a spoken code (`1, 2, 3, 4`) has no such run.
+pub fn code_in(text: &str) -> Option<&str> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .find(|run| (4..=12).contains(&run.len()))
+}
+
 /// TLS settings of a client.
 #[derive(Debug, Clone)]
 pub struct ClientTls {
@@ -582,4 +591,25 @@ async fn read_loop(
     }
     fail_all(&pending, &closed);
     stop.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::code_in;
+
+    #[test]
+    fn the_code_is_the_digit_run_of_any_configured_length() {
+        for code in ["1234", "204962", "12345678", "123456789012"] {
+            let sms = format!("{code} is your Watchword verification code. It expires in 5 min.");
+            assert_eq!(code_in(&sms), Some(code), "{sms}");
+            let mail = format!(
+                "Subject: Your Watchword verification code\n\nYour Watchword verification \
+                 code is {code}.\nIt expires in 10 minutes."
+            );
+            assert_eq!(code_in(&mail), Some(code), "{mail}");
+        }
+        assert_eq!(code_in("It expires in 60 min."), None);
+        assert_eq!(code_in("1234567890123 is too long"), None);
+        assert_eq!(code_in("Your code is: 1, 2, 3, 4."), None);
+    }
 }
