@@ -7,7 +7,7 @@ use crate::capacity::{Probe, ProbeResult, find_capacity};
 use crate::compare::{CompareConfig, compare, table};
 use crate::mix::{Mix, Scenario};
 use crate::radius::RadiusBackend;
-use crate::run::{Mode, RunConfig, run};
+use crate::run::{Mode, Pacing, RunConfig, run};
 use crate::slo::{Slo, parse_duration};
 use crate::target::{Backend, DestPlan, RedisBackend, TargetAddr};
 use crate::watchword::WatchwordBackend;
@@ -16,6 +16,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use watchword_gateway::client::{ClientConfig, ClientTls};
+
+fn pacing(s: &str) -> Result<Pacing, String> {
+    match s {
+        "connection" => Ok(Pacing::Connection),
+        "thread" => Ok(Pacing::Thread),
+        _ => Err(format!("expected connection or thread, got {s:?}")),
+    }
+}
 
 fn dur(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
@@ -119,6 +127,13 @@ pub struct Common {
     /// Sends this much later than intended count as late.
     #[arg(long, default_value = "1ms", value_parser = dur)]
     pub late_threshold: Duration,
+    /// How the open loop keeps its schedule: `connection` (each connection's
+    /// task paces itself on the runtime's 1 ms timer, as wrk2 does: little
+    /// CPU, starts up to ~1 ms late) or `thread` (a pacing thread wakes for
+    /// each start: exact starts, two thread wake-ups per request). Response
+    /// time counts from the intended start either way.
+    #[arg(long, default_value = "connection", value_parser = pacing)]
+    pub pacing: Pacing,
     /// Use e-mail destinations instead of phone numbers.
     #[arg(long)]
     pub email: bool,
@@ -330,6 +345,7 @@ impl Common {
             max_pending_flows: self.max_pending_flows,
             progress,
             salt: None,
+            pacing: self.pacing,
         }
     }
 

@@ -27,7 +27,7 @@ pub mod watchword;
 pub use hist::{Hist, Percentiles};
 pub use mix::{Mix, Scenario};
 pub use report::RunReport;
-pub use run::{Mode, RunConfig, run};
+pub use run::{Mode, Pacing, RunConfig, run};
 pub use slo::Slo;
 pub use target::{Backend, DestPlan, RedisBackend, TargetAddr};
 pub use watchword::WatchwordBackend;

@@ -65,6 +65,26 @@ pub struct RunConfig {
     /// Added to every destination number, so runs against the same server use
     /// fresh destinations; `None` picks a random one.
     pub salt: Option<u64>,
+    /// How the open loop keeps its schedule.
+    pub pacing: Pacing,
+}
+
+/// How the open loop keeps its schedule. Either way the i-th start is
+/// intended at `t0 + i/R` (connection `i mod C`) and response time counts
+/// from that instant, so any lateness of the generator is in the figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Pacing {
+    /// Each connection's task keeps its own share of the schedule, as wrk2
+    /// does: it sends whatever is due, then sleeps on the runtime's timer
+    /// (1 ms ticks) until the next start or an answer. No thread wakes per
+    /// request; a start may leave up to about a millisecond late, which the
+    /// response time shows.
+    #[default]
+    Connection,
+    /// One pacing thread sleeps to each intended start (tens of µs of slack)
+    /// and hands the start to its connection's task: exact starts, but two
+    /// thread wake-ups per request.
+    Thread,
 }
 
 impl Default for RunConfig {
@@ -83,6 +103,7 @@ impl Default for RunConfig {
             max_pending_flows: 100_000,
             progress: false,
             salt: None,
+            pacing: Pacing::default(),
         }
     }
 }
@@ -527,6 +548,17 @@ pub async fn run<B: Backend>(backend: Arc<B>, cfg: RunConfig) -> anyhow::Result<
     let mut lanes = tokio::task::JoinSet::new();
     let mut pacer = None;
     match cfg.mode {
+        Mode::Open { rate } if cfg.pacing == Pacing::Connection => {
+            let total = scheduled_count(end - t0, rate);
+            let c = conns.len() as u64;
+            for (ci, conn) in conns.iter().enumerate() {
+                let (ctx, conn) = (ctx.clone(), conn.clone());
+                let depth = cfg.depth;
+                lanes.spawn(async move {
+                    paced_connection(&ctx, &conn, ci, c, depth, total, rate, t0).await;
+                });
+            }
+        }
         Mode::Open { rate } => {
             let cap = ((rate / cfg.connections as f64) as usize).clamp(1024, 65_536);
             let mut txs = Vec::with_capacity(cfg.connections);
@@ -606,6 +638,53 @@ pub async fn run<B: Backend>(backend: Arc<B>, cfg: RunConfig) -> anyhow::Result<
     report.generator_cpu_us_per_request = cpu_us / sent as f64;
     report.generator_cores = cpu_us / wall_us.max(1.0);
     Ok(report)
+}
+
+/// One connection's share of the open-loop schedule (starts `ci`, `ci + c`,
+/// `ci + 2c`, ... of `total`), up to `depth` at once, paced on the runtime's
+/// timer: everything due is sent at once, then the task sleeps until the next
+/// start is due or an answer frees a slot.
+#[allow(clippy::too_many_arguments)]
+async fn paced_connection<B: Backend>(
+    ctx: &Arc<Ctx<B>>,
+    conn: &B::Conn,
+    ci: usize,
+    c: u64,
+    depth: usize,
+    total: u64,
+    rate: f64,
+    t0: Instant,
+) {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+    let shard = ci % ctx.shards.len();
+    let mut inflight = FuturesUnordered::new();
+    // One timer entry for the task's life, moved to each next start.
+    let sleep = tokio::time::sleep_until(t0.into());
+    tokio::pin!(sleep);
+    let mut i = ci as u64;
+    while i < total {
+        let intended = t0 + intended_offset(i, rate);
+        if inflight.len() >= depth {
+            inflight.next().await;
+            continue;
+        }
+        if intended > Instant::now() {
+            sleep.as_mut().reset(intended.into());
+            tokio::select! {
+                () = &mut sleep => {}
+                Some(()) = inflight.next(), if !inflight.is_empty() => continue,
+            }
+        }
+        let t = Ticket {
+            seq: i,
+            intended,
+            measured: intended >= ctx.warm_end,
+        };
+        inflight.push(exec(ctx, conn, shard, t));
+        i += c;
+    }
+    while inflight.next().await.is_some() {}
 }
 
 /// The process's CPU time and the wall time since a start.

@@ -11,7 +11,7 @@ use common::{Mock, MockBackend, Stall, resp_server};
 use std::sync::Arc;
 use std::time::Duration;
 use watchword_loadgen::mix::{Mix, Scenario};
-use watchword_loadgen::run::{Mode, RunConfig, run, scheduled_count};
+use watchword_loadgen::run::{Mode, Pacing, RunConfig, run, scheduled_count};
 use watchword_loadgen::target::RedisBackend;
 
 fn redis(addr: String) -> Arc<RedisBackend> {
@@ -24,6 +24,12 @@ fn redis(addr: String) -> Arc<RedisBackend> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_second_stall_shows_in_response_time_not_service_time() {
+    for pacing in [Pacing::Connection, Pacing::Thread] {
+        a_stall_shows_in_response_time(pacing).await;
+    }
+}
+
+async fn a_stall_shows_in_response_time(pacing: Pacing) {
     let (addr, _) = resp_server(Some(Stall {
         after: Duration::from_secs(4),
         length: Duration::from_secs(1),
@@ -36,10 +42,11 @@ async fn a_one_second_stall_shows_in_response_time_not_service_time() {
         duration: Duration::from_secs(10),
         warmup: Duration::ZERO,
         mix: Mix::single(Scenario::Ping),
+        pacing,
         ..RunConfig::default()
     };
     let r = run(redis(addr), cfg).await.unwrap();
-    eprintln!("{}", r.to_text());
+    eprintln!("{pacing:?}\n{}", r.to_text());
     assert_eq!(r.errors, 0);
     assert_eq!(r.completed, 10_000);
     // ~10% of the requests were due during the stall: the p99 is deep in it.
@@ -61,6 +68,12 @@ async fn a_one_second_stall_shows_in_response_time_not_service_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scheduled_request_is_sent_when_the_server_keeps_up() {
+    for pacing in [Pacing::Connection, Pacing::Thread] {
+        every_scheduled_request_is_sent(pacing).await;
+    }
+}
+
+async fn every_scheduled_request_is_sent(pacing: Pacing) {
     let (addr, served) = resp_server(None).await;
     let (rate, duration, warmup) = (2_000.0, Duration::from_secs(2), Duration::from_millis(500));
     let cfg = RunConfig {
@@ -70,6 +83,7 @@ async fn every_scheduled_request_is_sent_when_the_server_keeps_up() {
         duration,
         warmup,
         mix: Mix::single(Scenario::Ping),
+        pacing,
         ..RunConfig::default()
     };
     let r = run(redis(addr), cfg).await.unwrap();
@@ -88,6 +102,14 @@ async fn every_scheduled_request_is_sent_when_the_server_keeps_up() {
     // Every scheduled request reached the server (plus 2 SCRIPT LOADs per connection).
     assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), total + 8);
     assert_eq!(r.target_rate, Some(rate));
+    // No start leaves before its time, and (the server keeping up) none
+    // leaves more than a timer tick or two late.
+    assert!(
+        r.response.p50_us < 5_000,
+        "{pacing:?}: response p50 {} us",
+        r.response.p50_us
+    );
+    assert!(r.generator_cpu_us_per_request > 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
