@@ -33,7 +33,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Sender, SyncSender, sync_channel};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,9 @@ use crate::config::AuditConfig;
 
 /// The longest [`AuditLog::flush`] waits for the writer.
 const FLUSH_WAIT: Duration = Duration::from_secs(30);
+
+/// Messages waiting for the archiver thread at most.
+const ARCHIVER_QUEUE: usize = 1024;
 
 /// How often the writer looks at the queue when nobody wakes it.
 const DRAIN_EVERY: Duration = Duration::from_millis(5);
@@ -67,7 +70,7 @@ pub struct AuditLog {
     unreported: AtomicU64,
     deleted_early: Arc<AtomicU64>,
     syslog_dropped: Arc<AtomicU64>,
-    archiver: Sender<archive::Msg>,
+    archiver: SyncSender<archive::Msg>,
     server: String,
     server_ip: String,
     tenants: Vec<String>,
@@ -159,7 +162,10 @@ impl AuditLog {
         });
         let dropped = Arc::new(AtomicU64::new(0));
         let deleted_early = Arc::new(AtomicU64::new(0));
-        let (to_archiver, archiver_rx) = std::sync::mpsc::channel();
+        // Bounded: a `Sealed` that finds it full is dropped, which loses
+        // nothing (the archiver keeps the highest stamp it was told, and the
+        // next rotation's message covers the file); `Settle` waits for room.
+        let (to_archiver, archiver_rx) = sync_channel(ARCHIVER_QUEUE);
         let archiver = archive::Archiver::new(
             names.clone(),
             archive::Retention::of(cfg),
@@ -455,7 +461,7 @@ struct Writer {
     max_bytes: u64,
     /// The stamp of the newest rotated file: the next one is later.
     last_stamp_ms: u64,
-    archiver: Sender<archive::Msg>,
+    archiver: SyncSender<archive::Msg>,
     syslog: Option<syslog::Feed>,
     interval: Duration,
     /// When an I/O error was last logged, and how many were not logged since:
@@ -578,7 +584,7 @@ impl Writer {
         if let Err(e) = old.into_inner().map_err(|e| e.into_error()) {
             self.report_error("flush", &e);
         }
-        let _ = self.archiver.send(archive::Msg::Sealed(stamp_ms));
+        let _ = self.archiver.try_send(archive::Msg::Sealed(stamp_ms));
         Ok(())
     }
 }
