@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::limits::{MAX_JANITOR_INTERVAL_MS, MAX_WINDOW_MS};
+use super::smpp::SmppConfig;
 use crate::types::Channel;
 
 /// Everything the router needs.
@@ -84,6 +85,8 @@ pub enum CarrierKind {
     Simulated,
     /// JSON over HTTP/1.1 (or HTTPS) to `http.url`.
     Http,
+    /// SMS over SMPP 3.4 transceiver binds to `smpp.host` (SMS only).
+    Smpp,
 }
 
 /// One carrier.
@@ -125,6 +128,8 @@ pub struct CarrierConfig {
     pub simulated: SimulatedConfig,
     /// Settings of an HTTP carrier.
     pub http: HttpConfig,
+    /// Settings of an SMPP carrier.
+    pub smpp: SmppConfig,
 }
 
 impl Default for CarrierConfig {
@@ -147,6 +152,38 @@ impl Default for CarrierConfig {
             sender_rate_per_s: 1,
             simulated: SimulatedConfig::default(),
             http: HttpConfig::default(),
+            smpp: SmppConfig::default(),
+        }
+    }
+}
+
+impl CarrierConfig {
+    /// Sends the router lets await this carrier's answer at once:
+    /// `max_in_flight`, and for an SMPP carrier no more than its binds'
+    /// windows together (so a send never waits for a window inside the
+    /// carrier's timeout).
+    pub fn in_flight_limit(&self) -> usize {
+        match self.kind {
+            CarrierKind::Smpp => self.max_in_flight.min(self.smpp.total_window().max(1)),
+            _ => self.max_in_flight,
+        }
+    }
+
+    /// Sends per second the router paces this carrier to (0 = unlimited):
+    /// `throughput_per_s`, and for an SMPP carrier no more than its binds'
+    /// `throughput_per_bind` together.
+    pub fn throughput_limit(&self) -> u32 {
+        let binds = match self.kind {
+            CarrierKind::Smpp if self.smpp.throughput_per_bind > 0 => self
+                .smpp
+                .throughput_per_bind
+                .saturating_mul(self.smpp.binds.max(1)),
+            _ => 0,
+        };
+        match (self.throughput_per_s, binds) {
+            (0, b) => b,
+            (t, 0) => t,
+            (t, b) => t.min(b),
         }
     }
 }
@@ -586,6 +623,16 @@ impl RouterConfig {
                     }
                 }
             }
+            if c.kind == CarrierKind::Smpp {
+                if c.channels.iter().any(|ch| *ch != Channel::Sms) {
+                    return err(format!(
+                        "{at}.channels: an smpp carrier sends SMS only; set channels = [\"sms\"]"
+                    ));
+                }
+                if let Err(e) = c.smpp.validate() {
+                    return err(format!("{at}.smpp.{e}"));
+                }
+            }
         }
         for (i, p) in self.senders.pools.iter().enumerate() {
             if p.country.len() != 2 || p.senders.is_empty() {
@@ -643,6 +690,50 @@ mod tests {
             "{d}"
         );
         assert!(d.contains("https://<redacted>@api.example/v1?x=@"), "{d}");
+    }
+
+    #[test]
+    fn an_smpp_carrier_is_checked_field_by_field_and_caps_the_router() {
+        let mut cfg = RouterConfig::default();
+        let c = &mut cfg.carriers[0];
+        c.kind = CarrierKind::Smpp;
+        c.smpp.system_id = "ww".into();
+        c.smpp.password = "s3cret".into();
+        let e = cfg.validate().unwrap_err().0;
+        assert_eq!(
+            e,
+            "carriers[0] (sim-primary).channels: an smpp carrier sends SMS only; set channels = [\"sms\"]"
+        );
+        cfg.carriers[0].channels = vec![Channel::Sms];
+        let e = cfg.validate().unwrap_err().0;
+        assert!(
+            e.starts_with("carriers[0] (sim-primary).smpp.host: "),
+            "{e}"
+        );
+        cfg.carriers[0].smpp.host = "smsc.example".into();
+        cfg.validate().unwrap();
+        cfg.carriers[0].smpp.password = "much-too-long-s3cret".into();
+        let e = cfg.validate().unwrap_err().0;
+        assert!(
+            e.starts_with("carriers[0] (sim-primary).smpp.password: "),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret"), "{e}");
+
+        // The router's window and pace stay within the binds'.
+        let c = &mut cfg.carriers[0];
+        c.smpp.binds = 3;
+        c.smpp.window = 10;
+        assert_eq!(c.in_flight_limit(), 30);
+        c.max_in_flight = 8;
+        assert_eq!(c.in_flight_limit(), 8);
+        assert_eq!(c.throughput_limit(), 0);
+        c.smpp.throughput_per_bind = 50;
+        assert_eq!(c.throughput_limit(), 150);
+        c.throughput_per_s = 100;
+        assert_eq!(c.throughput_limit(), 100);
+        c.kind = CarrierKind::Http;
+        assert_eq!((c.in_flight_limit(), c.throughput_limit()), (8, 100));
     }
 
     #[test]

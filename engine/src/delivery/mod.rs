@@ -14,6 +14,7 @@ pub(crate) use limits::RateGate;
 mod pace;
 pub mod router;
 pub mod simulated;
+pub mod smpp;
 mod template;
 
 pub use breaker::BreakerState;
@@ -30,6 +31,7 @@ pub use destination::{Destination, ExtensionKind, InvalidDestination, normalize}
 pub use http::HttpCarrier;
 pub use router::{DeliveryJob, DeliveryPermit, QueueFull, RateLimited, Router, RouterStats};
 pub use simulated::{OutboxMessage, SimCounters, SimulatedCarrier};
+pub use smpp::{SmppCarrier, SmppConfig};
 
 use crate::types::{ChallengeId, DeliveryState};
 

@@ -30,6 +30,7 @@ use super::http::HttpCarrier;
 use super::limits::{KeyedLimiter, Taken, key_of};
 use super::pace::Pacer;
 use super::simulated::{OutboxMessage, SimulatedCarrier};
+use super::smpp::SmppCarrier;
 use super::template;
 use super::{CarrierSlot, ChallengeLedger, SlotHint};
 use crate::clock::Clock;
@@ -643,6 +644,9 @@ impl Router {
                         CarrierKind::Http => Arc::new(HttpCarrier::new(&c.http).map_err(|e| {
                             RouterConfigError(format!("carriers[{i}] ({}).{}", c.name, e.0))
                         })?),
+                        CarrierKind::Smpp => Arc::new(SmppCarrier::new(c).map_err(|e| {
+                            RouterConfigError(format!("carriers[{i}] ({}).{}", c.name, e.0))
+                        })?),
                     }
                 };
             carriers.push(carrier_rt(i, c, imp));
@@ -916,8 +920,8 @@ fn carrier_rt(i: usize, c: &CarrierConfig, imp: Arc<dyn Carrier>) -> CarrierRt {
         prefixes: c.prefixes.clone(),
         priority: c.priority,
         weight: c.weight.max(1),
-        pacer: Pacer::new(c.throughput_per_s, 2),
-        window: Semaphore::new(c.max_in_flight),
+        pacer: Pacer::new(c.throughput_limit(), 2),
+        window: Semaphore::new(c.in_flight_limit()),
         queued: AtomicUsize::new(0),
         queue_cap: c.queue_capacity,
         max_queue_delay: Duration::from_millis(c.max_queue_delay_ms),

@@ -973,11 +973,23 @@ fn serve(
     http: Option<String>,
     opts: watchword_gateway::app::StartOptions,
 ) -> ExitCode {
+    // rusmpp logs whole SMPP PDUs (message texts with their codes, bind
+    // passwords) at debug level under `rusmpp::codec::{encode,decode}`: those
+    // targets stay off whatever RUST_LOG says (a directive added later for
+    // the same target replaces the environment's).
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for target in [
+        "rusmpp::codec",
+        "rusmpp::codec::encode",
+        "rusmpp::codec::decode",
+    ] {
+        if let Ok(off) = format!("{target}=off").parse() {
+            filter = filter.add_directive(off);
+        }
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let mut cfg = match &file {
