@@ -82,7 +82,7 @@ pub const PRODUCTION_RULES: [(&str, &str); 6] = [
     ("short_keys", "a tenant or HTTP key shorter than 16 bytes"),
     (
         "plaintext",
-        "a protocol, HTTP or metrics listener off loopback without TLS, or an http:// carrier",
+        "a protocol, HTTP or metrics listener off loopback without TLS, or an http:// or smpp carrier",
     ),
     (
         "unlimited_guesses",
@@ -1029,6 +1029,18 @@ impl Config {
                         format!("carrier {:?} sends codes over plain http://", c.name),
                     );
                 }
+                if c.kind == CarrierKind::Smpp {
+                    refuse(
+                        errors,
+                        format!("router.carriers[{i}].kind"),
+                        "plaintext",
+                        format!(
+                            "carrier {:?} sends codes over SMPP without TLS (run it over a \
+                             private link or VPN)",
+                            c.name
+                        ),
+                    );
+                }
             }
         }
         if !allowed("simulated_carriers") {
@@ -1294,7 +1306,7 @@ impl Config {
             .any(|c| c.kind == CarrierKind::Http);
         let mut header = String::new();
         // The kind of the carrier whose tables are being printed.
-        let mut carrier_kind = "";
+        let mut carrier_kind = String::new();
         let mut skipping = false;
         let mut example_due = !has_http_carrier;
         for line in body.lines() {
@@ -1314,15 +1326,16 @@ impl Config {
                 }
                 header = t.to_owned();
                 if t == "[[router.carriers]]" {
-                    carrier_kind = "";
+                    carrier_kind.clear();
                 }
-                // A table of the other kind's settings does not apply.
-                let other = match carrier_kind {
-                    "simulated" => "[router.carriers.http",
-                    "http" => "[router.carriers.simulated",
-                    _ => "\u{0}",
-                };
-                skipping = t.starts_with(other);
+                // A table of another kind's settings does not apply: every
+                // kind's table is named after the kind.
+                skipping = !carrier_kind.is_empty()
+                    && t.strip_prefix("[router.carriers.")
+                        .and_then(|rest| rest.split(['.', ']']).next())
+                        .is_some_and(|kind| {
+                            CARRIER_KIND_TABLES.contains(&kind) && kind != carrier_kind
+                        });
                 if skipping {
                     continue;
                 }
@@ -1333,11 +1346,7 @@ impl Config {
             if header == "[[router.carriers]]"
                 && let Some(kind) = t.strip_prefix("kind = ")
             {
-                carrier_kind = match kind {
-                    "\"simulated\"" => "simulated",
-                    "\"http\"" => "http",
-                    _ => "",
-                };
+                carrier_kind = kind.trim_matches('"').to_owned();
             }
             annotate(&mut out, &header, line, "", "# ");
             // Keys unset by default print nothing in TOML: shown commented.
@@ -1491,6 +1500,10 @@ fn http_carrier_example() -> String {
     out
 }
 
+/// The tables of one carrier kind's settings, each named after its kind
+/// (a carrier's other tables, such as `breaker`, apply to every kind).
+const CARRIER_KIND_TABLES: [&str; 4] = ["simulated", "http", "smpp", "smtp"];
+
 /// Reads one section into `into`. An unknown key is reported and set
 /// aside, and the section read again, so it never hides a bad value beside
 /// it. False when anything was wrong.
@@ -1604,15 +1617,19 @@ fn section_comment(header: &str) -> Option<&'static str> {
         "[table]" => "The in-memory challenge table.",
         "[router]" => "Delivery: queue, outbox, retries, receipts.",
         "[[router.carriers]]" => {
-            "A carrier: kind = \"simulated\" or \"http\"; lower priority is preferred.\n\
-             A simulated carrier has a [router.carriers.simulated] table, an HTTP\n\
-             carrier a [router.carriers.http] table."
+            "A carrier: kind = \"simulated\", \"http\" or \"smpp\"; lower priority is\n\
+             preferred. Its own settings go in the table named after its kind."
         }
         "[router.carriers.simulated]" => {
             "Behaviour of a simulated carrier (latencies, failure rates)."
         }
         "[router.carriers.http]" => {
             "Settings of an HTTP carrier (JSON over HTTP/1.1, plain or HTTPS)."
+        }
+        "[router.carriers.smpp]" => {
+            "Settings of an SMPP 3.4 carrier (kind = \"smpp\", channels = [\"sms\"]): transceiver\n\
+             binds to an SMSC, no TLS (a private link or VPN; production needs server.allow =\n\
+             [\"plaintext\"])."
         }
         "[router.carriers.simulated.auto_answer]" => {
             "The simulated handsets answer confirmation calls by themselves (keys, delay),\n\
@@ -1941,6 +1958,45 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
             "With an https:// url: a PEM bundle of the only CAs trusted for this\n\
              carrier. Empty: the system's trust store (SSL_CERT_FILE / SSL_CERT_DIR\n\
              override it; an https carrier refuses to start when it is empty)."
+        }
+        ("[router.carriers.smpp]", "host") => "The SMSC's host name or IP address.",
+        ("[router.carriers.smpp]", "port") => "The SMSC's SMPP port.",
+        ("[router.carriers.smpp]", "system_id") => "The bind's system_id (at most 15 characters).",
+        ("[router.carriers.smpp]", "password") => {
+            "The bind's password (at most 8 characters; never logged or shown)."
+        }
+        ("[router.carriers.smpp]", "system_type") => "The bind's system_type (often empty).",
+        ("[router.carriers.smpp]", "binds") => {
+            "Transceiver binds kept open (one TCP connection each)."
+        }
+        ("[router.carriers.smpp]", "window") => {
+            "submit_sm awaiting their answer at once, per bind (the router never has more\n\
+             in flight than binds x window, nor than max_in_flight)."
+        }
+        ("[router.carriers.smpp]", "throughput_per_bind") => {
+            "submit_sm per second per bind (0 = unlimited); the router paces to binds x this."
+        }
+        ("[router.carriers.smpp]", "enquire_link_s") => {
+            "Seconds between enquire_links (keep-alive) on each bind."
+        }
+        ("[router.carriers.smpp]", "reconnect_min_ms") => {
+            "First wait before binding again after a lost or refused bind, ms."
+        }
+        ("[router.carriers.smpp]", "reconnect_max_ms") => {
+            "Longest wait between bind attempts, ms (doubling with jitter up to it)."
+        }
+        ("[router.carriers.smpp]", "source_ton") => {
+            "TON of short-code senders (digits): 3 network specific. +digits senders go\n\
+             as TON 1 / NPI 1, alphanumeric ones (at most 11 characters) as TON 5 / NPI 0."
+        }
+        ("[router.carriers.smpp]", "source_npi") => "NPI of short-code senders.",
+        ("[router.carriers.smpp]", "dest_ton") => "TON of destinations (1: international).",
+        ("[router.carriers.smpp]", "dest_npi") => "NPI of destinations (1: ISDN / E.164).",
+        ("[router.carriers.smpp]", "registered_delivery") => {
+            "Ask for delivery receipts; off, an accepted submit_sm counts as delivered."
+        }
+        ("[router.carriers.smpp]", "receipt_timeout_ms") => {
+            "A message id awaiting its receipt is forgotten after this long, ms."
         }
         ("[audit]", "enabled") => "Write the audit log.",
         ("[audit]", "path") => {
@@ -2508,6 +2564,56 @@ mod tests {
                 .any(|e| e.field == "radius.clients[0].first_factor"),
             "{needs:?}"
         );
+    }
+
+    #[test]
+    fn smpp_carriers_are_explained_checked_and_keep_their_password() {
+        let mut with_smpp = Config::development();
+        with_smpp
+            .router
+            .carriers
+            .push(watchword_engine::delivery::CarrierConfig {
+                name: "smsc".into(),
+                kind: CarrierKind::Smpp,
+                ..watchword_engine::delivery::CarrierConfig::default()
+            });
+        let text = Config::commented(&with_smpp);
+        assert_eq!(
+            text.matches("\n[router.carriers.smpp]\n").count(),
+            1,
+            "only the SMPP carrier prints an smpp table"
+        );
+        let smpp = text.split("\n[router.carriers.smpp]\n").nth(1).unwrap();
+        let smpp = smpp.split("\n[").next().unwrap();
+        let mut previous = "";
+        for line in smpp.lines() {
+            if line.contains(" = ") && !line.starts_with('#') {
+                assert!(previous.starts_with("# "), "{line} has no comment:\n{smpp}");
+            }
+            previous = line;
+        }
+        assert!(smpp.contains("port = 2775") && smpp.contains("enquire_link_s = 30"));
+
+        let base = "[[tenants]]\nname = \"x\"\nkeys = [\"0123456789\"]\n\
+                    [[router.carriers]]\nname = \"smsc\"\nkind = \"smpp\"\nchannels = [\"sms\"]\n\
+                    [router.carriers.smpp]\n";
+        let errs = |smpp: &str| Config::parse(&format!("{base}{smpp}")).unwrap_err();
+        let e = errs("system_id = \"ww\"\n");
+        assert_eq!(e[0].field, "router.carriers[0].smpp.host", "{e:?}");
+        let e = errs(
+            "host = \"smsc.example\"\nsystem_id = \"ww\"\npassword = \"far-too-long-s3cret\"\n",
+        );
+        assert_eq!(e[0].field, "router.carriers[0].smpp.password", "{e:?}");
+        assert!(!format!("{e:?}").contains("s3cret"), "{e:?}");
+        let ok =
+            format!("{base}host = \"smsc.example\"\nsystem_id = \"ww\"\npassword = \"pw-s3cr\"\n");
+        let c = Config::parse(&ok).unwrap();
+        assert!(!format!("{c:?}").contains("pw-s3cr"));
+        // Production: no TLS, so refused unless plaintext is waived.
+        let prod = "[server]\nprofile = \"production\"\n[[tenants]]\nname = \"x\"\nrole = \"client\"\nkeys = [\"0123456789abcdef\"]\nverify_per_s = 100\ncheck_per_s = 100\n[storage]\nmaster_key = \"/etc/watchword/master.key\"\n[[router.carriers]]\nname = \"smsc\"\nkind = \"smpp\"\nchannels = [\"sms\"]\n[router.carriers.smpp]\nhost = \"smsc.example\"\nsystem_id = \"ww\"\n";
+        let e = Config::parse(prod).unwrap_err();
+        assert_eq!(e[0].field, "router.carriers[0].kind", "{e:?}");
+        assert!(e[0].reason.contains("rule plaintext"), "{e:?}");
     }
 
     #[test]
