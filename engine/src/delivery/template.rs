@@ -1,6 +1,8 @@
 //! Message texts: per-locale templates (English, French) for SMS, voice and
 //! e-mail, with the code, the service name and the minutes left; an SMS always
-//! fits one segment (GSM-7 160 or UCS-2 70 characters).
+//! fits one segment (GSM-7 160 or UCS-2 70 characters). An e-mail's text
+//! starts with a `Subject: ` line in its locale, then a blank line, then the
+//! body (the SMTP carrier makes the header of it).
 //!
 //! The rendered text holds the code: it goes to a carrier and nowhere else.
 //! This module must never log or keep what it renders.
@@ -119,13 +121,25 @@ pub(crate) fn render(
     let code = std::str::from_utf8(&buf[..n]).unwrap_or("");
     let minutes = minutes_left(expires_at_ms, now_ms);
     if purpose == MessagePurpose::PinNotice {
-        return match lang {
-            Lang::En => format!(
-                "Your new {service} PIN is {code}. Keep it to yourself: {service} never asks for it by phone or e-mail."
+        let (subject, text) = match lang {
+            Lang::En => (
+                format!("Your new {service} PIN"),
+                format!(
+                    "Your new {service} PIN is {code}. Keep it to yourself: {service} never asks for it by phone or e-mail."
+                ),
             ),
-            Lang::Fr => format!(
-                "Votre nouveau code PIN {service} est {code}. Gardez-le pour vous : {service} ne le demande jamais par téléphone ni par e-mail."
+            Lang::Fr => (
+                format!("Votre nouveau code PIN {service}"),
+                format!(
+                    "Votre nouveau code PIN {service} est {code}. Gardez-le pour vous : {service} ne le demande jamais par téléphone ni par e-mail."
+                ),
             ),
+        };
+        // An e-mail starts with its subject line, as the code's does.
+        return if channel == Channel::Email {
+            format!("Subject: {subject}\n\n{text}\n")
+        } else {
+            text
         };
     }
     if purpose == MessagePurpose::CallConfirmation {
@@ -305,7 +319,10 @@ mod tests {
             60_000,
             0,
         );
-        assert!(en.starts_with("Your new Acme PIN is 123456."), "{en}");
+        assert!(
+            en.starts_with("Subject: Your new Acme PIN\n\nYour new Acme PIN is 123456."),
+            "{en}"
+        );
         let fr = render(
             MessagePurpose::PinNotice,
             Channel::Email,
@@ -316,7 +333,9 @@ mod tests {
             0,
         );
         assert!(
-            fr.starts_with("Votre nouveau code PIN Acme est 123456."),
+            fr.starts_with(
+                "Subject: Votre nouveau code PIN Acme\n\nVotre nouveau code PIN Acme est 123456."
+            ),
             "{fr}"
         );
     }
