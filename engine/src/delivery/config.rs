@@ -87,6 +87,8 @@ pub enum CarrierKind {
     Http,
     /// SMS over SMPP 3.4 transceiver binds to `smpp.host` (SMS only).
     Smpp,
+    /// E-mail over SMTP (STARTTLS, implicit TLS or plain) to `smtp.host`.
+    Smtp,
 }
 
 /// One carrier.
@@ -130,6 +132,8 @@ pub struct CarrierConfig {
     pub http: HttpConfig,
     /// Settings of an SMPP carrier.
     pub smpp: SmppConfig,
+    /// Settings of an SMTP carrier.
+    pub smtp: SmtpConfig,
 }
 
 impl Default for CarrierConfig {
@@ -153,6 +157,7 @@ impl Default for CarrierConfig {
             simulated: SimulatedConfig::default(),
             http: HttpConfig::default(),
             smpp: SmppConfig::default(),
+            smtp: SmtpConfig::default(),
         }
     }
 }
@@ -633,6 +638,9 @@ impl RouterConfig {
                     return err(format!("{at}.smpp.{e}"));
                 }
             }
+            if c.kind == CarrierKind::Smtp {
+                validate_smtp(c).map_err(|e| RouterConfigError(format!("{at}.{e}")))?;
+            }
         }
         for (i, p) in self.senders.pools.iter().enumerate() {
             if p.country.len() != 2 || p.senders.is_empty() {
@@ -671,6 +679,186 @@ impl RouterConfig {
 fn valid_prefix(p: &str) -> bool {
     p.strip_prefix('+')
         .is_some_and(|d| d.len() <= 15 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// How an SMTP carrier protects its connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Connect in the clear, then STARTTLS before anything else; a server
+    /// that does not offer it fails every send (never a silent downgrade).
+    /// The submission port, 587.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (implicit TLS, RFC 8314), usually port 465.
+    Tls,
+    /// No TLS at all: for a relay on loopback and for tests. The production
+    /// profile refuses it off loopback (rule `plaintext`).
+    None,
+}
+
+impl SmtpTls {
+    /// The name written in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Starttls => "starttls",
+            Self::Tls => "tls",
+            Self::None => "none",
+        }
+    }
+}
+
+/// Settings of an SMTP carrier (e-mail only).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// The mail server (submission or relay): a host name or an IP address,
+    /// without a port. The server's certificate must be valid for it.
+    pub host: String,
+    /// Its port: 587 (submission, STARTTLS), 465 with `tls = "tls"`.
+    pub port: u16,
+    /// `starttls`, `tls` (implicit) or `none`.
+    pub tls: SmtpTls,
+    /// AUTH user name (PLAIN or LOGIN); empty: no AUTH.
+    pub username: String,
+    /// AUTH password (never shown in Debug output, logs or errors).
+    pub password: String,
+    /// The sender mailbox (`codes@example.com` or `Example <codes@example.com>`);
+    /// empty: the carrier's first `senders` entry.
+    pub from: String,
+    /// Connections open at once to the server (sends beyond wait for one);
+    /// each is kept open for the next send (60 s idle at most).
+    pub pool_size: u32,
+    /// Connecting, and each message's whole SMTP exchange (TLS, AUTH, MAIL,
+    /// RCPT, DATA), must end within this long, ms; a send that does not
+    /// fails and closes its connection. Keep it under the carrier's
+    /// `timeout_ms` so that the reason says so.
+    pub timeout_ms: u64,
+    /// With TLS: a PEM bundle of the only CAs trusted for this server
+    /// (empty: the system's trust store).
+    pub ca_file: String,
+    /// The name given in EHLO; empty: this machine's host name.
+    pub helo_name: String,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            host: String::new(),
+            port: 587,
+            tls: SmtpTls::Starttls,
+            username: String::new(),
+            password: String::new(),
+            from: String::new(),
+            pool_size: 8,
+            timeout_ms: 8_000,
+            ca_file: String::new(),
+            helo_name: String::new(),
+        }
+    }
+}
+
+/// Shows everything but the password.
+impl std::fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let password = if self.password.is_empty() {
+            ""
+        } else {
+            "<redacted>"
+        };
+        f.debug_struct("SmtpConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &password)
+            .field("from", &self.from)
+            .field("pool_size", &self.pool_size)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("ca_file", &self.ca_file)
+            .field("helo_name", &self.helo_name)
+            .finish()
+    }
+}
+
+/// An SMTP carrier's mistakes, as `field: reason` under the carrier (never
+/// quoting the password).
+fn validate_smtp(c: &CarrierConfig) -> Result<(), String> {
+    let s = &c.smtp;
+    if c.channels.iter().any(|ch| *ch != Channel::Email) {
+        return Err(
+            "channels: an smtp carrier sends e-mail only; set channels = [\"email\"]".into(),
+        );
+    }
+    if s.host.is_empty() {
+        return Err("smtp.host: must be set (the mail server's name or IP address)".into());
+    }
+    let ip = s.host.parse::<std::net::IpAddr>().is_ok();
+    if !ip
+        && !s
+            .host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err(format!(
+            "smtp.host: {:?} is not a host name or IP address (no scheme, no port: the port \
+             goes in smtp.port)",
+            s.host
+        ));
+    }
+    if s.port == 0 {
+        return Err("smtp.port: must be 1..=65535".into());
+    }
+    if s.username.is_empty() != s.password.is_empty() {
+        return Err(if s.username.is_empty() {
+            "smtp.username: must be set with smtp.password (AUTH needs both)".into()
+        } else {
+            "smtp.password: must be set with smtp.username (AUTH needs both)".into()
+        });
+    }
+    if s.pool_size == 0 {
+        return Err("smtp.pool_size: must be at least 1".into());
+    }
+    if s.timeout_ms == 0 {
+        return Err("smtp.timeout_ms: must be positive".into());
+    }
+    if !s.helo_name.is_empty()
+        && !s
+            .helo_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b))
+    {
+        return Err(format!(
+            "smtp.helo_name: {:?} is not a domain name or address literal",
+            s.helo_name
+        ));
+    }
+    if s.from.is_empty() {
+        let first = c.senders.first().map_or("", String::as_str);
+        if first.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(format!(
+                "senders: an smtp carrier without smtp.from sends from its first sender, and \
+                 {first:?} is not an e-mail address; set smtp.from (e.g. \"codes@example.com\")"
+            ));
+        }
+    } else if s.from.parse::<lettre::message::Mailbox>().is_err() {
+        return Err(format!(
+            "smtp.from: {:?} is not a mailbox (codes@example.com or Name <codes@example.com>)",
+            s.from
+        ));
+    }
+    if !s.ca_file.is_empty() {
+        if s.tls == SmtpTls::None {
+            return Err(
+                "smtp.ca_file: only with tls = \"starttls\" or \"tls\" (tls = \"none\" has no \
+                 certificate to check)"
+                    .into(),
+            );
+        }
+        super::http::ca_file_roots(std::path::Path::new(&s.ca_file))
+            .map_err(|e| format!("smtp.ca_file: {e}"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -244,7 +244,9 @@ fn transport_reason(e: &hyper_util::client::legacy::Error) -> String {
 /// The rustls error somewhere in `e`'s chain. `io::Error` hides the error it
 /// wraps from `source()` (it returns the wrapped error's source), so wrapped
 /// errors are looked into as well.
-fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+pub(crate) fn find_tls_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
     let mut next = Some(e);
     while let Some(e) = next {
         if let Some(t) = e.downcast_ref::<rustls::Error>() {
@@ -262,7 +264,7 @@ fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ru
 
 /// A failure reason for a TLS error: what is wrong, in words, plus the
 /// rustls name of the case. It names neither the host nor the certificate.
-fn tls_reason(e: &rustls::Error) -> String {
+pub(crate) fn tls_reason(e: &rustls::Error) -> String {
     use rustls::CertificateError as C;
     match e {
         rustls::Error::InvalidCertificate(c) => match c {

@@ -15,6 +15,7 @@ mod pace;
 pub mod router;
 pub mod simulated;
 pub mod smpp;
+pub mod smtp;
 mod template;
 
 pub use breaker::BreakerState;
@@ -27,11 +28,13 @@ pub use config::{
     OutageConfig, OutageMode, PrefixLimit, RetryConfig, RouterConfig, RouterConfigError,
     SenderPool, SenderPoolsConfig, SimulatedConfig, TenantDelivery,
 };
+pub use config::{SmtpConfig, SmtpTls};
 pub use destination::{Destination, ExtensionKind, InvalidDestination, normalize};
 pub use http::HttpCarrier;
 pub use router::{DeliveryJob, DeliveryPermit, QueueFull, RateLimited, Router, RouterStats};
 pub use simulated::{OutboxMessage, SimCounters, SimulatedCarrier};
 pub use smpp::{SmppCarrier, SmppConfig};
+pub use smtp::SmtpCarrier;
 
 use crate::types::{ChallengeId, DeliveryState};
 

@@ -31,6 +31,7 @@ use super::limits::{KeyedLimiter, Taken, key_of};
 use super::pace::Pacer;
 use super::simulated::{OutboxMessage, SimulatedCarrier};
 use super::smpp::SmppCarrier;
+use super::smtp::SmtpCarrier;
 use super::template;
 use super::{CarrierSlot, ChallengeLedger, SlotHint};
 use crate::clock::Clock;
@@ -645,6 +646,9 @@ impl Router {
                             RouterConfigError(format!("carriers[{i}] ({}).{}", c.name, e.0))
                         })?),
                         CarrierKind::Smpp => Arc::new(SmppCarrier::new(c).map_err(|e| {
+                            RouterConfigError(format!("carriers[{i}] ({}).{}", c.name, e.0))
+                        })?),
+                        CarrierKind::Smtp => Arc::new(SmtpCarrier::new(&c.smtp).map_err(|e| {
                             RouterConfigError(format!("carriers[{i}] ({}).{}", c.name, e.0))
                         })?),
                     }
