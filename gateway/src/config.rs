@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use watchword_engine::delivery::{CarrierKind, RouterConfig};
+use watchword_engine::delivery::{SmtpConfig, SmtpTls};
 use watchword_engine::table::TableConfig;
 
 use crate::server::{Role, ServerSettings, TenantAuth};
@@ -82,7 +83,7 @@ pub const PRODUCTION_RULES: [(&str, &str); 6] = [
     ("short_keys", "a tenant or HTTP key shorter than 16 bytes"),
     (
         "plaintext",
-        "a protocol, HTTP or metrics listener off loopback without TLS, or an http:// or smpp carrier",
+        "a protocol, HTTP or metrics listener off loopback without TLS, an http:// or smpp carrier, or an smtp carrier with tls = \"none\" off loopback",
     ),
     (
         "unlimited_guesses",
@@ -1041,6 +1042,17 @@ impl Config {
                         ),
                     );
                 }
+                if c.kind == CarrierKind::Smtp && smtp_in_the_clear(&c.smtp) {
+                    refuse(
+                        errors,
+                        format!("router.carriers[{i}].smtp.tls"),
+                        "plaintext",
+                        format!(
+                            "carrier {:?} e-mails codes without TLS to {:?}, off loopback",
+                            c.name, c.smtp.host
+                        ),
+                    );
+                }
             }
         }
         if !allowed("simulated_carriers") {
@@ -1379,6 +1391,19 @@ impl Config {
     }
 }
 
+/// Whether an SMTP carrier speaks in the clear (`tls = "none"`) to a server
+/// that is not on loopback (`localhost` or a loopback address).
+fn smtp_in_the_clear(s: &SmtpConfig) -> bool {
+    let host = s.host.trim_end_matches('.');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
+    s.tls == SmtpTls::None && !loopback
+}
+
 /// The `[audit]` retention mistakes: the disk budget must hold the current
 /// file and one rotated file beside it, and the age limit must not delete
 /// what `min_age_hours` promises to keep.
@@ -1617,8 +1642,8 @@ fn section_comment(header: &str) -> Option<&'static str> {
         "[table]" => "The in-memory challenge table.",
         "[router]" => "Delivery: queue, outbox, retries, receipts.",
         "[[router.carriers]]" => {
-            "A carrier: kind = \"simulated\", \"http\" or \"smpp\"; lower priority is\n\
-             preferred. Its own settings go in the table named after its kind."
+            "A carrier: kind = \"simulated\", \"http\", \"smpp\" or \"smtp\"; lower priority\n\
+             is preferred. Its own settings go in the table named after its kind."
         }
         "[router.carriers.simulated]" => {
             "Behaviour of a simulated carrier (latencies, failure rates)."
@@ -1630,6 +1655,10 @@ fn section_comment(header: &str) -> Option<&'static str> {
             "Settings of an SMPP 3.4 carrier (kind = \"smpp\", channels = [\"sms\"]): transceiver\n\
              binds to an SMSC, no TLS (a private link or VPN; production needs server.allow =\n\
              [\"plaintext\"])."
+        }
+        "[router.carriers.smtp]" => {
+            "Settings of an SMTP carrier (e-mail only: channels = [\"email\"]);\n\
+             see docs/operations.md, \"SMTP carriers\"."
         }
         "[router.carriers.simulated.auto_answer]" => {
             "The simulated handsets answer confirmation calls by themselves (keys, delay),\n\
@@ -1997,6 +2026,38 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
         }
         ("[router.carriers.smpp]", "receipt_timeout_ms") => {
             "A message id awaiting its receipt is forgotten after this long, ms."
+        }
+        ("[router.carriers.smtp]", "host") => {
+            "The mail server (submission service or relay): a name or IP address, no\n\
+             port; its certificate must be valid for it."
+        }
+        ("[router.carriers.smtp]", "port") => "587 (submission, STARTTLS); 465 with tls = \"tls\".",
+        ("[router.carriers.smtp]", "tls") => {
+            "starttls (required: a server without it fails every send), tls (implicit,\n\
+             from the first byte) or none (loopback relays and tests; production\n\
+             refuses it off loopback, rule plaintext)."
+        }
+        ("[router.carriers.smtp]", "username") => "AUTH user (PLAIN or LOGIN); empty: no AUTH.",
+        ("[router.carriers.smtp]", "password") => {
+            "AUTH password (never in logs, errors or Debug output)."
+        }
+        ("[router.carriers.smtp]", "from") => {
+            "The sender, codes@example.com or \"Name <codes@example.com>\"; empty:\n\
+             the carrier's first sender (then it must be an e-mail address)."
+        }
+        ("[router.carriers.smtp]", "pool_size") => {
+            "Connections open at once; each kept open for the next send (60 s idle)."
+        }
+        ("[router.carriers.smtp]", "timeout_ms") => {
+            "Connecting, and each message's whole SMTP exchange, end within this, ms\n\
+             (keep it under the carrier's timeout_ms)."
+        }
+        ("[router.carriers.smtp]", "ca_file") => {
+            "With TLS: a PEM bundle of the only CAs trusted for this server. Empty:\n\
+             the system's trust store (refused at start when it is empty)."
+        }
+        ("[router.carriers.smtp]", "helo_name") => {
+            "The name sent in EHLO; empty: this host's name."
         }
         ("[audit]", "enabled") => "Write the audit log.",
         ("[audit]", "path") => {
@@ -2467,6 +2528,68 @@ mod tests {
         assert_eq!(errs[0].field, "router.carriers[0].http.url");
         assert!(errs[0].reason.contains("rule plaintext"), "{errs:?}");
         Config::parse(&text.replace("http://sms", "https://sms")).unwrap();
+    }
+
+    #[test]
+    fn production_refuses_smtp_without_tls_off_loopback_and_smtp_fields_are_named() {
+        let text = "[server]\nprofile = \"production\"\n[[tenants]]\nname = \"x\"\nrole = \"client\"\nkeys = [\"0123456789abcdef\"]\nverify_per_s = 100\ncheck_per_s = 100\n[storage]\nmaster_key = \"/etc/watchword/master.key\"\n[[router.carriers]]\nname = \"mail\"\nkind = \"smtp\"\nchannels = [\"email\"]\n[router.carriers.smtp]\nhost = \"mail.example.net\"\ntls = \"none\"\nfrom = \"codes@example.net\"\nusername = \"ww\"\npassword = \"smtp-pass-value\"\n";
+        let errs = Config::parse(text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "router.carriers[0].smtp.tls");
+        assert!(errs[0].reason.contains("rule plaintext"), "{errs:?}");
+        assert!(!format!("{errs:?}").contains("smtp-pass-value"));
+        // STARTTLS, or a relay on loopback, or the rule waived: accepted.
+        Config::parse(&text.replace("tls = \"none\"", "tls = \"starttls\"")).unwrap();
+        for host in ["127.0.0.1", "localhost", "::1"] {
+            Config::parse(&text.replace("mail.example.net", host)).unwrap();
+        }
+        let waived = text.replace(
+            "profile = \"production\"\n",
+            "profile = \"production\"\nallow = [\"plaintext\"]\n",
+        );
+        Config::parse(&waived).unwrap();
+        // The engine's checks come back under router.carriers[i].smtp.*.
+        let errs = Config::parse(&waived.replace("host = \"mail.example.net\"", "host = \"\""))
+            .unwrap_err();
+        assert_eq!(errs[0].field, "router.carriers[0].smtp.host", "{errs:?}");
+        assert!(errs[0].reason.starts_with("must be set"), "{errs:?}");
+        let errs =
+            Config::parse(&waived.replace("from = \"codes@example.net\"\n", "")).unwrap_err();
+        assert_eq!(errs[0].field, "router.carriers[0].senders", "{errs:?}");
+        let mut with_smtp = Config::development();
+        with_smtp
+            .router
+            .carriers
+            .push(watchword_engine::delivery::CarrierConfig {
+                name: "mail".into(),
+                kind: CarrierKind::Smtp,
+                ..watchword_engine::delivery::CarrierConfig::default()
+            });
+        let printed = Config::commented(&with_smtp);
+        assert_eq!(
+            printed.matches("\n[router.carriers.smtp]\n").count(),
+            1,
+            "only the SMTP carrier prints an smtp table"
+        );
+        for key in [
+            "# Settings of an SMTP carrier (e-mail only",
+            "[router.carriers.smtp]\n# The mail server",
+            "\n# 587 (submission, STARTTLS); 465 with tls = \"tls\".\nport = 587\n",
+            "\ntls = \"starttls\"\n",
+            "\n# AUTH password (never in logs, errors or Debug output).\npassword = \"\"\n",
+            "\n# The name sent in EHLO; empty: this host's name.\nhelo_name = \"\"\n",
+        ] {
+            assert!(printed.contains(key), "{key} missing");
+        }
+        let smtp = printed.split("[router.carriers.smtp]\n").nth(1).unwrap();
+        let smtp = smtp.split("\n[").next().unwrap();
+        let mut previous = "";
+        for line in smtp.lines() {
+            if line.contains(" = ") && !line.starts_with('#') {
+                assert!(previous.starts_with("# "), "{line} has no comment:\n{smtp}");
+            }
+            previous = line;
+        }
     }
 
     #[test]
