@@ -3,8 +3,11 @@
 //! goes through, and its success closes the breaker.
 //!
 //! Runs on tokio's clock. Its lock is held for a few instructions and never
-//! across an `.await`.
+//! across an `.await`. While the breaker is closed with no failure counted,
+//! `peek`, `admit` and `success` read one atomic flag and take no lock (every
+//! message asks them).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -48,6 +51,9 @@ struct Inner {
 pub(crate) struct Breaker {
     cfg: BreakerConfig,
     inner: Mutex<Inner>,
+    /// False while closed with no failure counted and no probe out; written
+    /// under the lock, read without it by the fast paths.
+    dirty: AtomicBool,
 }
 
 /// Whether a send may go, and if so whether it is the probe.
@@ -70,6 +76,7 @@ impl Breaker {
                 cooldown,
                 probe_in_flight: false,
             }),
+            dirty: AtomicBool::new(false),
         }
     }
 
@@ -84,6 +91,9 @@ impl Breaker {
 
     /// Whether a send could go now, without claiming the probe.
     pub(crate) fn peek(&self) -> Admit {
+        if !self.dirty.load(Ordering::Acquire) {
+            return Admit::Yes;
+        }
         let g = self.inner.lock();
         match g.open_until {
             None => Admit::Yes,
@@ -101,6 +111,9 @@ impl Breaker {
 
     /// Claims the right to send (the probe, when half-open).
     pub(crate) fn admit(&self) -> Admit {
+        if !self.dirty.load(Ordering::Acquire) {
+            return Admit::Yes;
+        }
         let mut g = self.inner.lock();
         match g.open_until {
             None => Admit::Yes,
@@ -120,10 +133,14 @@ impl Breaker {
     /// The carrier answered (accepted, rejected or throttled). Returns true if
     /// this closed the breaker.
     pub(crate) fn success(&self) -> bool {
+        if !self.dirty.load(Ordering::Acquire) {
+            return false;
+        }
         let mut g = self.inner.lock();
         g.failures = 0;
         g.probe_in_flight = false;
         let was_open = g.open_until.take().is_some();
+        self.dirty.store(false, Ordering::Release);
         if was_open {
             g.cooldown = Duration::from_millis(self.cfg.cooldown_ms);
         }
@@ -134,6 +151,7 @@ impl Breaker {
     pub(crate) fn failure(&self) -> bool {
         let mut g = self.inner.lock();
         g.failures = g.failures.saturating_add(1);
+        self.dirty.store(true, Ordering::Release);
         let now = Instant::now();
         if g.probe_in_flight || g.open_until.is_some() {
             // A failed probe (or a straggler): open again, longer.

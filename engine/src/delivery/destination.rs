@@ -33,8 +33,9 @@ pub struct Destination {
     /// The stored form: `+14255551234`, `+14255551234x5678`, `+14255551234x@5678`
     /// or `jane@example.com`.
     text: String,
-    /// Length of the E.164 part (the whole text for e-mail).
-    main_len: usize,
+    /// Length of the E.164 part (the whole text for e-mail); 32 bits keep a
+    /// destination at 32 bytes (every message in flight carries one).
+    main_len: u32,
     /// The extension's kind, if any.
     ext: Option<ExtensionKind>,
     /// The number's region, if a phone number.
@@ -66,7 +67,7 @@ impl Destination {
 
     /// The E.164 number without extension, or the e-mail address.
     pub fn address(&self) -> &str {
-        &self.text[..self.main_len]
+        &self.text[..self.main_len as usize]
     }
 
     /// The extension digits and how to reach them, if any.
@@ -76,7 +77,7 @@ impl Destination {
             ExtensionKind::Tones => 1,
             ExtensionKind::Operator => 2,
         };
-        Some((&self.text[self.main_len + skip..], kind))
+        Some((&self.text[self.main_len as usize + skip..], kind))
     }
 
     /// Whether this is an e-mail address.
@@ -194,7 +195,7 @@ fn normalize_email(raw: &str) -> Result<Destination, InvalidDestination> {
     text.push_str(parsed.domain());
     text[domain_at..].make_ascii_lowercase();
     Ok(Destination {
-        main_len: text.len(),
+        main_len: u32::try_from(text.len()).map_err(|_| InvalidDestination::TooLong)?,
         text,
         ext: None,
         region: None,
@@ -265,7 +266,7 @@ fn normalize_phone(raw: &str, default_country: &str) -> Result<Destination, Inva
     let (e164, region) = cached_parse(main, default_country)?;
     let mut text = String::with_capacity(e164.len() + ext.map_or(0, |(d, _)| d.len() + 2));
     text.push_str(&e164);
-    let main_len = text.len();
+    let main_len = text.len() as u32;
     let ext_kind = ext.map(|(digits, kind)| {
         text.push('x');
         if kind == ExtensionKind::Operator {
