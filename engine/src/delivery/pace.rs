@@ -81,6 +81,11 @@ impl Pacer {
         }
     }
 
+    /// The time between two slots.
+    pub(crate) fn interval(&self) -> Duration {
+        Duration::from_nanos(self.interval_ns)
+    }
+
     /// How far ahead of now the slots are already taken.
     pub(crate) fn backlog(&self) -> Duration {
         let now = self.now_ns();
@@ -88,7 +93,9 @@ impl Pacer {
         Duration::from_nanos(tat.saturating_sub(now).saturating_sub(self.tolerance_ns))
     }
 
-    /// Waits for a reserved slot.
+    /// Waits for a reserved slot. The router's lanes never sleep on a
+    /// pacer (they ask the router's timer to wake them); an SMPP bind paces
+    /// its own submits with it.
     pub(crate) async fn until_ready(&self) {
         let wait = self.reserve();
         if !wait.is_zero() {

@@ -3,21 +3,42 @@
 //! jitter, failover, sender rotation, and receipts — until every accepted
 //! message ends delivered or failed.
 //!
+//! The pipeline has no task and no timer per message. An accepted message is
+//! a [`Record`] that moves by value: the router picks a carrier for it and
+//! pushes it into that carrier's bounded queue ([`queue`]); one of the
+//! carrier's few long-lived lanes ([`lane`]) takes it, asks the ledger once
+//! more whether it may still be sent, and sends it, up to the carrier's window
+//! of sends at once in one task; the answer decides whether it is done, waits
+//! for its receipt in the [`ReceiptBook`], or goes to the router's one timer
+//! ([`timers`], owned by one task) for its back-off, then round again. The same
+//! timer wakes lanes for their pace and their answer timeouts, and the book at
+//! its next receipt deadline.
+//!
 //! It must never send after the ledger says a challenge is no longer
 //! deliverable, never drop a message silently (a full queue is an explicit
 //! refusal), never hold a lock across an `.await`, and never log a code or a
 //! full destination.
 
+mod lane;
+mod queue;
+mod timers;
+
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
 use parking_lot::Mutex;
 use rand::Rng;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio::time::Instant;
+
+use self::lane::{Flight, LaneShared, Sent};
+use self::queue::{CarrierQueue, Pushed};
+use self::timers::{TimerKey, TimerQueue};
 
 use super::breaker::{Admit, Breaker, BreakerState};
 use super::carrier::{
@@ -145,29 +166,39 @@ impl SenderSet {
         }
     }
 
-    /// The next sender with room, skipping saturated ones; if all are
-    /// saturated, reserves the earliest slot and waits for it.
-    async fn take(&self) -> &str {
+    /// The next sender with room, skipping saturated ones: its index and a
+    /// zero wait. If all are saturated, reserves the earliest slot and says
+    /// how long until it comes (the message waits in the router's timer).
+    fn take(&self) -> (usize, Duration) {
         let n = self.senders.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = if n == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        };
         let mut best = (Duration::MAX, 0);
         for i in 0..n {
             let k = (start + i) % n;
-            let (name, pacer) = &self.senders[k];
-            match pacer.as_ref().map_or(Ok(()), Pacer::try_acquire) {
-                Ok(()) => return name,
+            match self.senders[k]
+                .1
+                .as_ref()
+                .map_or(Ok(()), Pacer::try_acquire)
+            {
+                Ok(()) => return (k, Duration::ZERO),
                 Err(w) if w < best.0 => best = (w, k),
                 Err(_) => {}
             }
         }
-        let (name, pacer) = &self.senders[best.1];
-        if let Some(p) = pacer {
-            let wait = p.reserve();
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-        }
-        name
+        let wait = self.senders[best.1]
+            .1
+            .as_ref()
+            .map_or(Duration::ZERO, Pacer::reserve);
+        (best.1, wait)
+    }
+
+    /// The name of sender `i` ("" past the end).
+    fn name(&self, i: usize) -> &str {
+        self.senders.get(i).map_or("", |(n, _)| n.as_str())
     }
 }
 
@@ -181,9 +212,12 @@ struct CarrierRt {
     priority: u8,
     weight: u32,
     pacer: Option<Pacer>,
-    window: Semaphore,
-    queued: AtomicUsize,
-    queue_cap: usize,
+    /// Sends awaiting this carrier's answer, shared by its lanes.
+    window: Window,
+    /// Messages waiting for this carrier (bounded by `queue_capacity`).
+    queue: CarrierQueue<Record>,
+    /// The lanes that send this carrier's messages.
+    lanes: Box<[LaneShared]>,
     max_queue_delay: Duration,
     timeout: Duration,
     breaker: Breaker,
@@ -209,51 +243,195 @@ impl CarrierRt {
                 .any(|p| dest.address().starts_with(p.as_str()))
     }
 
-    /// How long until this carrier stops being saturated (its waiting queue is
-    /// full, or its pacing backlog is over `max_queue_delay`); `None` if it is not.
-    fn saturated_for(&self) -> Option<Duration> {
-        if self.queued.load(Ordering::Relaxed) >= self.queue_cap {
-            return Some(Duration::from_millis(100));
+    /// How long until this carrier stops being saturated, and whether its
+    /// queue is full; `None` if it is not saturated. Saturated: its queue is
+    /// full (it can take nothing), or, with a throughput limit, the time its
+    /// pace needs to send what is queued is over `max_queue_delay` (admission
+    /// refuses new messages for it; a message already accepted that finds no
+    /// other carrier joins its queue rather than wait outside, where no
+    /// backlog would count it).
+    fn saturated_for(&self) -> Option<(Duration, bool)> {
+        let queued = self.queue.len();
+        if queued >= self.queue.capacity() {
+            return Some((Duration::from_millis(100), true));
         }
-        let backlog = self.pacer.as_ref()?.backlog();
-        (backlog > self.max_queue_delay)
-            .then(|| (backlog - self.max_queue_delay).max(Duration::from_millis(10)))
+        let pacer = self.pacer.as_ref()?;
+        let backlog = pacer
+            .interval()
+            .saturating_mul(u32::try_from(queued).unwrap_or(u32::MAX))
+            .max(pacer.backlog());
+        (backlog > self.max_queue_delay).then(|| {
+            let wait = (backlog - self.max_queue_delay).max(Duration::from_millis(10));
+            (wait, false)
+        })
+    }
+
+    /// Wakes every lane (a window slot came free, or the router is ending).
+    fn wake_lanes(&self) {
+        for l in self.lanes.iter() {
+            l.waker.wake();
+        }
     }
 }
 
-#[derive(Clone, Copy)]
-enum BookState {
-    /// Registered before the send; not yet accepted.
-    Waiting,
-    /// Accepted; the receipt is awaited.
-    Armed,
-    /// The receipt came before the acceptance was recorded.
-    Early(bool),
+/// A carrier's window: at most `max` sends awaiting its answer at once,
+/// whichever lane sent them.
+struct Window {
+    max: usize,
+    used: AtomicUsize,
 }
 
-struct BookEntry {
+impl Window {
+    /// Takes a slot if one is free.
+    fn try_take(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a slot back; true if the window was full (lanes waiting for a
+    /// slot must be woken).
+    fn put(&self) -> bool {
+        self.used.fetch_sub(1, Ordering::AcqRel) == self.max
+    }
+}
+
+/// A message as the router keeps it: a [`DeliveryJob`] made compact (the
+/// language instead of the locale tag, the service name boxed, the carrier
+/// to avoid folded into the record's tried carriers), 104 bytes.
+struct Job {
+    id: ChallengeId,
+    code: Code,
+    expires_at_ms: u64,
+    destination: Destination,
+    service_name: Box<str>,
+    slot_hint: SlotHint,
+    tenant: TenantId,
+    channel: Channel,
+    lang: template::Lang,
+    operator_assistance: bool,
+    purpose: MessagePurpose,
+}
+
+/// One accepted message on its way: the job and where its tries stand (136
+/// bytes). It moves by value from the router to a carrier's queue, to a
+/// lane, to the carrier's in-flight sends, to the timer (boxed) for a
+/// back-off, and round again. It holds one slot of the intake: whatever ends
+/// it gives the slot back ([`Inner::end`]); nothing drops a record otherwise
+/// while the router runs.
+pub(crate) struct Record {
+    job: Job,
+    /// Every try starts before this, ns after the router's epoch (a record
+    /// is kept small: it is the bulk of a message's memory in flight).
+    budget_end: u64,
+    /// Carriers tried, a bit per slot (the carrier to avoid counts as tried).
+    tried: u64,
+    /// Tries made (a carrier picked for it).
+    tries: u8,
+    /// The carrier of the latest try.
+    last_slot: CarrierSlot,
+    /// It holds its carrier's half-open probe.
+    probe: bool,
+    /// It has waited once at least: the ledger is asked before a pick.
+    waited: bool,
+    /// A sender reserved for it while it waited for that sender's slot
+    /// ([`NO_SENDER`]: none).
+    sender: u16,
+    /// Why the latest try failed.
+    #[allow(clippy::box_collection)] // A thin pointer: 8 bytes, not 24.
+    last_reason: Option<Box<String>>,
+}
+
+/// An entry of the router's timer.
+enum Due {
+    /// A message's back-off, or its wait for an available carrier, is over:
+    /// route it again.
+    Retry(Box<Record>),
+    /// A message's sender slot has come: back to its lane, which sends it
+    /// (it holds a slot of the carrier's window).
+    Dispatch {
+        carrier: u8,
+        lane: u8,
+        rec: Box<Record>,
+    },
+    /// A lane's pace allows its next send, or one of its sends is overdue.
+    Lane { carrier: u8, lane: u8 },
+    /// The receipt book's oldest awaited receipt is due.
+    Receipts,
+}
+
+/// A send's receipt while the carrier's answer is awaited.
+enum Early {
+    /// None yet.
+    Pending,
+    /// The receipt came first: delivered.
+    Delivered,
+    /// The receipt came first: not delivered, and why (a thin box keeps
+    /// the entry at 16 bytes).
+    #[allow(clippy::box_collection)] // A thin pointer: 16 bytes an entry, not 24.
+    Undelivered(Box<String>),
+}
+
+/// Which message a receipt is for.
+#[derive(Clone, Copy)]
+struct Ticket {
     id: ChallengeId,
     hint: SlotHint,
     slot: CarrierSlot,
-    state: BookState,
-    reason: Option<String>,
 }
+
+/// Tokens are consecutive integers: a multiply spreads them over the table's
+/// buckets (low bits) and tags (high bits); the fold keeps the buckets spread
+/// within a shard, whose tokens share their low bits.
+#[derive(Default)]
+struct TokenHasher(u64);
+
+impl Hasher for TokenHasher {
+    fn finish(&self) -> u64 {
+        let h = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^ (h >> 32)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type TokenMap<V> = hashbrown::HashMap<u64, V, BuildHasherDefault<TokenHasher>>;
 
 #[derive(Default)]
 struct BookShard {
-    map: HashMap<u64, BookEntry>,
+    /// Sends handed to a carrier whose answer is awaited: a receipt that
+    /// comes first waits here (24 bytes an entry; the message's details are
+    /// in its record meanwhile).
+    waiting: TokenMap<Early>,
+    /// Accepted sends whose receipt is awaited.
+    armed: TokenMap<Ticket>,
+    /// Armed entries' receipt deadlines, oldest first (one timeout for all,
+    /// so arming order is deadline order).
     deadlines: VecDeque<(Instant, u64)>,
 }
 
-/// Receipts awaited, by token. Bounded by the accept rate times the receipt timeout.
+/// Receipts awaited, by token. Bounded by the accept rate times the receipt
+/// timeout, and at most `BOOK_SHARDS * BOOK_SHARD_CAP` armed entries: past
+/// that the oldest awaited receipts end as failed, never silently. Waiting
+/// entries are bounded by the carriers' windows.
 struct ReceiptBook {
-    shards: Box<[Mutex<BookShard>]>,
+    shards: Box<[crossbeam::utils::CachePadded<Mutex<BookShard>>]>,
     ledger: Arc<dyn ChallengeLedger>,
     names: Vec<String>,
     timeout: Duration,
     delivered: AtomicU64,
     failed: AtomicU64,
     awaiting: AtomicU64,
+    /// Set while a wake-up of the book is in the router's timer.
+    wake_scheduled: AtomicBool,
     outcome_delivered: Counter,
     outcome_failed: Counter,
 }
@@ -273,48 +451,53 @@ impl ReceiptBook {
             .map_or("", String::as_str)
     }
 
-    fn register(&self, token: u64, id: ChallengeId, hint: SlotHint, slot: CarrierSlot) {
-        self.shard(token).lock().map.insert(
-            token,
-            BookEntry {
-                id,
-                hint,
-                slot,
-                state: BookState::Waiting,
-                reason: None,
-            },
-        );
+    /// A send is about to go: its receipt may come before its answer.
+    fn register(&self, token: u64) {
+        self.shard(token)
+            .lock()
+            .waiting
+            .insert(token, Early::Pending);
     }
 
+    /// The send was not accepted: a receipt for it is ignored.
     fn cancel(&self, token: u64) {
-        self.shard(token).lock().map.remove(&token);
+        self.shard(token).lock().waiting.remove(&token);
     }
 
-    /// The send was accepted (and `Sent` recorded): wait for the receipt.
-    fn arm(&self, token: u64) {
+    /// The send was accepted (and `Sent` recorded): wait for the receipt,
+    /// or end the message with the receipt that came first. Returns a
+    /// deadline when the router's timer must be asked to wake the book (none
+    /// is scheduled yet).
+    fn arm(&self, token: u64, ticket: Ticket) -> Option<Instant> {
+        let mut at = None;
         let early = {
             let mut s = self.shard(token).lock();
-            let Some(e) = s.map.get_mut(&token) else {
-                return;
-            };
-            match e.state {
-                BookState::Early(delivered) => {
-                    let e = s.map.remove(&token);
-                    e.map(|e| (e, delivered))
-                }
-                _ => {
-                    e.state = BookState::Armed;
-                    s.deadlines
-                        .push_back((Instant::now() + self.timeout, token));
+            match s.waiting.remove(&token)? {
+                Early::Pending => {
+                    let deadline = Instant::now() + self.timeout;
+                    s.armed.insert(token, ticket);
+                    s.deadlines.push_back((deadline, token));
+                    at = Some(deadline);
                     None
                 }
+                Early::Delivered => Some(Ok(())),
+                Early::Undelivered(reason) => Some(Err(reason)),
             }
         };
         match early {
-            Some((e, delivered)) => self.finish(&e, delivered),
+            Some(outcome) => {
+                self.finish(
+                    &ticket,
+                    outcome.as_ref().map(|_| ()).map_err(|r| r.as_str()),
+                );
+                None
+            }
             None => {
                 self.awaiting.fetch_add(1, Ordering::Relaxed);
                 self.evict_over_cap(token);
+                let first = !self.wake_scheduled.load(Ordering::Acquire)
+                    && !self.wake_scheduled.swap(true, Ordering::AcqRel);
+                at.filter(|_| first)
             }
         }
     }
@@ -325,44 +508,48 @@ impl ReceiptBook {
         let mut evicted = Vec::new();
         {
             let mut s = self.shard(token).lock();
-            while s.map.len() > BOOK_SHARD_CAP {
+            while s.armed.len() > BOOK_SHARD_CAP {
                 let Some((_, old)) = s.deadlines.pop_front() else {
                     break;
                 };
-                if let Some(mut e) = s.map.remove(&old) {
-                    e.reason = Some("no delivery receipt (too many receipts awaited)".into());
-                    evicted.push(e);
+                if let Some(t) = s.armed.remove(&old) {
+                    evicted.push(t);
                 }
             }
         }
-        for e in &evicted {
+        for t in &evicted {
             self.awaiting.fetch_sub(1, Ordering::Relaxed);
-            self.finish(e, false);
+            self.finish(t, Err("no delivery receipt (too many receipts awaited)"));
         }
     }
 
-    fn finish(&self, e: &BookEntry, delivered: bool) {
+    fn finish(&self, e: &Ticket, outcome: Result<(), &str>) {
         let name = self.name(e.slot);
-        if delivered {
-            self.delivered.fetch_add(1, Ordering::Relaxed);
-            self.outcome_delivered.increment(1);
-            self.ledger
-                .delivery_update(e.id, e.hint, DeliveryState::Delivered, e.slot, name, None);
-        } else {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            self.outcome_failed.increment(1);
-            let reason = e
-                .reason
-                .as_deref()
-                .unwrap_or("the carrier reported it undelivered");
-            self.ledger.delivery_update(
-                e.id,
-                e.hint,
-                DeliveryState::Failed,
-                e.slot,
-                name,
-                Some(reason),
-            );
+        match outcome {
+            Ok(()) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+                self.outcome_delivered.increment(1);
+                self.ledger.delivery_update(
+                    e.id,
+                    e.hint,
+                    DeliveryState::Delivered,
+                    e.slot,
+                    name,
+                    None,
+                );
+            }
+            Err(reason) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.outcome_failed.increment(1);
+                self.ledger.delivery_update(
+                    e.id,
+                    e.hint,
+                    DeliveryState::Failed,
+                    e.slot,
+                    name,
+                    Some(reason),
+                );
+            }
         }
     }
 
@@ -376,53 +563,56 @@ impl ReceiptBook {
                     break;
                 }
                 s.deadlines.pop_front();
-                if let Some(mut e) = s.map.remove(&token) {
-                    e.reason = Some(format!(
-                        "no delivery receipt within {} s",
-                        self.timeout.as_secs()
-                    ));
-                    ended.push(e);
+                if let Some(t) = s.armed.remove(&token) {
+                    ended.push(t);
                 }
             }
             if s.deadlines.capacity() > 1024 && s.deadlines.len() < s.deadlines.capacity() / 4 {
                 s.deadlines.shrink_to_fit();
             }
         }
-        for e in &ended {
-            self.awaiting.fetch_sub(1, Ordering::Relaxed);
-            self.finish(e, false);
+        if !ended.is_empty() {
+            let reason = format!("no delivery receipt within {} s", self.timeout.as_secs());
+            for t in &ended {
+                self.awaiting.fetch_sub(1, Ordering::Relaxed);
+                self.finish(t, Err(&reason));
+            }
         }
         ended.len()
+    }
+
+    /// The earliest receipt deadline (entries whose receipt came since may
+    /// still be counted: a wake-up then finds nothing to end).
+    fn next_deadline(&self) -> Option<Instant> {
+        self.shards
+            .iter()
+            .filter_map(|s| s.lock().deadlines.front().map(|d| d.0))
+            .min()
     }
 }
 
 impl ReceiptSink for ReceiptBook {
     fn report(&self, token: ReceiptToken, receipt: Receipt) {
-        let (delivered, reason) = match receipt {
-            Receipt::Delivered => (true, None),
-            Receipt::Undelivered { reason } => (false, Some(reason)),
-        };
         let done = {
             let mut s = self.shard(token.0).lock();
-            let Some(e) = s.map.get_mut(&token.0) else {
-                return;
-            };
-            match e.state {
-                BookState::Waiting => {
-                    e.state = BookState::Early(delivered);
-                    e.reason = reason;
-                    None
+            if let Some(e) = s.waiting.get_mut(&token.0) {
+                if matches!(e, Early::Pending) {
+                    *e = match receipt {
+                        Receipt::Delivered => Early::Delivered,
+                        Receipt::Undelivered { reason } => Early::Undelivered(Box::new(reason)),
+                    };
                 }
-                BookState::Armed => s.map.remove(&token.0).map(|mut e| {
-                    e.reason = reason;
-                    e
-                }),
-                BookState::Early(_) => None,
+                return;
+            }
+            match s.armed.remove(&token.0) {
+                Some(t) => t,
+                None => return,
             }
         };
-        if let Some(e) = done {
-            self.awaiting.fetch_sub(1, Ordering::Relaxed);
-            self.finish(&e, delivered);
+        self.awaiting.fetch_sub(1, Ordering::Relaxed);
+        match receipt {
+            Receipt::Delivered => self.finish(&done, Ok(())),
+            Receipt::Undelivered { reason } => self.finish(&done, Err(&reason)),
         }
     }
 }
@@ -471,7 +661,8 @@ impl Limits {
 
 struct Inner {
     carriers: Vec<CarrierRt>,
-    pools: HashMap<String, SenderSet>,
+    /// SMS sender pools by country (a few: a scan beats hashing the key).
+    pools: Vec<(String, SenderSet)>,
     limits: Limits,
     ledger: Arc<dyn ChallengeLedger>,
     clock: Arc<dyn Clock>,
@@ -484,12 +675,20 @@ struct Inner {
     receipts: Receipts,
     next_token: AtomicU64,
     epoch: Instant,
-    rt: tokio::runtime::Handle,
+    /// Every deadline of the pipeline (see [`timers`]); locked for one
+    /// operation at a time, never across an `.await`. Bounded by the intake's
+    /// capacity plus one wake-up per lane and the book's.
+    timers: Mutex<TimerQueue<Due>>,
+    /// Wakes the timer task when a deadline earlier than its sleep comes.
+    timer_wake: Arc<Notify>,
     sims: Vec<(String, Arc<SimulatedCarrier>)>,
     accepted: AtomicU64,
     failed: AtomicU64,
     tries: AtomicU64,
     intake_gauge: Gauge,
+    /// Messages finished per second over the janitor's last tick (the retry
+    /// hint of a full queue is made from it).
+    finish_rate: AtomicU64,
     /// `watchword_rate_limited_total{scope="carrier"}`: refused because every carrier was saturated.
     carrier_saturated_refusals: metrics::Counter,
 }
@@ -521,18 +720,62 @@ impl std::fmt::Debug for DeliveryPermit {
 }
 
 impl DeliveryPermit {
-    /// Hands the job to the router; infallible once reserved.
+    /// Hands the job to the router; infallible once reserved. It picks a
+    /// carrier and queues the message there at once (or keeps it in the
+    /// router's timer until a carrier can take it); it never waits.
     pub fn send(self, job: DeliveryJob) {
         let inner = self.inner;
+        // The record holds the slot from here; `Inner::end` gives it back.
+        self.permit.forget();
         inner.accepted.fetch_add(1, Ordering::Relaxed);
-        let rt = inner.rt.clone();
-        rt.spawn(run_job(inner, job, self.permit));
+        let n = inner.carriers.len();
+        let tried = if usize::from(job.avoid_carrier.0) < n {
+            1 << job.avoid_carrier.0
+        } else {
+            0
+        };
+        let job = Job {
+            id: job.id,
+            code: job.code,
+            expires_at_ms: job.expires_at_ms,
+            destination: job.destination,
+            service_name: job.service_name.into_boxed_str(),
+            slot_hint: job.slot_hint,
+            tenant: job.tenant,
+            channel: job.channel,
+            lang: template::Lang::from_tag(&job.locale),
+            operator_assistance: job.operator_assistance,
+            purpose: job.purpose,
+        };
+        let rec = Record {
+            job,
+            budget_end: inner
+                .since_epoch(Instant::now() + Duration::from_millis(inner.retry.budget_ms)),
+            tried,
+            tries: 0,
+            last_slot: CarrierSlot::NONE,
+            probe: false,
+            waited: false,
+            sender: NO_SENDER,
+            last_reason: None,
+        };
+        inner.route(rec);
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The timer task and the lanes hold only weak references: wake them
+        // so that they end.
+        self.timer_wake.notify_one();
+        for c in &self.carriers {
+            c.wake_lanes();
+        }
     }
 }
 
 enum TryResult {
     Accepted,
-    NotDeliverable,
     Rejected(String),
     Retry(String),
 }
@@ -585,8 +828,10 @@ impl Router {
         self.inner.carriers.iter().map(|c| c.name.clone()).collect()
     }
 
-    /// Builds every configured carrier and starts the janitor. Call inside a
-    /// tokio runtime.
+    /// Builds every configured carrier and starts the router's tasks: each
+    /// carrier's lanes (one per runtime worker, up to four), the timer task
+    /// and the janitor; they end when the last handle is dropped. Call inside
+    /// a tokio runtime.
     pub fn start(
         config: RouterConfig,
         ledger: Arc<dyn ChallengeLedger>,
@@ -625,6 +870,8 @@ impl Router {
             .iter()
             .any(|c| c.kind == CarrierKind::Simulated && !custom.iter().any(|(n, _)| *n == c.name));
         let outbox = any_sim.then(|| broadcast::channel(config.outbox_capacity).0);
+        let lanes = lanes_per_carrier(&rt);
+        let mut lane_rx = Vec::with_capacity(config.carriers.len());
         let mut sims = Vec::new();
         let mut carriers = Vec::with_capacity(config.carriers.len());
         for (i, c) in config.carriers.iter().enumerate() {
@@ -653,7 +900,9 @@ impl Router {
                         })?),
                     }
                 };
-            carriers.push(carrier_rt(i, c, imp));
+            let (rt_c, rx) = carrier_rt(i, c, imp, lanes);
+            carriers.push(rt_c);
+            lane_rx.push(rx);
         }
         if let Some((n, _)) = custom.first() {
             return Err(RouterConfigError(format!(
@@ -692,13 +941,14 @@ impl Router {
             key_gauges,
         };
         let book = Arc::new(ReceiptBook {
-            shards: (0..BOOK_SHARDS).map(|_| Mutex::default()).collect(),
+            shards: (0..BOOK_SHARDS).map(|_| Default::default()).collect(),
             ledger: Arc::clone(&ledger),
             names: carriers.iter().map(|c| c.name.clone()).collect(),
             timeout: Duration::from_millis(config.receipt_timeout_ms),
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             awaiting: AtomicU64::new(0),
+            wake_scheduled: AtomicBool::new(false),
             outcome_delivered: metrics::counter!("watchword_delivery_outcomes_total", "result" => "delivered"),
             outcome_failed: metrics::counter!("watchword_delivery_outcomes_total", "result" => "failed"),
         });
@@ -718,14 +968,25 @@ impl Router {
             receipts,
             next_token: AtomicU64::new(1),
             epoch: Instant::now(),
-            rt: rt.clone(),
+            timers: Mutex::new(TimerQueue::new(
+                config.queue_capacity + lanes * config.carriers.len() + 64,
+            )),
+            timer_wake: Arc::new(Notify::new()),
             sims,
             accepted: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             tries: AtomicU64::new(0),
             intake_gauge: metrics::gauge!("watchword_router_queue_depth"),
+            finish_rate: AtomicU64::new(0),
             carrier_saturated_refusals: metrics::counter!("watchword_rate_limited_total", "scope" => "carrier"),
         });
+        for (i, rx) in lane_rx.into_iter().enumerate() {
+            lane::spawn(&rt, &inner, i, rx);
+        }
+        rt.spawn(timer_task(
+            Arc::downgrade(&inner),
+            Arc::clone(&inner.timer_wake),
+        ));
         rt.spawn(janitor(
             Arc::downgrade(&inner),
             Duration::from_millis(config.janitor_interval_ms),
@@ -795,7 +1056,7 @@ impl Router {
         for c in inner.carriers.iter().filter(|c| c.serves(channel, dest)) {
             match c.saturated_for() {
                 None => return Ok(()),
-                Some(t) => soonest = Some(soonest.map_or(t, |s| s.min(t))),
+                Some((t, _)) => soonest = Some(soonest.map_or(t, |s| s.min(t))),
             }
         }
         if let Some(t) = soonest {
@@ -810,7 +1071,9 @@ impl Router {
     }
 
     /// Reserves a slot in the bounded intake queue; refuses at once when full
-    /// or draining.
+    /// or draining. A full queue's retry hint is the time the router takes,
+    /// at the rate it has been finishing messages, to finish a twentieth of
+    /// its capacity (100 ms to 10 s; 1 s while it has finished none lately).
     pub fn try_reserve(&self) -> Result<DeliveryPermit, QueueFull> {
         if self.inner.draining.load(Ordering::Relaxed) {
             return Err(QueueFull {
@@ -823,7 +1086,7 @@ impl Router {
                 permit,
             }),
             Err(_) => Err(QueueFull {
-                retry_after_ms: 100,
+                retry_after_ms: self.inner.full_hint_ms(),
             }),
         }
     }
@@ -910,12 +1173,26 @@ impl Router {
     }
 }
 
-fn carrier_rt(i: usize, c: &CarrierConfig, imp: Arc<dyn Carrier>) -> CarrierRt {
+/// Lanes per carrier: one per runtime worker, up to four (a lane sends well
+/// over a million messages a second; more lanes only spread a busy carrier's
+/// work over the workers).
+fn lanes_per_carrier(rt: &tokio::runtime::Handle) -> usize {
+    rt.metrics().num_workers().clamp(1, 4)
+}
+
+/// A carrier's runtime state, and the receiving ends of its lanes' channels.
+fn carrier_rt(
+    i: usize,
+    c: &CarrierConfig,
+    imp: Arc<dyn Carrier>,
+    lanes: usize,
+) -> (CarrierRt, Vec<tokio::sync::mpsc::Receiver<Record>>) {
     let mut channels = [false; 4];
     for ch in &c.channels {
         channels[usize::from(ch.wire())] = true;
     }
-    CarrierRt {
+    let (queue, rx) = CarrierQueue::new(c.queue_capacity, lanes);
+    let rt = CarrierRt {
         name: c.name.clone(),
         slot: CarrierSlot(i as u8),
         imp,
@@ -925,34 +1202,48 @@ fn carrier_rt(i: usize, c: &CarrierConfig, imp: Arc<dyn Carrier>) -> CarrierRt {
         priority: c.priority,
         weight: c.weight.max(1),
         pacer: Pacer::new(c.throughput_limit(), 2),
-        window: Semaphore::new(c.in_flight_limit()),
-        queued: AtomicUsize::new(0),
-        queue_cap: c.queue_capacity,
+        window: Window {
+            max: c.in_flight_limit().max(1),
+            used: AtomicUsize::new(0),
+        },
+        queue,
+        lanes: (0..lanes).map(|_| LaneShared::default()).collect(),
         max_queue_delay: Duration::from_millis(c.max_queue_delay_ms),
         timeout: Duration::from_millis(c.timeout_ms),
         breaker: Breaker::new(c.breaker.clone()),
         throttled_until: AtomicU64::new(0),
         senders: SenderSet::new(&c.senders, c.sender_rate_per_s),
         m: CarrierMetrics::new(&c.name),
-    }
+    };
+    (rt, rx)
 }
 
-/// The janitor: receipt deadlines every second, idle limiter keys every
-/// `interval`, gauges. Ends when the router is dropped.
+/// The janitor: gauges every second, idle limiter keys every `interval`.
+/// Ends when the router is dropped.
 async fn janitor(inner: Weak<Inner>, interval: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(1).min(interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sweep = Instant::now();
+    let mut last_tick = (Instant::now(), 0u64);
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         let now = Instant::now();
-        inner.book.expire(now);
+        let depth = (inner.capacity - inner.intake.available_permits()) as u64;
+        let finished = inner.accepted.load(Ordering::Relaxed).saturating_sub(depth);
+        let secs = now.duration_since(last_tick.0).as_secs_f64();
+        if secs > 0.0 {
+            let rate = finished.saturating_sub(last_tick.1) as f64 / secs;
+            inner
+                .finish_rate
+                .store(rate.ceil() as u64, Ordering::Relaxed);
+        }
+        last_tick = (now, finished);
         inner
             .intake_gauge
             .set((inner.capacity - inner.intake.available_permits()) as f64);
         for c in &inner.carriers {
-            c.m.queue.set(c.queued.load(Ordering::Relaxed) as f64);
+            c.m.queue.set(c.queue.len() as f64);
             c.m.breaker.set(c.breaker.state().gauge());
         }
         if now.duration_since(last_sweep) >= interval {
@@ -981,8 +1272,23 @@ async fn janitor(inner: Weak<Inner>, interval: Duration) {
 }
 
 impl Inner {
+    /// `t` as ns after the router's epoch.
+    fn since_epoch(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// The retry hint of a full intake queue, ms (see [`Router::try_reserve`]).
+    fn full_hint_ms(&self) -> u32 {
+        let rate = self.finish_rate.load(Ordering::Relaxed);
+        if rate == 0 {
+            return 1_000;
+        }
+        let twentieth = (self.capacity as u64).div_ceil(20);
+        (twentieth.saturating_mul(1_000) / rate).clamp(100, 10_000) as u32
+    }
+
     /// Whether `job` may still be sent at `now_ms` (the engine clock's reading).
-    fn deliverable(&self, job: &DeliveryJob, now_ms: u64) -> bool {
+    fn deliverable(&self, job: &Job, now_ms: u64) -> bool {
         now_ms < job.expires_at_ms && self.ledger.deliverable(job.id, job.slot_hint)
     }
 
@@ -997,8 +1303,10 @@ impl Inner {
         (until > now).then(|| Duration::from_nanos(until - now))
     }
 
-    /// Chooses a carrier: serving, not open, not saturated, not throttled;
-    /// untried ones first; lowest priority value; spread by weight. `Err(None)`
+    /// Chooses a carrier: serving, not open, not saturated, not throttled, not
+    /// in `skip`; untried ones first; lowest priority value; spread by
+    /// weight; failing all, the one whose pacing backlog is shortest among
+    /// those saturated only by it. `Err(None)`
     /// when no carrier serves the route at all, `Err(Some(wait))` when none is
     /// available before `wait`.
     fn pick(
@@ -1006,12 +1314,14 @@ impl Inner {
         channel: Channel,
         dest: &Destination,
         tried: u64,
+        skip: u64,
     ) -> Result<(usize, bool), Option<Duration>> {
-        let mut excluded = 0u64;
+        let mut excluded = skip;
         loop {
             let mut any_serving = false;
             let mut wait = Duration::MAX;
             let mut avail = 0u64;
+            let mut backlogged: Option<(Duration, usize)> = None;
             for (i, c) in self.carriers.iter().enumerate() {
                 if !c.serves(channel, dest) {
                     continue;
@@ -1029,8 +1339,11 @@ impl Inner {
                     wait = wait.min(t);
                     continue;
                 }
-                if let Some(t) = c.saturated_for() {
+                if let Some((t, full)) = c.saturated_for() {
                     wait = wait.min(t);
+                    if !full && backlogged.is_none_or(|(b, _)| t < b) {
+                        backlogged = Some((t, i));
+                    }
                     continue;
                 }
                 avail |= 1 << i;
@@ -1039,7 +1352,10 @@ impl Inner {
                 return Err(None);
             }
             if avail == 0 {
-                return Err(Some(wait));
+                match backlogged {
+                    Some((_, i)) => avail = 1 << i,
+                    None => return Err(Some(wait)),
+                }
             }
             let fresh = avail & !tried;
             let set = if fresh != 0 { fresh } else { avail };
@@ -1075,16 +1391,17 @@ impl Inner {
         }
     }
 
-    fn sender_set<'a>(&'a self, c: &'a CarrierRt, job: &DeliveryJob) -> &'a SenderSet {
-        if job.channel == Channel::Sms {
-            if let Some(pool) = job.destination.country().and_then(|cc| self.pools.get(cc)) {
-                return pool;
-            }
+    fn sender_set<'a>(&'a self, c: &'a CarrierRt, job: &Job) -> &'a SenderSet {
+        if job.channel == Channel::Sms
+            && let Some(cc) = job.destination.country()
+            && let Some((_, pool)) = self.pools.iter().find(|(c, _)| c == cc)
+        {
+            return pool;
         }
         &c.senders
     }
 
-    fn fail(&self, job: &DeliveryJob, slot: CarrierSlot, reason: &str) {
+    fn fail(&self, job: &Job, slot: CarrierSlot, reason: &str) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         self.book.outcome_failed.increment(1);
         let name = self
@@ -1101,27 +1418,167 @@ impl Inner {
         );
     }
 
-    /// One try through carrier `c`.
-    async fn try_send(&self, c: &CarrierRt, job: &DeliveryJob, probe: bool) -> TryResult {
-        c.queued.fetch_add(1, Ordering::Relaxed);
-        let window = c.window.acquire().await;
-        if let Some(p) = &c.pacer {
-            p.until_ready().await;
+    /// A try's window slot is given back; lanes waiting for one are woken.
+    fn window_put(&self, c: &CarrierRt) {
+        if c.window.put() {
+            c.wake_lanes();
         }
-        c.queued.fetch_sub(1, Ordering::Relaxed);
-        let sender = match job.channel {
-            Channel::Sms => self.sender_set(c, job).take().await,
-            _ => c.senders.senders[0].0.as_str(),
+    }
+
+    /// Puts `due` in the timer. The value comes back if the timer is full
+    /// (it never is: it holds as many entries as the intake has slots, plus
+    /// one per lane and the book's).
+    fn schedule(&self, at: Instant, due: Due) -> Result<TimerKey, Due> {
+        let inserted = self.timers.lock().insert(at, due);
+        let (key, earliest) = inserted?;
+        if earliest {
+            self.timer_wake.notify_one();
+        }
+        Ok(key)
+    }
+
+    fn cancel_timer(&self, key: TimerKey) {
+        let cancelled = self.timers.lock().cancel(key);
+        drop(cancelled);
+    }
+
+    /// Keeps `rec` in the timer until `at`, then routes it again; ends it as
+    /// failed if the timer cannot take it.
+    fn park(&self, rec: Record, at: Instant) {
+        if let Err(Due::Retry(rec)) = self.schedule(at, Due::Retry(Box::new(rec))) {
+            self.fail_rec(*rec, "the delivery timer is full");
+        }
+    }
+
+    /// Ends `rec` as failed.
+    fn fail_rec(&self, rec: Record, reason: &str) {
+        self.fail(&rec.job, rec.last_slot, reason);
+        self.end(rec);
+    }
+
+    /// `rec` has ended (its outcome recorded): its intake slot comes back.
+    fn end(&self, rec: Record) {
+        drop(rec);
+        debug_assert!(self.intake.available_permits() < self.capacity);
+        self.intake.add_permits(1);
+    }
+
+    /// Chooses a carrier for `rec` and queues it there; when none can take
+    /// it now, keeps it in the timer until one may (within its retry
+    /// budget); ends it when it is no longer deliverable or has no route.
+    fn route(&self, mut rec: Record) {
+        // The lane asks again right before the send; this check only spares
+        // a pick and a queue slot for a challenge that ended while it waited.
+        if rec.waited && !self.deliverable(&rec.job, self.clock.now_ms()) {
+            return self.fail_rec(rec, NOT_PENDING);
+        }
+        rec.waited = true;
+        let mut full = 0u64;
+        loop {
+            match self.pick(rec.job.channel, &rec.job.destination, rec.tried, full) {
+                Ok((idx, probe)) => {
+                    let c = &self.carriers[idx];
+                    let before = (rec.tried, rec.tries, rec.last_slot);
+                    rec.tried |= 1 << idx;
+                    rec.tries += 1;
+                    rec.last_slot = c.slot;
+                    rec.probe = probe;
+                    match c.queue.try_push(rec) {
+                        Ok(()) => return,
+                        // Filled since the pick looked: another carrier, or a wait.
+                        Err(Pushed::Full(r) | Pushed::Closed(r)) => {
+                            rec = r;
+                            if probe {
+                                c.breaker.release_probe();
+                            }
+                            (rec.tried, rec.tries, rec.last_slot) = before;
+                            rec.probe = false;
+                            full |= 1 << idx;
+                        }
+                    }
+                }
+                Err(None) => {
+                    return self.fail_rec(rec, "no carrier serves this channel and destination");
+                }
+                Err(Some(wait)) => {
+                    let at = Instant::now() + wait;
+                    if self.since_epoch(at) > rec.budget_end {
+                        let reason = format!(
+                            "no carrier available within the retry budget; last: {}",
+                            rec.last_reason
+                                .as_deref()
+                                .map_or("no try was made", String::as_str)
+                        );
+                        return self.fail_rec(rec, &reason);
+                    }
+                    return self.park(rec, at);
+                }
+            }
+        }
+    }
+
+    /// Sends `rec` through carrier `c` from lane `lane` (the lane holds a
+    /// slot of the window and of the pace for it): its sender, the ledger's
+    /// last word, the text, the receipt-book entry, the send. An answer that
+    /// comes at once is handled here; otherwise the send comes back as a
+    /// [`Flight`] for the lane to await.
+    ///
+    /// `now` is the lane's reading of the clock for this round of sends: it
+    /// dates the send (an answer within the send call counts as taking no
+    /// time) and starts its answer timeout.
+    fn launch(
+        &self,
+        c: &CarrierRt,
+        lane: usize,
+        mut rec: Record,
+        now: Instant,
+        cx: &mut Context<'_>,
+    ) -> Option<Flight> {
+        let sender = match rec.job.channel {
+            Channel::Sms => {
+                let set = self.sender_set(c, &rec.job);
+                let reserved = std::mem::replace(&mut rec.sender, NO_SENDER);
+                let i = match reserved {
+                    NO_SENDER => match set.take() {
+                        (i, wait) if wait.is_zero() => i,
+                        (i, wait) => {
+                            // Every sender is at its pace: wait for the slot
+                            // reserved, keeping the window slot, as a send
+                            // already under way.
+                            rec.sender = i as u16;
+                            let due = Due::Dispatch {
+                                carrier: c.slot.0,
+                                lane: lane as u8,
+                                rec: Box::new(rec),
+                            };
+                            if let Err(Due::Dispatch { rec, .. }) = self.schedule(now + wait, due) {
+                                self.window_put(c);
+                                if rec.probe {
+                                    c.breaker.release_probe();
+                                }
+                                self.fail_rec(*rec, "the delivery timer is full");
+                            }
+                            return None;
+                        }
+                    },
+                    i => usize::from(i),
+                };
+                set.name(i)
+            }
+            _ => c.senders.name(0),
         };
         // The last word before the send: is the challenge still pending? The
         // same reading of the clock dates the message's text.
         let now_ms = self.clock.now_ms();
-        if !self.deliverable(job, now_ms) {
-            if probe {
+        if !self.deliverable(&rec.job, now_ms) {
+            if rec.probe {
                 c.breaker.release_probe();
             }
-            return TryResult::NotDeliverable;
+            self.window_put(c);
+            self.fail_rec(rec, NOT_PENDING);
+            return None;
         }
+        let job = &rec.job;
         let dial_plan = match (job.channel, job.destination.extension()) {
             (Channel::Voice, Some((ext, kind))) => {
                 if kind == ExtensionKind::Operator || job.operator_assistance {
@@ -1132,17 +1589,17 @@ impl Inner {
             }
             _ => DialPlan::Direct,
         };
-        let text = template::render(
+        let text = template::render_in(
             job.purpose,
             job.channel,
-            &job.locale,
+            job.lang,
             &job.code,
             &job.service_name,
             job.expires_at_ms,
             now_ms,
         );
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        self.book.register(token, job.id, job.slot_hint, c.slot);
+        self.book.register(token);
         let msg = CarrierMessage {
             tenant: job.tenant,
             id: job.id,
@@ -1155,65 +1612,135 @@ impl Inner {
             token: ReceiptToken(token),
         };
         self.tries.fetch_add(1, Ordering::Relaxed);
-        let t0 = Instant::now();
-        let answer = tokio::time::timeout(c.timeout, c.imp.send(msg, &self.receipts)).await;
-        c.m.latency.record(t0.elapsed().as_secs_f64());
-        drop(window);
-        let outcome = match answer {
-            Ok(o) => o,
-            Err(_) => {
+        let mut fut = lane::start_send(|| c.imp.send(msg, &self.receipts));
+        let sent = Sent {
+            rec,
+            token,
+            t0: self.since_epoch(now),
+        };
+        match lane::poll_send(&mut fut, cx) {
+            Poll::Ready(answer) => {
+                self.answered(c, sent, Some(answer), now);
+                None
+            }
+            Poll::Pending => Some(Flight::new(fut, sent)),
+        }
+    }
+
+    /// The carrier's answer to one send (`None`: none within its timeout),
+    /// seen by its lane at `now`: the breaker, the metrics, the ledger, the
+    /// receipt book, and what becomes of the message.
+    fn answered(&self, c: &CarrierRt, sent: Sent, answer: Option<SendOutcome>, now: Instant) {
+        let Sent { rec, token, t0 } = sent;
+        let took = self.since_epoch(now).saturating_sub(t0);
+        c.m.latency.record(took as f64 / 1e9);
+        self.window_put(c);
+        let result = match answer {
+            None => {
                 self.book.cancel(token);
                 c.m.timeout.increment(1);
                 if c.breaker.failure() {
                     tracing::warn!(carrier = %c.name, "circuit breaker opened");
                 }
-                return TryResult::Retry(format!(
+                TryResult::Retry(format!(
                     "{}: no answer within {} ms",
                     c.name,
                     c.timeout.as_millis()
-                ));
+                ))
             }
-        };
-        match outcome {
-            SendOutcome::Accepted => {
+            Some(SendOutcome::Accepted) => {
                 c.m.accepted.increment(1);
                 if c.breaker.success() {
                     tracing::info!(carrier = %c.name, "circuit breaker closed");
                 }
                 self.ledger.delivery_update(
-                    job.id,
-                    job.slot_hint,
+                    rec.job.id,
+                    rec.job.slot_hint,
                     DeliveryState::Sent,
                     c.slot,
                     &c.name,
                     None,
                 );
-                self.book.arm(token);
+                let ticket = Ticket {
+                    id: rec.job.id,
+                    hint: rec.job.slot_hint,
+                    slot: c.slot,
+                };
+                if let Some(at) = self.book.arm(token, ticket) {
+                    // Cannot fail: the timer keeps room for the book's wake-up.
+                    let _ = self.schedule(at, Due::Receipts);
+                }
                 TryResult::Accepted
             }
-            SendOutcome::Throttled { retry_after } => {
+            Some(SendOutcome::Throttled { retry_after }) => {
                 self.book.cancel(token);
                 c.m.throttled.increment(1);
                 c.breaker.success();
-                let until = (Instant::now() + retry_after)
+                let until = (now + retry_after)
                     .saturating_duration_since(self.epoch)
                     .as_nanos() as u64;
                 c.throttled_until.fetch_max(until, Ordering::Relaxed);
                 TryResult::Retry(format!("{}: throttled", c.name))
             }
-            SendOutcome::Rejected { reason } => {
+            Some(SendOutcome::Rejected { reason }) => {
                 self.book.cancel(token);
                 c.m.rejected.increment(1);
                 c.breaker.success();
                 TryResult::Rejected(format!("{}: rejected: {reason}", c.name))
             }
-            SendOutcome::Failed { reason } => {
+            Some(SendOutcome::Failed { reason }) => {
                 self.book.cancel(token);
                 c.m.failed.increment(1);
                 if c.breaker.failure() {
                     tracing::warn!(carrier = %c.name, "circuit breaker opened");
                 }
                 TryResult::Retry(format!("{}: {reason}", c.name))
+            }
+        };
+        match result {
+            TryResult::Accepted => self.end(rec),
+            TryResult::Rejected(reason) => self.fail_rec(rec, &reason),
+            TryResult::Retry(reason) => self.retry_later(rec, reason, now),
+        }
+    }
+
+    /// After a failed try: another try after a back-off with jitter, within
+    /// the tries and the time of the retry budget, or the end.
+    fn retry_later(&self, mut rec: Record, reason: String, now: Instant) {
+        let tries = u32::from(rec.tries);
+        if tries >= self.retry.max_tries {
+            let reason = format!("all {tries} tries failed; last: {reason}");
+            return self.fail_rec(rec, &reason);
+        }
+        let at = now + self.backoff(tries);
+        if self.since_epoch(at) > rec.budget_end {
+            let reason = format!("retry budget exhausted after {tries} tries; last: {reason}");
+            return self.fail_rec(rec, &reason);
+        }
+        rec.last_reason = Some(Box::new(reason));
+        self.park(rec, at);
+    }
+
+    /// Fires one timer entry.
+    fn fire(&self, due: Due) {
+        match due {
+            Due::Retry(rec) => self.route(*rec),
+            Due::Dispatch { carrier, lane, rec } => {
+                self.carriers[usize::from(carrier)].lanes[usize::from(lane)].ready(*rec);
+            }
+            Due::Lane { carrier, lane } => {
+                self.carriers[usize::from(carrier)].lanes[usize::from(lane)]
+                    .waker
+                    .wake();
+            }
+            Due::Receipts => {
+                self.book.wake_scheduled.store(false, Ordering::Release);
+                self.book.expire(Instant::now());
+                if let Some(at) = self.book.next_deadline()
+                    && !self.book.wake_scheduled.swap(true, Ordering::AcqRel)
+                {
+                    let _ = self.schedule(at, Due::Receipts);
+                }
             }
         }
     }
@@ -1228,78 +1755,75 @@ impl Inner {
     }
 }
 
+/// [`Record::sender`] when no sender is reserved.
+const NO_SENDER: u16 = u16::MAX;
+
 const NOT_PENDING: &str = "the challenge is no longer pending (expired, used or cancelled)";
 
-async fn run_job(inner: Arc<Inner>, job: DeliveryJob, permit: OwnedSemaphorePermit) {
-    let budget_end = Instant::now() + Duration::from_millis(inner.retry.budget_ms);
-    let n = inner.carriers.len();
-    let mut tried: u64 = if usize::from(job.avoid_carrier.0) < n {
-        1 << job.avoid_carrier.0
-    } else {
-        0
-    };
-    let mut tries = 0u32;
-    let mut last_slot = CarrierSlot::NONE;
-    let mut last_reason = String::from("no try was made");
-    let mut waited = false;
+/// Entries the timer task fires per lock of the timer.
+const TIMER_BATCH: usize = 256;
+
+/// The timer task: sleeps until the earliest deadline of the router's timer
+/// (or until an earlier one is scheduled), then fires what is due, outside
+/// the timer's lock. Ends when the router is dropped.
+async fn timer_task(inner: Weak<Inner>, wake: Arc<Notify>) {
+    let mut due = Vec::with_capacity(TIMER_BATCH);
+    let sleep = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(sleep);
     loop {
-        // try_send asks again right before each send; this check only spares
-        // a wait or a pick for a challenge that ended while we slept.
-        if waited && !inner.deliverable(&job, inner.clock.now_ms()) {
-            inner.fail(&job, last_slot, NOT_PENDING);
-            break;
-        }
-        waited = true;
-        let (idx, probe) = match inner.pick(job.channel, &job.destination, tried) {
-            Ok(p) => p,
-            Err(None) => {
-                inner.fail(
-                    &job,
-                    last_slot,
-                    "no carrier serves this channel and destination",
-                );
-                break;
-            }
-            Err(Some(wait)) => {
-                if Instant::now() + wait > budget_end {
-                    let reason = format!(
-                        "no carrier available within the retry budget; last: {last_reason}"
-                    );
-                    inner.fail(&job, last_slot, &reason);
-                    break;
+        let next = {
+            let Some(inner) = inner.upgrade() else { return };
+            let now = Instant::now();
+            let next = {
+                let mut t = inner.timers.lock();
+                while due.len() < TIMER_BATCH {
+                    match t.pop_due(now) {
+                        Some((_, d)) => due.push(d),
+                        None => break,
+                    }
                 }
-                tokio::time::sleep(wait).await;
-                continue;
+                t.next_deadline()
+            };
+            let more = due.len() == TIMER_BATCH;
+            for d in due.drain(..) {
+                inner.fire(d);
             }
+            (!more).then_some(next)
         };
-        let c = &inner.carriers[idx];
-        tried |= 1 << idx;
-        tries += 1;
-        last_slot = c.slot;
-        match inner.try_send(c, &job, probe).await {
-            TryResult::Accepted => break,
-            TryResult::NotDeliverable => {
-                inner.fail(&job, last_slot, NOT_PENDING);
-                break;
+        match next {
+            // A full batch: let other tasks run, then go on.
+            None => tokio::task::yield_now().await,
+            Some(Some(at)) => {
+                sleep.as_mut().reset(at);
+                tokio::select! {
+                    () = &mut sleep => {}
+                    () = wake.notified() => {}
+                }
             }
-            TryResult::Rejected(reason) => {
-                inner.fail(&job, last_slot, &reason);
-                break;
-            }
-            TryResult::Retry(reason) => last_reason = reason,
+            Some(None) => wake.notified().await,
         }
-        if tries >= inner.retry.max_tries {
-            let reason = format!("all {tries} tries failed; last: {last_reason}");
-            inner.fail(&job, last_slot, &reason);
-            break;
-        }
-        let delay = inner.backoff(tries);
-        if Instant::now() + delay > budget_end {
-            let reason = format!("retry budget exhausted after {tries} tries; last: {last_reason}");
-            inner.fail(&job, last_slot, &reason);
-            break;
-        }
-        tokio::time::sleep(delay).await;
     }
-    drop(permit);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a message costs while in flight, and what keeps it so: the
+    /// in-flight set's node (a `FuturesUnordered` task: 64 bytes of links and
+    /// counts around a [`lane::Flight`]) must stay within mimalloc's 256-byte
+    /// class, and a receipt awaited before the answer is a 24-byte entry.
+    #[test]
+    fn a_message_in_flight_stays_small() {
+        let (record, flight, waiting) = (
+            size_of::<Record>(),
+            size_of::<lane::Flight>(),
+            size_of::<(u64, Early)>(),
+        );
+        println!("record {record} B, in-flight node's future {flight} B, book entry {waiting} B");
+        assert!(record <= 136, "record {record}");
+        assert!(flight <= 192, "flight {flight}");
+        assert!(waiting <= 24, "book entry {waiting}");
+        assert!(size_of::<Due>() <= 16, "timer entry");
+    }
 }

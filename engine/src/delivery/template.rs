@@ -37,21 +37,31 @@ const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆ�
 /// GSM 03.38 extension table: two septets each.
 const GSM7_EXT: &str = "^{}\\[~]|€\u{c}";
 
+/// Septets each ASCII byte takes in GSM-7 (0: GSM-7 cannot carry it).
+const ASCII_SEPTETS: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut i = 0;
+    while i < 128 {
+        t[i] = match i as u8 {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => 1,
+            b' ' | b'!' | b'"' | b'#' | b'%' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' => 1,
+            b'-' | b'.' | b'/' | b':' | b';' | b'<' | b'=' | b'>' | b'?' | b'@' | b'$' | b'_' => 1,
+            b'\n' | b'\r' => 1,
+            b'^' | b'{' | b'}' | b'\\' | b'[' | b'~' | b']' | b'|' | b'\x0c' => 2,
+            _ => 0,
+        };
+        i += 1;
+    }
+    t
+};
+
 /// Septets `c` takes in GSM-7 (1 or 2), or `None` if GSM-7 cannot carry it.
 fn gsm7_septets(c: char) -> Option<usize> {
     if c.is_ascii() {
         // ASCII fast path: no scan of the tables.
-        return match c as u8 {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => Some(1),
-            b' ' | b'!' | b'"' | b'#' | b'%' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' => {
-                Some(1)
-            }
-            b'-' | b'.' | b'/' | b':' | b';' | b'<' | b'=' | b'>' | b'?' | b'@' | b'$' | b'_' => {
-                Some(1)
-            }
-            b'\n' | b'\r' => Some(1),
-            b'^' | b'{' | b'}' | b'\\' | b'[' | b'~' | b']' | b'|' | b'\x0c' => Some(2),
-            _ => None,
+        return match ASCII_SEPTETS[c as usize] {
+            0 => None,
+            n => Some(usize::from(n)),
         };
     }
     if GSM7_BASIC.contains(c) {
@@ -66,6 +76,17 @@ fn gsm7_septets(c: char) -> Option<usize> {
 /// The number of characters `text` takes in one SMS, and the segment's size:
 /// `(septets, 160)` for GSM-7, `(UTF-16 units, 70)` otherwise.
 pub(crate) fn sms_cost(text: &str) -> (usize, usize) {
+    if text.is_ascii() {
+        // Every message in English: one table look-up per byte.
+        let mut septets = 0;
+        for &b in text.as_bytes() {
+            match ASCII_SEPTETS[usize::from(b)] {
+                0 => return (text.len(), 70),
+                n => septets += usize::from(n),
+            }
+        }
+        return (septets, 160);
+    }
     let mut septets = 0;
     for c in text.chars() {
         match gsm7_septets(c) {
@@ -107,6 +128,7 @@ fn sms(lang: Lang, code: &str, service: &str, minutes: u64) -> String {
 
 /// Renders the text for `channel`. For voice, the code is read digit by digit,
 /// twice. `service` is shortened if an SMS would not fit one segment.
+#[cfg(test)]
 pub(crate) fn render(
     purpose: MessagePurpose,
     channel: Channel,
@@ -116,7 +138,28 @@ pub(crate) fn render(
     expires_at_ms: u64,
     now_ms: u64,
 ) -> String {
-    let lang = Lang::from_tag(locale);
+    render_in(
+        purpose,
+        channel,
+        Lang::from_tag(locale),
+        code,
+        service,
+        expires_at_ms,
+        now_ms,
+    )
+}
+
+/// [`render`] in a language already read from the locale (the router keeps
+/// a message's language, not its locale tag).
+pub(crate) fn render_in(
+    purpose: MessagePurpose,
+    channel: Channel,
+    lang: Lang,
+    code: &Code,
+    service: &str,
+    expires_at_ms: u64,
+    now_ms: u64,
+) -> String {
     let (buf, n) = code.digits();
     let code = std::str::from_utf8(&buf[..n]).unwrap_or("");
     let minutes = minutes_left(expires_at_ms, now_ms);
