@@ -730,8 +730,12 @@ impl Engine {
     }
 
     /// The checks every send goes through, in order: a carrier serves the
-    /// route, every keyed limit allows one more send (and counts it), and the
-    /// delivery queue has a slot, which the returned permit holds.
+    /// route, the delivery queue has a slot (which the returned permit
+    /// holds), and every keyed limit allows one more send (and counts it).
+    /// The queue comes before the limits so that a send refused because
+    /// delivery cannot keep up (CAPACITY, at once, with a retry hint) costs
+    /// the person none of their five sends; a limit's refusal gives the slot
+    /// back.
     fn admit_send(
         &self,
         tenant: TenantId,
@@ -744,16 +748,17 @@ impl Engine {
         if !router.has_route(channel, destination) {
             return Err(no_route(channel, destination));
         }
+        let permit = router.try_reserve().map_err(|q| EngineError::Capacity {
+            retry_after_ms: q.retry_after_ms,
+            message: "the delivery queue is full".into(),
+        })?;
         router
             .admit(tenant, &t.policy.name, subject, channel, destination)
             .map_err(|r| EngineError::RateLimited {
                 retry_after_ms: r.retry_after_ms,
                 message: format!("rate limit per {} reached", r.scope),
             })?;
-        router.try_reserve().map_err(|q| EngineError::Capacity {
-            retry_after_ms: q.retry_after_ms,
-            message: "the delivery queue is full".into(),
-        })
+        Ok(permit)
     }
 
     /// Creates a challenge and queues its message.
