@@ -1958,6 +1958,16 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
         ("[router.carriers.http]", "pool_idle_timeout_ms") => {
             "An idle kept connection is closed after this long, ms."
         }
+        ("[router.carriers.http]", "receipts") => {
+            "false: a 2xx counts as delivered. true: a 2xx is only accepted; the body\n\
+             carries receipt_token and callback (/v1/carriers/<name>/receipts), and the\n\
+             carrier's signed callback on the HTTP API says delivered or failed (else the\n\
+             router's receipt timeout fails it). See docs/http-api.md."
+        }
+        ("[router.carriers.http]", "callback_secret") => {
+            "The HMAC-SHA256 key the carrier signs its callbacks with (receipts = true\n\
+             only; at least 16 bytes; never logged or shown)."
+        }
         ("[router.senders]", "pools") => "The pools ([[router.senders.pools]] tables).",
         ("[[router.senders.pools]]", "country") => "ISO 3166 alpha-2 country of the destinations.",
         ("[[router.senders.pools]]", "senders") => "The senders (short codes), used in rotation.",

@@ -321,7 +321,17 @@ pub struct HttpConfig {
     pub pool_max_idle_per_host: usize,
     /// An idle pooled connection is closed after this long, ms.
     pub pool_idle_timeout_ms: u64,
+    /// `false` (default): a 2xx counts as delivered. `true`: a 2xx is only
+    /// accepted and the carrier's signed callback (`POST
+    /// /v1/carriers/<name>/receipts`) says delivered or failed.
+    pub receipts: bool,
+    /// The HMAC-SHA256 key the carrier signs its callbacks with (required
+    /// with `receipts = true`, at least 16 bytes; never shown).
+    pub callback_secret: String,
 }
+
+/// Shortest `callback_secret` accepted, bytes.
+pub const MIN_CALLBACK_SECRET: usize = 16;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -331,6 +341,8 @@ impl Default for HttpConfig {
             ca_file: String::new(),
             pool_max_idle_per_host: 64,
             pool_idle_timeout_ms: 90_000,
+            receipts: false,
+            callback_secret: String::new(),
         }
     }
 }
@@ -359,6 +371,15 @@ impl std::fmt::Debug for HttpConfig {
             .field("ca_file", &self.ca_file)
             .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
             .field("pool_idle_timeout_ms", &self.pool_idle_timeout_ms)
+            .field("receipts", &self.receipts)
+            .field(
+                "callback_secret",
+                &if self.callback_secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
             .finish()
     }
 }
@@ -626,6 +647,17 @@ impl RouterConfig {
                     if let Err(e) = super::http::ca_file_roots(std::path::Path::new(&h.ca_file)) {
                         return err(format!("{at}.http.ca_file: {e}"));
                     }
+                }
+                if h.receipts && h.callback_secret.len() < MIN_CALLBACK_SECRET {
+                    return err(format!(
+                        "{at}.http.callback_secret: receipts = true needs a secret of at least \
+                         {MIN_CALLBACK_SECRET} bytes to check the carrier's callbacks"
+                    ));
+                }
+                if !h.receipts && !h.callback_secret.is_empty() {
+                    return err(format!(
+                        "{at}.http.callback_secret: only with receipts = true"
+                    ));
                 }
             }
             if c.kind == CarrierKind::Smpp {
@@ -937,5 +969,32 @@ mod tests {
             cfg.carriers[0].http.url = url.into();
             assert_eq!(cfg.validate().is_ok(), ok, "{url}");
         }
+    }
+
+    #[test]
+    fn http_receipts_need_a_long_enough_secret_which_is_never_shown() {
+        let mut cfg = RouterConfig::default();
+        cfg.carriers[0].kind = CarrierKind::Http;
+        cfg.carriers[0].http.url = "http://127.0.0.1:8080/send".into();
+        cfg.validate().unwrap();
+        cfg.carriers[0].http.receipts = true;
+        let e = cfg.validate().unwrap_err().0;
+        assert!(
+            e.contains(".http.callback_secret: receipts = true needs"),
+            "{e}"
+        );
+        cfg.carriers[0].http.callback_secret = "short-s3cret".into();
+        let e = cfg.validate().unwrap_err().0;
+        assert!(e.contains("at least 16 bytes"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        cfg.carriers[0].http.callback_secret = "sixteen-byte-s3cret".into();
+        cfg.validate().unwrap();
+        let shown = format!("{:?}", cfg.carriers[0].http);
+        assert!(shown.contains("callback_secret: \"<redacted>\""), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        // A secret without receipts is a mistake, not silently ignored.
+        cfg.carriers[0].http.receipts = false;
+        let e = cfg.validate().unwrap_err().0;
+        assert!(e.contains("only with receipts = true"), "{e}");
     }
 }

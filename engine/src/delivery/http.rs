@@ -9,6 +9,12 @@
 //! set, else the operating system's trust store; with neither it refuses to
 //! start rather than trust nothing.
 //!
+//! With `receipts = true` a 2xx only means accepted: the body carries a
+//! `receipt_token` and the `callback` path, and the message stays sent until
+//! the carrier's signed callback (checked by [`super::callback`], reported
+//! through `Router::carrier_receipt`) or the router's receipt timeout.
+//! Without it a 2xx counts as delivered, as before.
+//!
 //! It must never log the body (it holds the code), never put the body, the
 //! destination or the URL's credentials in a failure reason, and never offer
 //! a mode that skips certificate verification.
@@ -46,6 +52,8 @@ pub struct HttpCarrier {
     pool: Pool,
     uri: Uri,
     authorization: Option<HeaderValue>,
+    /// With receipts on: the callback path this carrier's messages name.
+    callback: Option<Arc<str>>,
 }
 
 /// The keep-alive pool: `http://` URLs connect exactly as before TLS existed;
@@ -85,6 +93,12 @@ struct Body<'a> {
     purpose: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     extension: Option<&'a str>,
+    /// With receipts on: the token the callback names (16 hex digits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receipt_token: Option<String>,
+    /// With receipts on: the callback's path on the HTTP API listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback: Option<&'a str>,
 }
 
 impl HttpCarrier {
@@ -157,7 +171,18 @@ impl HttpCarrier {
             pool,
             uri,
             authorization,
+            callback: None,
         })
+    }
+
+    /// This carrier as configured under `name`: with `cfg.receipts`, its
+    /// messages carry a receipt token and the callback path
+    /// `/v1/carriers/<name>/receipts`, and a 2xx only means accepted.
+    pub fn named(mut self, name: &str, cfg: &HttpConfig) -> Self {
+        self.callback = cfg
+            .receipts
+            .then(|| Arc::from(format!("/v1/carriers/{name}/receipts")));
+        self
     }
 }
 
@@ -347,6 +372,11 @@ impl Carrier for HttpCarrier {
                 MessagePurpose::PinNotice => "pin_notice",
             },
             extension: ext,
+            receipt_token: self
+                .callback
+                .as_ref()
+                .map(|_| super::callback::format_token(msg.token)),
+            callback: self.callback.as_deref(),
         };
         let json = match serde_json::to_vec(&body) {
             Ok(j) => j,
@@ -365,6 +395,7 @@ impl Carrier for HttpCarrier {
         let pool = self.pool.clone();
         let receipts = receipts.clone();
         let token = msg.token;
+        let await_callback = self.callback.is_some();
         Box::pin(async move {
             let Ok(req) = req else {
                 return SendOutcome::Failed {
@@ -383,8 +414,8 @@ impl Carrier for HttpCarrier {
             let outcome = classify(status, resp.headers().get(RETRY_AFTER));
             // Read the body to the end so the connection returns to the pool.
             let _ = resp.into_body().collect().await;
-            if outcome == SendOutcome::Accepted {
-                // No receipt webhook yet: a 2xx counts as delivered.
+            if outcome == SendOutcome::Accepted && !await_callback {
+                // Without receipts a 2xx counts as delivered.
                 receipts.report(token, Receipt::Delivered);
             }
             outcome

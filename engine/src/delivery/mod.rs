@@ -5,6 +5,7 @@
 //! be sent to, and reports every change of delivery state to it.
 
 mod breaker;
+pub mod callback;
 pub mod carrier;
 pub mod config;
 pub mod destination;

@@ -889,9 +889,13 @@ impl Router {
                             sims.push((c.name.clone(), Arc::clone(&s)));
                             Arc::new(s)
                         }
-                        CarrierKind::Http => Arc::new(HttpCarrier::new(&c.http).map_err(|e| {
-                            RouterConfigError(format!("carriers[{i}] ({}).{}", c.name, e.0))
-                        })?),
+                        CarrierKind::Http => Arc::new(
+                            HttpCarrier::new(&c.http)
+                                .map_err(|e| {
+                                    RouterConfigError(format!("carriers[{i}] ({}).{}", c.name, e.0))
+                                })?
+                                .named(&c.name, &c.http),
+                        ),
                         CarrierKind::Smpp => Arc::new(SmppCarrier::new(c).map_err(|e| {
                             RouterConfigError(format!("carriers[{i}] ({}).{}", c.name, e.0))
                         })?),
@@ -1151,6 +1155,24 @@ impl Router {
         for (_, s) in &self.inner.sims {
             s.attach_handsets(handsets.clone());
         }
+    }
+
+    /// A receipt the carrier `name` sent by callback (the HTTP carrier's
+    /// webhook, after its signature was checked) for its send `token`.
+    /// False when no receipt from that carrier is awaited under that token
+    /// (unknown, already settled, timed out, or another carrier's).
+    pub fn carrier_receipt(&self, name: &str, token: ReceiptToken, receipt: Receipt) -> bool {
+        let book = &self.inner.book;
+        let ours = book
+            .shard(token.0)
+            .lock()
+            .map
+            .get(&token.0)
+            .is_some_and(|e| book.name(e.slot) == name && !matches!(e.state, BookState::Early(_)));
+        if ours {
+            book.report(token, receipt);
+        }
+        ours
     }
 
     /// The breaker state of the named carrier.
