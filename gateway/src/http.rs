@@ -2,8 +2,9 @@
 //! user-level decision (`POST /v1/check`), health, and the OpenAPI
 //! description, on axum over the hyper already in the tree.
 //!
-//! Every request but health and the description carries `Authorization:
-//! Bearer KEY`; the key names its tenant and role (compared in constant time
+//! Every request but health, the description and the carrier callbacks
+//! (`POST /v1/carriers/{name}/receipts`, authenticated by the carrier's HMAC
+//! signature instead, at most 4 KiB) carries `Authorization: Bearer KEY`; the key names its tenant and role (compared in constant time
 //! against every configured key; a missing and a wrong key get the same 401).
 //! Bodies are JSON, at most 1 MiB, parsed here so that every refusal has the
 //! contract's error body and names the field and why.
@@ -31,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use watchword_engine::check::{ConfirmOutcome, MAX_CHECK_FIELD};
+use watchword_engine::delivery::{CarrierKind, Receipt, callback};
 use watchword_engine::directory::{
     Directory, DirectoryError, Durable, Method, MethodId, MethodType, TokenInfo, Upsert, User,
     UserPatch,
@@ -59,12 +61,18 @@ pub struct ApiState {
     engine: Engine,
     keys: Vec<KeyEntry>,
     ready: Arc<AtomicBool>,
+    /// `(name, callback_secret)` of each HTTP carrier with receipts on.
+    callbacks: Vec<(String, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for ApiState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiState")
             .field("keys", &format_args!("<{} redacted>", self.keys.len()))
+            .field(
+                "callbacks",
+                &format_args!("<{} redacted>", self.callbacks.len()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -84,10 +92,18 @@ impl ApiState {
                 })
             })
             .collect();
+        let callbacks = cfg
+            .router
+            .carriers
+            .iter()
+            .filter(|c| c.kind == CarrierKind::Http && c.http.receipts)
+            .map(|c| (c.name.clone(), c.http.callback_secret.as_bytes().to_vec()))
+            .collect();
         ApiState {
             engine,
             keys,
             ready,
+            callbacks,
         }
     }
 }
@@ -1262,6 +1278,95 @@ async fn check(
     ok(StatusCode::OK, check_json(&result))
 }
 
+/// Largest carrier callback body, bytes.
+pub const MAX_CALLBACK: usize = 4 << 10;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiptBody {
+    receipt_token: String,
+    status: String,
+    /// Accepted for the carrier's convenience, never stored or logged.
+    #[serde(default, rename = "reason")]
+    _reason: serde::de::IgnoredAny,
+}
+
+/// `POST /v1/carriers/{name}/receipts`: an HTTP carrier's delivery receipt.
+/// No bearer key: the body is authenticated by its HMAC signature under the
+/// carrier's `callback_secret` (see `watchword_engine::delivery::callback`).
+/// Signature first, then the body: an unsigned caller learns nothing beyond
+/// whether the path names a carrier with receipts.
+async fn carrier_receipt(
+    State(st): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let Some((_, secret)) = st.callbacks.iter().find(|(n, _)| *n == name) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no HTTP carrier with receipts = true of that name",
+        ));
+    };
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is over {MAX_CALLBACK} bytes"),
+            )
+        } else {
+            ApiError::bad_request("the body could not be read")
+        }
+    })?;
+    let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+    let now = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if let Err(e) = callback::verify(
+        secret,
+        header(callback::SIGNATURE_HEADER),
+        header(callback::TIMESTAMP_HEADER),
+        &bytes,
+        now,
+    ) {
+        tracing::warn!(carrier = %name, why = %e, "carrier callback refused");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            format!("the callback's signature was refused: {e}"),
+        ));
+    }
+    let b: ReceiptBody = parse_body(Ok(bytes))?;
+    let Some(token) = callback::parse_token(&b.receipt_token) else {
+        return Err(ApiError::invalid(
+            "receipt_token: must be the token the message carried (hex)",
+        ));
+    };
+    let receipt = match b.status.as_str() {
+        "delivered" => Receipt::Delivered,
+        "failed" | "undelivered" => Receipt::Undelivered {
+            // The carrier's own reason is not kept: it may name the
+            // destination, and STATUS shows the reason.
+            reason: format!("carrier receipt: {}", b.status),
+        },
+        _ => {
+            return Err(ApiError::invalid(
+                "status: must be delivered, failed or undelivered",
+            ));
+        }
+    };
+    if !st.engine.router().carrier_receipt(&name, token, receipt) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no receipt is awaited under that receipt_token (unknown, already settled or timed out)",
+        ));
+    }
+    ok(StatusCode::ACCEPTED, json!({"accepted": true}))
+}
+
 async fn healthz() -> Response {
     (StatusCode::OK, "ok\n").into_response()
 }
@@ -1351,6 +1456,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/v1/tokens/import",
             post(import_tokens).layer(DefaultBodyLimit::max(MAX_IMPORT)),
+        )
+        .route(
+            "/v1/carriers/{name}/receipts",
+            post(carrier_receipt).layer(DefaultBodyLimit::max(MAX_CALLBACK)),
         )
         .route("/v1/tokens/{serial}/resync", post(resync_token))
         .route("/v1/tokens/{serial}", get(get_token).delete(delete_token))
