@@ -1163,12 +1163,14 @@ impl Router {
     /// (unknown, already settled, timed out, or another carrier's).
     pub fn carrier_receipt(&self, name: &str, token: ReceiptToken, receipt: Receipt) -> bool {
         let book = &self.inner.book;
+        // Only an accepted send (armed) awaits a receipt; one still waiting
+        // for the carrier's answer has not been taken yet.
         let ours = book
             .shard(token.0)
             .lock()
-            .map
+            .armed
             .get(&token.0)
-            .is_some_and(|e| book.name(e.slot) == name && !matches!(e.state, BookState::Early(_)));
+            .is_some_and(|t| book.name(t.slot) == name);
         if ours {
             book.report(token, receipt);
         }
