@@ -97,12 +97,14 @@ pub fn write(engine: &Engine, key: &MasterKey, path: &Path) -> Result<(), String
     let file = engine.snapshot(key);
     let tmp = path.with_extension("snapshot.tmp");
     let written = (|| -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode_owner_only()
-            .open(&tmp)?;
+        let mut options = OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp)?;
         f.write_all(&file.bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
@@ -121,23 +123,4 @@ pub fn write(engine: &Engine, key: &MasterKey, path: &Path) -> Result<(), String
         "restart snapshot written"
     );
     Ok(())
-}
-
-/// Owner-only permissions for files that hold sealed secrets.
-trait OwnerOnly {
-    fn mode_owner_only(&mut self) -> &mut Self;
-}
-
-impl OwnerOnly for OpenOptions {
-    fn mode_owner_only(&mut self) -> &mut Self {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            self.mode(0o600)
-        }
-        #[cfg(not(unix))]
-        {
-            self
-        }
-    }
 }

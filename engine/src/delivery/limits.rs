@@ -258,14 +258,9 @@ impl KeyedLimiter {
             shards => {
                 let interval = self.interval_us();
                 let tolerance = interval * u64::from(self.limit.max - 1);
-                let now_us = now.saturating_mul(1_000);
                 let mut map = shards[shard].lock();
                 let tat = map.entry(key).or_insert(0);
-                let base = (*tat).max(now_us);
-                if base - now_us > tolerance {
-                    return Err((base - now_us - tolerance).div_ceil(1_000).max(1));
-                }
-                *tat = base + interval;
+                *tat = gcra_step(*tat, now, interval, tolerance)?;
             }
         }
         Ok(Taken { key, at: now })
@@ -408,6 +403,18 @@ impl KeyedLimiter {
     }
 }
 
+/// One GCRA decision: with theoretical arrival time `tat` (µs), emission
+/// `interval` and burst `tolerance` (µs), a send at `now_ms` is allowed
+/// (the new arrival time) or refused (the ms to wait, at least 1).
+fn gcra_step(tat: u64, now_ms: u64, interval: u64, tolerance: u64) -> Result<u64, u64> {
+    let now_us = now_ms.saturating_mul(1_000);
+    let base = tat.max(now_us);
+    if base - now_us > tolerance {
+        return Err((base - now_us - tolerance).div_ceil(1_000).max(1));
+    }
+    Ok(base + interval)
+}
+
 /// A keyless rate limit, lock-free: one tenant's VERIFY or CHECK attempts.
 /// A GCRA over one atomic theoretical arrival time, on the engine's clock:
 /// `per_s` attempts a second, a burst of one second's worth.
@@ -433,16 +440,12 @@ impl RateGate {
     /// Lets one attempt through at `now` (ms), or answers the ms to wait.
     pub(crate) fn acquire(&self, now_ms: u64) -> Result<(), u64> {
         use std::sync::atomic::Ordering::Relaxed;
-        let now_us = now_ms.saturating_mul(1_000);
         let mut tat = self.tat_us.load(Relaxed);
         loop {
-            let base = tat.max(now_us);
-            if base - now_us > self.tolerance_us {
-                return Err((base - now_us - self.tolerance_us).div_ceil(1_000).max(1));
-            }
+            let next = gcra_step(tat, now_ms, self.interval_us, self.tolerance_us)?;
             match self
                 .tat_us
-                .compare_exchange_weak(tat, base + self.interval_us, Relaxed, Relaxed)
+                .compare_exchange_weak(tat, next, Relaxed, Relaxed)
             {
                 Ok(_) => return Ok(()),
                 Err(seen) => tat = seen,

@@ -263,7 +263,8 @@ pub struct RestoreCounts {
     pub tombstones: u64,
     /// Pending challenges that expired while the server was down.
     pub expired: u64,
-    /// Tombstones whose grace ended while the server was down.
+    /// Tombstones whose grace ended while the server was down, or not kept
+    /// because this run keeps none (`tombstone_grace_s = 0`).
     pub forgotten: u64,
     /// Challenges of tenants no longer configured.
     pub dropped_unknown_tenant: u64,
@@ -1128,8 +1129,11 @@ impl ChallengeTable {
             shard.insert(entry, id_hash, hash, head);
             counts.pending += 1;
         } else {
-            shard.insert_tombstone(entry, id_hash, rec.forget_at_ms);
-            counts.tombstones += 1;
+            if shard.insert_tombstone(entry, id_hash, rec.forget_at_ms) {
+                counts.tombstones += 1;
+            } else {
+                counts.forgotten += 1;
+            }
         }
     }
 

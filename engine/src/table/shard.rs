@@ -738,10 +738,15 @@ impl Shard {
     }
 
     /// Stores a finished entry read back from a snapshot as a tombstone
-    /// until `forget_at_ms`; nothing when tombstones are off.
-    pub(super) fn insert_tombstone(&mut self, mut entry: Entry, id_hash: u64, forget_at_ms: u64) {
+    /// until `forget_at_ms`; nothing (false) when tombstones are off.
+    pub(super) fn insert_tombstone(
+        &mut self,
+        mut entry: Entry,
+        id_hash: u64,
+        forget_at_ms: u64,
+    ) -> bool {
         if !self.keep_tombstones {
-            return;
+            return false;
         }
         if self.growing() {
             self.migrate_step();
@@ -767,6 +772,7 @@ impl Shard {
         self.live_high_water = self.live_high_water.max(self.live);
         let deadline = self.forget_at_ms(self.entry(slot));
         self.wheel_push(slot, deadline);
+        true
     }
 
     /// Takes a pending entry out of its subject chain.
