@@ -185,6 +185,11 @@ pub struct RunArgs {
     /// Closed loop: as fast as replies allow.
     #[arg(long)]
     pub closed: bool,
+    /// With a redis:// target: issue with the baseline's `issue_queue.lua`
+    /// (store the challenge and queue its message on a capped stream for
+    /// delivery workers) instead of the store-only `issue.lua`.
+    #[arg(long)]
+    pub redis_queue: bool,
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 1)]
     pub depth: usize,
@@ -376,11 +381,14 @@ impl Common {
         }
     }
 
-    fn redis(addr: &str) -> RedisBackend {
+    /// The Redis baseline; `queue` issues with `issue_queue.lua` to this
+    /// run's destinations.
+    fn redis(&self, addr: &str, queue: bool) -> RedisBackend {
         RedisBackend {
             addr: addr.to_string(),
             ttl_s: 300,
             attempts: 5,
+            queue: queue.then(|| self.plan()),
         }
     }
 }
@@ -549,7 +557,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 c.settle,
                 c.rounds
             );
-            let rows = compare(c.common.watchword(w, depth_max), Common::redis(r), &cfg).await?;
+            let rows = compare(
+                c.common.watchword(w, depth_max),
+                c.common.redis(r, false),
+                c.common.redis(r, true),
+                &cfg,
+            )
+            .await?;
             print!("{}", table(&rows));
             if let Some(f) = &c.json {
                 std::fs::write(f, serde_json::to_vec_pretty(&rows)?)?;
@@ -585,7 +599,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                     };
                     single(backend, a, warnings).await
                 }
-                TargetAddr::Redis(addr) => single(Common::redis(addr), a, Vec::new()).await,
+                TargetAddr::Redis(addr) => {
+                    single(a.common.redis(addr, a.redis_queue), a, Vec::new()).await
+                }
                 TargetAddr::Radius(addr) => {
                     let c = &a.common;
                     let gateway = (c.radius_gateway != "none")

@@ -3,6 +3,9 @@
 //! and prints issue and verify throughput for both, the ratio, and p99 at an
 //! equal offered rate. With several rounds the closed-loop runs alternate the
 //! targets and the table shows medians and the range of the rounds' ratios.
+//! ISSUE is compared with both Redis scripts: the store-only `issue.lua` and
+//! `issue_queue.lua`, which also queues the message for delivery workers
+//! (what Watchword's delivered ISSUE does in one step).
 //!
 //! It must never start or stop a server (the caller does) and never compare
 //! runs made with different connections, depth, duration or scenario.
@@ -35,6 +38,12 @@ pub struct CompareRow {
     pub ratio: f64,
     /// The lowest and highest round's ratio.
     pub ratio_range: (f64, f64),
+    /// ISSUE only: Redis's closed-loop throughput with `issue_queue.lua`
+    /// (median over the rounds).
+    pub redis_queue_max: Option<f64>,
+    /// ISSUE only: Watchword / Redis `issue_queue.lua`, the median of the
+    /// rounds' ratios, and their range.
+    pub queue_ratio: Option<(f64, (f64, f64))>,
     /// Closed-loop rounds (one run of each target per round).
     pub rounds: usize,
     /// The open-loop comparisons at equal offered rates.
@@ -44,7 +53,7 @@ pub struct CompareRow {
     pub generator_cpu_us: (f64, f64),
     /// Errors in Watchword's runs.
     pub watchword_errors: u64,
-    /// Errors in Redis' runs.
+    /// Errors in Redis' runs (both scripts).
     pub redis_errors: u64,
 }
 
@@ -227,17 +236,21 @@ fn latency_point(
 }
 
 /// Runs the comparison; progress goes to stderr, the rows come back.
+///
+/// `redis` issues with the store-only script; ISSUE rows also run
+/// `redis_queue` (the same server with `issue_queue.lua`) in every round.
 pub async fn compare(
     ww: WatchwordBackend,
     redis: RedisBackend,
+    redis_queue: RedisBackend,
     cfg: &CompareConfig,
 ) -> anyhow::Result<Vec<CompareRow>> {
-    let (ww, redis) = (Arc::new(ww), Arc::new(redis));
+    let (ww, redis, redis_queue) = (Arc::new(ww), Arc::new(redis), Arc::new(redis_queue));
     let mut rows = Vec::new();
     let settle = || tokio::time::sleep(cfg.settle);
     for &depth in &cfg.depths {
         for &op in &cfg.ops {
-            let (mut w_max, mut r_max) = (Vec::new(), Vec::new());
+            let (mut w_max, mut r_max, mut q_max) = (Vec::new(), Vec::new(), Vec::new());
             let (mut w_cpu, mut r_cpu) = (Vec::new(), Vec::new());
             let (mut w_errors, mut r_errors) = (0, 0);
             for _ in 0..cfg.rounds.max(1) {
@@ -248,6 +261,12 @@ pub async fn compare(
                 let w = one(&ww, &cfg.base, op, depth, Mode::Closed).await?;
                 settle().await;
                 let r = one(&redis, &cfg.base, op, depth, Mode::Closed).await?;
+                if op == Scenario::Issue {
+                    settle().await;
+                    let q = one(&redis_queue, &cfg.base, op, depth, Mode::Closed).await?;
+                    q_max.push(q.ok_rate);
+                    r_errors += q.errors;
+                }
                 w_max.push(w.ok_rate);
                 r_max.push(r.ok_rate);
                 w_cpu.push(w.generator_cpu_us_per_request);
@@ -256,6 +275,12 @@ pub async fn compare(
                 r_errors += r.errors;
             }
             let (watchword_max, redis_max, ratio, ratio_range) = summarize(&w_max, &r_max);
+            let (redis_queue_max, queue_ratio) = if q_max.is_empty() {
+                (None, None)
+            } else {
+                let (_, q, ratio, range) = summarize(&w_max, &q_max);
+                (Some(q), Some((ratio, range)))
+            };
             let points: Vec<(f64, f64)> = match cfg.equal_rate {
                 Some(rate) => vec![(0.0, rate)],
                 None => cfg
@@ -296,6 +321,8 @@ pub async fn compare(
                 redis_max,
                 ratio,
                 ratio_range,
+                redis_queue_max,
+                queue_ratio,
                 rounds: w_max.len(),
                 latency,
                 generator_cpu_us: (median(&w_cpu), median(&r_cpu)),
@@ -313,19 +340,25 @@ pub fn table(rows: &[CompareRow]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "| op | conns | depth | Watchword ok/s (closed) | Redis ok/s (closed) | ratio | generator CPU/request (W/R) | errors (W/R) |"
+        "| op | conns | depth | Watchword ok/s (closed) | Redis ok/s (closed) | ratio | Redis issue_queue.lua ok/s | ratio to issue_queue.lua | generator CPU/request (W/R) | errors (W/R) |"
     );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
+        let (queue_max, queue_ratio) = match (r.redis_queue_max, r.queue_ratio) {
+            (Some(q), Some((ratio, range))) => {
+                (format!("{q:.0}"), ratio_text(ratio, range, r.rounds))
+            }
+            _ => ("-".to_string(), "-".to_string()),
+        };
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {:.0} | {:.0} | {} | {:.1} / {:.1} us | {}/{} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {} | {queue_max} | {queue_ratio} | {:.1} / {:.1} us | {}/{} |",
             r.op,
             r.connections,
             r.depth,
             r.watchword_max,
             r.redis_max,
-            ratio_cell(r),
+            ratio_text(r.ratio, r.ratio_range, r.rounds),
             r.generator_cpu_us.0,
             r.generator_cpu_us.1,
             r.watchword_errors,
@@ -366,15 +399,15 @@ pub fn table(rows: &[CompareRow]) -> String {
     o
 }
 
-/// The ratio, with the rounds' range when there was more than one.
-fn ratio_cell(r: &CompareRow) -> String {
-    if r.rounds > 1 {
+/// A ratio, with the rounds' range when there was more than one.
+fn ratio_text(ratio: f64, range: (f64, f64), rounds: usize) -> String {
+    if rounds > 1 {
         format!(
-            "{:.2}× ({:.2}–{:.2}, {} rounds)",
-            r.ratio, r.ratio_range.0, r.ratio_range.1, r.rounds
+            "{ratio:.2}× ({:.2}–{:.2}, {rounds} rounds)",
+            range.0, range.1
         )
     } else {
-        format!("{:.2}×", r.ratio)
+        format!("{ratio:.2}×")
     }
 }
 

@@ -235,12 +235,21 @@ pub struct RedisBackend {
     pub ttl_s: u32,
     /// Attempts allowed (Watchword's default: 5).
     pub attempts: u32,
+    /// `Some`: issue with `issue_queue.lua`, which also queues each message
+    /// (to these destinations) on a capped stream for delivery workers;
+    /// `None`: the store-only `issue.lua`.
+    pub queue: Option<DestPlan>,
 }
+
+/// The stream `issue_queue.lua` appends messages to.
+pub const REDIS_DELIVERY_STREAM: &[u8] = b"otp:deliveries";
 
 /// The baseline's issue script, byte for byte.
 pub const ISSUE_LUA: &str = include_str!("../lua/issue.lua");
 /// The baseline's verify script, byte for byte.
 pub const VERIFY_LUA: &str = include_str!("../lua/verify.lua");
+/// The baseline's store-and-queue issue script, byte for byte.
+pub const ISSUE_QUEUE_LUA: &str = include_str!("../lua/issue_queue.lua");
 
 /// One Redis connection with the script hashes it loaded.
 #[derive(Clone, Debug)]
@@ -250,6 +259,9 @@ pub struct RedisConn {
     verify_sha: std::sync::Arc<str>,
     ttl: std::sync::Arc<str>,
     attempts: std::sync::Arc<str>,
+    /// Destinations when issuing through `issue_queue.lua` (then
+    /// `issue_sha` is that script's).
+    queue: Option<DestPlan>,
 }
 
 fn resp_err(e: RespError) -> ErrLabel {
@@ -283,14 +295,22 @@ impl Backend for RedisBackend {
     type Conn = RedisConn;
 
     fn describe(&self) -> String {
-        format!("redis://{}", self.addr)
+        match self.queue {
+            Some(_) => format!("redis://{} issue_queue.lua", self.addr),
+            None => format!("redis://{}", self.addr),
+        }
     }
 
     async fn connect(&self) -> anyhow::Result<RedisConn> {
         let conn = RespConn::connect(&self.addr)
             .await
             .map_err(|e| anyhow::anyhow!("connect to redis {}: {e}", self.addr))?;
-        let issue_sha = script_load(&conn, ISSUE_LUA).await?;
+        let issue_src = if self.queue.is_some() {
+            ISSUE_QUEUE_LUA
+        } else {
+            ISSUE_LUA
+        };
+        let issue_sha = script_load(&conn, issue_src).await?;
         let verify_sha = script_load(&conn, VERIFY_LUA).await?;
         Ok(RedisConn {
             conn,
@@ -298,6 +318,7 @@ impl Backend for RedisBackend {
             verify_sha: verify_sha.into(),
             ttl: self.ttl_s.to_string().into(),
             attempts: self.attempts.to_string().into(),
+            queue: self.queue,
         })
     }
 
@@ -310,19 +331,18 @@ impl Backend for RedisBackend {
         let id = unknown_id(n ^ 0x155E_0000_0000_0000);
         let code = redis_code(n);
         let key = redis_key(&id);
-        let r = c
-            .conn
-            .call(&[
-                b"EVALSHA",
-                c.issue_sha.as_bytes(),
-                b"1",
-                &key,
-                code.as_bytes(),
-                c.ttl.as_bytes(),
-                c.attempts.as_bytes(),
-            ])
-            .await
-            .map_err(resp_err)?;
+        let to = c.queue.map(|plan| plan.destination(n)).unwrap_or_default();
+        let mut args: Vec<&[u8]> = vec![b"EVALSHA", c.issue_sha.as_bytes()];
+        if c.queue.is_some() {
+            args.extend([b"2" as &[u8], &key, REDIS_DELIVERY_STREAM]);
+        } else {
+            args.extend([b"1" as &[u8], &key]);
+        }
+        args.extend([code.as_bytes(), c.ttl.as_bytes(), c.attempts.as_bytes()]);
+        if c.queue.is_some() {
+            args.push(to.as_bytes());
+        }
+        let r = c.conn.call(&args).await.map_err(resp_err)?;
         match r {
             Resp::Int(1) => Ok(Issued {
                 id,

@@ -19,6 +19,7 @@ fn redis(addr: String) -> Arc<RedisBackend> {
         addr,
         ttl_s: 300,
         attempts: 5,
+        queue: None,
     })
 }
 
