@@ -3,8 +3,9 @@
 //! description, on axum over the hyper already in the tree.
 //!
 //! Every request but health, the description and the carrier callbacks
-//! (`POST /v1/carriers/{name}/receipts`, authenticated by the carrier's HMAC
-//! signature instead, at most 4 KiB) carries `Authorization: Bearer KEY`; the key names its tenant and role (compared in constant time
+//! (`POST /v1/carriers/{name}/receipts` and `.../calls`, authenticated by
+//! the carrier's HMAC signature instead, at most 4 KiB) carries
+//! `Authorization: Bearer KEY`; the key names its tenant and role (compared in constant time
 //! against every configured key; a missing and a wrong key get the same 401).
 //! Bodies are JSON, at most 1 MiB, parsed here so that every refusal has the
 //! contract's error body and names the field and why.
@@ -32,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use watchword_engine::check::{ConfirmOutcome, MAX_CHECK_FIELD};
-use watchword_engine::delivery::{CarrierKind, Receipt, callback};
+use watchword_engine::delivery::{CallReport, CarrierKind, Receipt, callback};
 use watchword_engine::directory::{
     Directory, DirectoryError, Durable, Method, MethodId, MethodType, TokenInfo, Upsert, User,
     UserPatch,
@@ -1291,18 +1292,17 @@ struct ReceiptBody {
     _reason: serde::de::IgnoredAny,
 }
 
-/// `POST /v1/carriers/{name}/receipts`: an HTTP carrier's delivery receipt.
-/// No bearer key: the body is authenticated by its HMAC signature under the
-/// carrier's `callback_secret` (see `watchword_engine::delivery::callback`).
+/// A carrier callback's body, once its signature under the carrier's
+/// `callback_secret` was checked (see `watchword_engine::delivery::callback`).
 /// Signature first, then the body: an unsigned caller learns nothing beyond
 /// whether the path names a carrier with receipts.
-async fn carrier_receipt(
-    State(st): State<Arc<ApiState>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
+fn signed_callback(
+    st: &ApiState,
+    name: &str,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let Some((_, secret)) = st.callbacks.iter().find(|(n, _)| *n == name) else {
+) -> Result<Bytes, ApiError> {
+    let Some((_, secret)) = st.callbacks.iter().find(|(n, _)| n == name) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -1338,6 +1338,19 @@ async fn carrier_receipt(
             format!("the callback's signature was refused: {e}"),
         ));
     }
+    Ok(bytes)
+}
+
+/// `POST /v1/carriers/{name}/receipts`: an HTTP carrier's delivery receipt.
+/// No bearer key: the body is authenticated by its HMAC signature (see
+/// [`signed_callback`]).
+async fn carrier_receipt(
+    State(st): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let bytes = signed_callback(&st, &name, &headers, body)?;
     let b: ReceiptBody = parse_body(Ok(bytes))?;
     let Some(token) = callback::parse_token(&b.receipt_token) else {
         return Err(ApiError::invalid(
@@ -1362,6 +1375,79 @@ async fn carrier_receipt(
             StatusCode::NOT_FOUND,
             "not_found",
             "no receipt is awaited under that receipt_token (unknown, already settled or timed out)",
+        ));
+    }
+    ok(StatusCode::ACCEPTED, json!({"accepted": true}))
+}
+
+/// Most DTMF keys a call-outcome callback may report (`PIN#` fits).
+const MAX_CALL_DIGITS: usize = 32;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallBody {
+    receipt_token: String,
+    status: String,
+    /// The keys pressed, with `completed` (never stored or logged).
+    #[serde(default)]
+    digits: Option<String>,
+    /// Accepted for the carrier's convenience, never stored or logged.
+    #[serde(default, rename = "reason")]
+    _reason: serde::de::IgnoredAny,
+}
+
+/// `POST /v1/carriers/{name}/calls`: an HTTP carrier's call-outcome
+/// callback for a confirmation call (`answered`; `completed` with the
+/// `digits` pressed; `no_answer`, `busy` or `failed`). Authenticated like
+/// receipts (see [`signed_callback`]).
+async fn carrier_call(
+    State(st): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let bytes = signed_callback(&st, &name, &headers, body)?;
+    let b: CallBody = parse_body(Ok(bytes))?;
+    let Some(token) = callback::parse_token(&b.receipt_token) else {
+        return Err(ApiError::invalid(
+            "receipt_token: must be the token the call carried (hex)",
+        ));
+    };
+    if let Some(d) = &b.digits {
+        if d.len() > MAX_CALL_DIGITS
+            || !d
+                .bytes()
+                .all(|c| c.is_ascii_digit() || c == b'*' || c == b'#')
+        {
+            return Err(ApiError::invalid(format!(
+                "digits: at most {MAX_CALL_DIGITS} keys of 0-9, * and #"
+            )));
+        }
+    }
+    let report = match (b.status.as_str(), b.digits) {
+        ("answered", None) => CallReport::Answered,
+        ("completed", digits) => CallReport::Completed {
+            digits: digits.unwrap_or_default(),
+        },
+        ("no_answer", None) => CallReport::NotAnswered {
+            reason: "not answered",
+        },
+        ("busy", None) => CallReport::NotAnswered { reason: "busy" },
+        ("failed", None) => CallReport::NotAnswered { reason: "failed" },
+        ("answered" | "no_answer" | "busy" | "failed", Some(_)) => {
+            return Err(ApiError::invalid("digits: only with status completed"));
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "status: must be answered, completed, no_answer, busy or failed",
+            ));
+        }
+    };
+    if !st.engine.router().carrier_call(&name, token, report) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no confirmation call awaits an outcome under that receipt_token (unknown, ended, expired or not a call)",
         ));
     }
     ok(StatusCode::ACCEPTED, json!({"accepted": true}))
@@ -1460,6 +1546,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/v1/carriers/{name}/receipts",
             post(carrier_receipt).layer(DefaultBodyLimit::max(MAX_CALLBACK)),
+        )
+        .route(
+            "/v1/carriers/{name}/calls",
+            post(carrier_call).layer(DefaultBodyLimit::max(MAX_CALLBACK)),
         )
         .route("/v1/tokens/{serial}/resync", post(resync_token))
         .route("/v1/tokens/{serial}", get(get_token).delete(delete_token))

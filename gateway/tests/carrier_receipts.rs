@@ -256,3 +256,253 @@ async fn signed_callbacks_settle_http_deliveries_and_bad_ones_change_nothing() {
 
     r.shutdown();
 }
+
+/// An admin-API request with a bearer key; the status and JSON answer.
+async fn admin(r: &Running, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let addr = r.http_addr.expect("the HTTP API is on");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+         Authorization: Bearer demo-admin-key\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let payload = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(payload).unwrap_or(Value::Null))
+}
+
+/// The next call the fake carrier was asked to make: its receipt token.
+async fn next_call(posted: &mut mpsc::UnboundedReceiver<Value>) -> String {
+    let body = tokio::time::timeout(Duration::from_secs(10), posted.recv())
+        .await
+        .expect("a call")
+        .unwrap();
+    assert_eq!(body["channel"], "voice", "{body}");
+    assert_eq!(body["purpose"], "call_confirmation", "{body}");
+    assert_eq!(
+        body["call_callback"], "/v1/carriers/webhooks/calls",
+        "{body}"
+    );
+    body["receipt_token"].as_str().unwrap().to_owned()
+}
+
+/// Posts a correctly signed call-outcome callback.
+async fn call_outcome(r: &Running, body: &str) -> (u16, Value) {
+    let ts = now();
+    let sig = callback::sign(SECRET.as_bytes(), ts, body.as_bytes());
+    post_signed(r, "/v1/carriers/webhooks/calls", body, &sig, ts).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_outcome_callbacks_confirm_decline_and_fail_confirmation_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, mut posted) = fake_carrier().await;
+    let r = start(config(dir.path(), &url)).await.unwrap();
+    let (s, v) = admin(&r, "PUT", "/v1/users/ann", r#"{"default_method": "call"}"#).await;
+    assert_eq!(s, 201, "{v}");
+
+    // Registration: the carrier is asked to call; the person answers and
+    // presses #, which the carrier reports; the method becomes active.
+    let (s, m) = admin(
+        &r,
+        "POST",
+        "/v1/users/ann/methods",
+        r#"{"type": "call", "destination": "(425) 555-0199"}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{m}");
+    let mid = m["id"].as_str().unwrap().to_owned();
+    let token = next_call(&mut posted).await;
+    let (s, v) = call_outcome(
+        &r,
+        &format!(r#"{{"receipt_token":"{token}","status":"answered"}}"#),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    // Malformed outcomes, correctly signed: refused, nothing changes.
+    for (bad, says) in [
+        (
+            format!(r#"{{"receipt_token":"{token}","status":"answered","digits":"1"}}"#),
+            "digits",
+        ),
+        (
+            format!(r#"{{"receipt_token":"{token}","status":"completed","digits":"12a#"}}"#),
+            "digits",
+        ),
+        (
+            format!(
+                r#"{{"receipt_token":"{token}","status":"completed","digits":"{}"}}"#,
+                "1".repeat(33)
+            ),
+            "digits",
+        ),
+        (
+            format!(r#"{{"receipt_token":"{token}","status":"hung_up"}}"#),
+            "status",
+        ),
+        (
+            r#"{"receipt_token":"xyz","status":"completed"}"#.to_owned(),
+            "receipt_token",
+        ),
+    ] {
+        let (s, v) = call_outcome(&r, &bad).await;
+        assert!(s == 400 || s == 422, "{bad}: {s} {v}");
+        assert!(v["message"].as_str().unwrap().contains(says), "{bad}: {v}");
+    }
+    // Unsigned: 401.
+    let confirm = format!(r##"{{"receipt_token":"{token}","status":"completed","digits":"#"}}"##);
+    let ts = now();
+    let forged = callback::sign(b"not-the-secret-at-all", ts, confirm.as_bytes());
+    let (s, _) = post_signed(&r, "/v1/carriers/webhooks/calls", &confirm, &forged, ts).await;
+    assert_eq!(s, 401);
+    let (_, m) = admin(&r, "GET", &format!("/v1/users/ann/methods/{mid}"), "").await;
+    assert_eq!(m["state"], "pending", "{m}");
+    let (s, v) = call_outcome(&r, &confirm).await;
+    assert_eq!(s, 202, "{v}");
+    let mut state = Value::Null;
+    for _ in 0..200 {
+        state = admin(&r, "GET", &format!("/v1/users/ann/methods/{mid}"), "")
+            .await
+            .1["state"]
+            .clone();
+        if state != "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(state, "active");
+    // The call ended: a second outcome for it is not awaited.
+    let (s, _) = call_outcome(&r, &confirm).await;
+    assert_eq!(s, 404);
+
+    // A CHECK held on the call's state ends when the carrier reports #.
+    let c = Client::connect(ClientConfig {
+        addr: r.addr.to_string(),
+        tenant: "demo".into(),
+        key: "demo-key".into(),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    let ch = c.check("ann", "", "", "192.0.2.9").await.unwrap();
+    assert_eq!(ch.result, 2, "{ch:?}");
+    let token = next_call(&mut posted).await;
+    let id = watchword_engine::check::parse_state(&ch.state).unwrap();
+    assert_eq!(delivery_of(&c, id).await, DeliveryState::Sent);
+    let held = {
+        let st = ch.state.clone();
+        let c2 = Client::connect(ClientConfig {
+            addr: r.addr.to_string(),
+            tenant: "demo".into(),
+            key: "demo-key".into(),
+            ..ClientConfig::default()
+        })
+        .await
+        .unwrap();
+        tokio::spawn(async move { c2.check("ann", "", &st, "").await })
+    };
+    let (s, v) = call_outcome(
+        &r,
+        &format!(r#"{{"receipt_token":"{token}","status":"answered"}}"#),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(
+        delivery_of_not(&c, id, DeliveryState::Sent).await,
+        DeliveryState::Delivered
+    );
+    let (s, v) = call_outcome(
+        &r,
+        &format!(r##"{{"receipt_token":"{token}","status":"completed","digits":"#"}}"##),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let done = held.await.unwrap().unwrap();
+    assert_eq!(done.result, 0, "{done:?}");
+
+    // Other keys decline: REJECT reason 6.
+    let ch = c.check("ann", "call", "", "").await.unwrap();
+    let token = next_call(&mut posted).await;
+    let (s, _) = call_outcome(
+        &r,
+        &format!(r#"{{"receipt_token":"{token}","status":"completed","digits":"9"}}"#),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let done = c.check("ann", "", &ch.state, "").await.unwrap();
+    assert_eq!((done.result, done.reason), (1, 6), "{done:?}");
+
+    // Nobody answers: REJECT reason 6, and the call's delivery failed.
+    let ch = c.check("ann", "call", "", "").await.unwrap();
+    let id = watchword_engine::check::parse_state(&ch.state).unwrap();
+    let token = next_call(&mut posted).await;
+    assert_eq!(delivery_of(&c, id).await, DeliveryState::Sent);
+    let (s, _) = call_outcome(
+        &r,
+        &format!(r#"{{"receipt_token":"{token}","status":"no_answer"}}"#),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let done = c.check("ann", "", &ch.state, "").await.unwrap();
+    assert_eq!((done.result, done.reason), (1, 6), "{done:?}");
+    assert_eq!(
+        delivery_of_not(&c, id, DeliveryState::Sent).await,
+        DeliveryState::Failed
+    );
+
+    // An SMS's token is not a call's: 404 on the calls path.
+    let sms_id = c.issue(&sms("user-9", "+14255550136")).await.unwrap().id;
+    let body = tokio::time::timeout(Duration::from_secs(10), posted.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(body.get("call_callback").is_none(), "{body}");
+    let token = body["receipt_token"].as_str().unwrap();
+    let (s, _) = call_outcome(
+        &r,
+        &format!(r##"{{"receipt_token":"{token}","status":"completed","digits":"#"}}"##),
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        c.status(sms_id).await.unwrap().delivery,
+        DeliveryState::Sent
+    );
+
+    // The audit trail never holds the keys pressed with a PIN-like value.
+    r.shutdown();
+    r.wait().await;
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert!(
+        !audit.contains("digits"),
+        "the keys pressed are not audited"
+    );
+    assert!(
+        !audit.contains("5550199"),
+        "no full number in the audit trail"
+    );
+}
+
+/// The delivery state STATUS shows for `id`, once it is no longer `from`.
+async fn delivery_of_not(
+    c: &Client,
+    id: watchword_engine::ChallengeId,
+    from: DeliveryState,
+) -> DeliveryState {
+    for _ in 0..200 {
+        let d = c.status(id).await.unwrap().delivery;
+        if d != from {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("still {from:?}");
+}

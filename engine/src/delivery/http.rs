@@ -13,7 +13,10 @@
 //! `receipt_token` and the `callback` path, and the message stays sent until
 //! the carrier's signed callback (checked by [`super::callback`], reported
 //! through `Router::carrier_receipt`) or the router's receipt timeout.
-//! Without it a 2xx counts as delivered, as before.
+//! Without it a 2xx counts as delivered, as before. A confirmation call
+//! (voice, purpose `call_confirmation`) also names `call_callback`, where the
+//! carrier's IVR reports the call's outcome and the keys pressed (see
+//! `Router::carrier_call`).
 //!
 //! It must never log the body (it holds the code), never put the body, the
 //! destination or the URL's credentials in a failure reason, and never offer
@@ -54,6 +57,9 @@ pub struct HttpCarrier {
     authorization: Option<HeaderValue>,
     /// With receipts on: the callback path this carrier's messages name.
     callback: Option<Arc<str>>,
+    /// With receipts on: the call-outcome callback path its confirmation
+    /// calls name.
+    call_callback: Option<Arc<str>>,
 }
 
 /// The keep-alive pool: `http://` URLs connect exactly as before TLS existed;
@@ -99,6 +105,10 @@ struct Body<'a> {
     /// With receipts on: the callback's path on the HTTP API listener.
     #[serde(skip_serializing_if = "Option::is_none")]
     callback: Option<&'a str>,
+    /// With receipts on, for a confirmation call: where the carrier posts
+    /// the call's outcome (answered, keys pressed, completed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    call_callback: Option<&'a str>,
 }
 
 impl HttpCarrier {
@@ -172,16 +182,22 @@ impl HttpCarrier {
             uri,
             authorization,
             callback: None,
+            call_callback: None,
         })
     }
 
     /// This carrier as configured under `name`: with `cfg.receipts`, its
     /// messages carry a receipt token and the callback path
-    /// `/v1/carriers/<name>/receipts`, and a 2xx only means accepted.
+    /// `/v1/carriers/<name>/receipts`, and a 2xx only means accepted; its
+    /// confirmation calls also name `/v1/carriers/<name>/calls`, where the
+    /// carrier reports what the person did.
     pub fn named(mut self, name: &str, cfg: &HttpConfig) -> Self {
         self.callback = cfg
             .receipts
             .then(|| Arc::from(format!("/v1/carriers/{name}/receipts")));
+        self.call_callback = cfg
+            .receipts
+            .then(|| Arc::from(format!("/v1/carriers/{name}/calls")));
         self
     }
 }
@@ -377,6 +393,10 @@ impl Carrier for HttpCarrier {
                 .as_ref()
                 .map(|_| super::callback::format_token(msg.token)),
             callback: self.callback.as_deref(),
+            call_callback: self
+                .call_callback
+                .as_deref()
+                .filter(|_| msg.purpose == MessagePurpose::CallConfirmation),
         };
         let json = match serde_json::to_vec(&body) {
             Ok(j) => j,

@@ -32,7 +32,9 @@ pub use config::{
 pub use config::{SmtpConfig, SmtpTls};
 pub use destination::{Destination, ExtensionKind, InvalidDestination, normalize};
 pub use http::HttpCarrier;
-pub use router::{DeliveryJob, DeliveryPermit, QueueFull, RateLimited, Router, RouterStats};
+pub use router::{
+    CallReport, DeliveryJob, DeliveryPermit, QueueFull, RateLimited, Router, RouterStats,
+};
 pub use simulated::{OutboxMessage, SimCounters, SimulatedCarrier};
 pub use smpp::{SmppCarrier, SmppConfig};
 pub use smtp::SmtpCarrier;

@@ -691,6 +691,57 @@ struct Inner {
     finish_rate: AtomicU64,
     /// `watchword_rate_limited_total{scope="carrier"}`: refused because every carrier was saturated.
     carrier_saturated_refusals: metrics::Counter,
+    /// Confirmation calls whose outcome a carrier may report by callback
+    /// ([`Router::carrier_call`]), by send token. Bounded by
+    /// [`CALLS_AWAITED`]; the janitor drops those whose challenge ended.
+    calls: Mutex<TokenMap<CallTicket>>,
+    /// Where call outcomes reported by callback go (the call book).
+    handsets: std::sync::OnceLock<std::sync::Weak<dyn super::Handsets>>,
+}
+
+/// Confirmation calls whose callback may still come, at most: past that a
+/// call rings all the same, and its outcome, which no callback can then
+/// report, ends as not answered when its challenge expires.
+const CALLS_AWAITED: usize = 65_536;
+
+/// A confirmation call sent through a carrier, for its call-outcome callback.
+#[derive(Clone, Copy)]
+struct CallTicket {
+    tenant: TenantId,
+    id: ChallengeId,
+    slot: CarrierSlot,
+    expires_at_ms: u64,
+}
+
+/// What a carrier's call-outcome callback reports of a confirmation call
+/// (the HTTP carrier's `POST /v1/carriers/{name}/calls`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum CallReport {
+    /// The call connected: the message reached the person (its delivery
+    /// receipt); the call goes on.
+    Answered,
+    /// The call ended after these keys were pressed (`#` or `PIN#`
+    /// confirms; anything else, or nothing, declines).
+    Completed {
+        /// The DTMF keys, in order (never logged).
+        digits: String,
+    },
+    /// Nobody answered, the line was busy, or the call could not be made.
+    NotAnswered {
+        /// Short reason for the delivery state ("no_answer", "busy", "failed").
+        reason: &'static str,
+    },
+}
+
+impl std::fmt::Debug for CallReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Answered => f.write_str("Answered"),
+            // The digits may be a PIN: never shown.
+            Self::Completed { digits } => write!(f, "Completed({} keys)", digits.len()),
+            Self::NotAnswered { reason } => write!(f, "NotAnswered({reason})"),
+        }
+    }
 }
 
 /// The delivery router; cheap to clone.
@@ -983,6 +1034,8 @@ impl Router {
             intake_gauge: metrics::gauge!("watchword_router_queue_depth"),
             finish_rate: AtomicU64::new(0),
             carrier_saturated_refusals: metrics::counter!("watchword_rate_limited_total", "scope" => "carrier"),
+            calls: Mutex::default(),
+            handsets: std::sync::OnceLock::new(),
         });
         for (i, rx) in lane_rx.into_iter().enumerate() {
             lane::spawn(&rt, &inner, i, rx);
@@ -1151,10 +1204,62 @@ impl Router {
 
     /// Gives every simulated carrier the place where its handsets answer
     /// confirmation calls (see [`SimulatedCarrier::attach_handsets`]).
+    /// The same place also takes the outcomes carriers report by callback
+    /// ([`Router::carrier_call`]).
     pub fn attach_handsets(&self, handsets: std::sync::Weak<dyn super::Handsets>) {
         for (_, s) in &self.inner.sims {
             s.attach_handsets(handsets.clone());
         }
+        let _ = self.inner.handsets.set(handsets);
+    }
+
+    /// A call outcome the carrier `name` sent by callback (the HTTP
+    /// carrier's webhook, after its signature was checked) for its
+    /// confirmation call `token`: the call's delivery receipt (answered or
+    /// completed: delivered; not answered: failed), and, when the call
+    /// ended, its outcome to the call book, which consumes the challenge on
+    /// `#`. False when no confirmation call of that carrier awaits an
+    /// outcome under that token (unknown, ended already, expired, another
+    /// carrier's, or not a call).
+    pub fn carrier_call(&self, name: &str, token: ReceiptToken, report: CallReport) -> bool {
+        let ticket = {
+            let mut calls = self.inner.calls.lock();
+            match calls.get(&token.0) {
+                Some(t) if self.inner.book.name(t.slot) == name => {}
+                _ => return false,
+            }
+            if report == CallReport::Answered {
+                calls.get(&token.0).copied()
+            } else {
+                calls.remove(&token.0)
+            }
+        };
+        let Some(ticket) = ticket else { return false };
+        // Ignored when the receipt was settled already (an "answered"
+        // before) or timed out.
+        self.inner.book.report(
+            token,
+            match &report {
+                CallReport::Answered | CallReport::Completed { .. } => Receipt::Delivered,
+                CallReport::NotAnswered { reason } => Receipt::Undelivered {
+                    reason: format!("call {reason}"),
+                },
+            },
+        );
+        let answer = match report {
+            CallReport::Answered => return true,
+            CallReport::Completed { digits } => super::HandsetAnswer::Digits(digits),
+            CallReport::NotAnswered { .. } => super::HandsetAnswer::NotAnswered,
+        };
+        if let Some(h) = self.inner.handsets.get().and_then(std::sync::Weak::upgrade) {
+            h.answer(ticket.tenant, ticket.id, answer);
+        }
+        true
+    }
+
+    /// Confirmation calls whose outcome callback is still awaited.
+    pub fn calls_awaited(&self) -> usize {
+        self.inner.calls.lock().len()
     }
 
     /// A receipt the carrier `name` sent by callback (the HTTP carrier's
@@ -1270,6 +1375,11 @@ async fn janitor(inner: Weak<Inner>, interval: Duration) {
             c.m.queue.set(c.queue.len() as f64);
             c.m.breaker.set(c.breaker.state().gauge());
         }
+        {
+            // Calls whose challenge ended: no outcome can matter any more.
+            let ms = inner.clock.now_ms();
+            inner.calls.lock().retain(|_, t| t.expires_at_ms > ms);
+        }
         if now.duration_since(last_sweep) >= interval {
             last_sweep = now;
             // A pass visits every key of every limit (millions in a busy
@@ -1309,6 +1419,24 @@ impl Inner {
         }
         let twentieth = (self.capacity as u64).div_ceil(20);
         (twentieth.saturating_mul(1_000) / rate).clamp(100, 10_000) as u32
+    }
+
+    /// Notes a confirmation call about to be sent as `token` through the
+    /// carrier `slot`, for its call-outcome callback. Past [`CALLS_AWAITED`]
+    /// the call is not noted (see there).
+    fn await_call(&self, token: u64, job: &Job, slot: CarrierSlot) {
+        let mut calls = self.calls.lock();
+        if calls.len() < CALLS_AWAITED {
+            calls.insert(
+                token,
+                CallTicket {
+                    tenant: job.tenant,
+                    id: job.id,
+                    slot,
+                    expires_at_ms: job.expires_at_ms,
+                },
+            );
+        }
     }
 
     /// Whether `job` may still be sent at `now_ms` (the engine clock's reading).
@@ -1624,6 +1752,9 @@ impl Inner {
         );
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         self.book.register(token);
+        if job.purpose == MessagePurpose::CallConfirmation {
+            self.await_call(token, job, c.slot);
+        }
         let msg = CarrierMessage {
             tenant: job.tenant,
             id: job.id,
