@@ -351,6 +351,17 @@ pub(super) fn spawn(
     rxs: Vec<mpsc::Receiver<Record>>,
 ) {
     for (me, rx) in rxs.into_iter().enumerate() {
-        rt.spawn(Lane::new(Arc::downgrade(inner), carrier, me, rx));
+        // Outside tokio's cooperative budget: the lane keeps its own
+        // ([`BUDGET`]) and yields after it. Under tokio's (128 steps a poll)
+        // every send future and the channel past the 128th step answered
+        // Pending and woke itself at once, so that a busy lane was polled
+        // again and again for nothing (a third of the gateway's CPU under
+        // an ISSUE load went to those spurious polls and wake-ups).
+        rt.spawn(tokio::task::unconstrained(Lane::new(
+            Arc::downgrade(inner),
+            carrier,
+            me,
+            rx,
+        )));
     }
 }
