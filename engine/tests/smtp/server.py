@@ -7,7 +7,9 @@ it accepts as one JSON file in --dir (written under a temporary name, then
 renamed): the envelope, how the session was protected and authenticated, and
 the parsed message (decoded subject, plain and HTML parts, headers).
 
-It answers by the recipient's local part, so a test chooses the reply:
+It answers by the recipient's local part (without a "+tag", so that
+rate421+7@... answers like rate421@... and a test can tell its messages
+apart), so a test chooses the reply:
 
     fail550@...   550 5.1.1 mailbox unavailable (at RCPT)
     fail451@...   451 4.3.0 local error (at RCPT)
@@ -17,7 +19,13 @@ It answers by the recipient's local part, so a test chooses the reply:
     slow@...      the DATA reply waits 60 s (a test kills the server meanwhile)
 
 anything else is accepted; --refuse "451 4.3.0 ..." answers every RCPT with
-that reply instead (a whole server that fails). Options: --tls-cert/--tls-key offer STARTTLS
+that reply instead (a whole server that fails). For fault tests:
+--transient-rate P answers 451 4.3.0 to a random share P (0..1) of the other
+RCPTs (--seed N makes the draw repeatable), and --data-delay-ms N holds every
+DATA reply N ms (a slow server; a client that gives up first has its message
+dropped, not stored). Each stored message says when its DATA arrived
+("received_at", Unix seconds). The port is --port N (0: any free one).
+Options: --tls-cert/--tls-key offer STARTTLS
 (required with --require-starttls) or, with --implicit-tls, speak TLS from the
 first byte; --auth USER:PASSWORD requires AUTH (PLAIN/LOGIN, over TLS only).
 
@@ -30,8 +38,10 @@ import email
 import email.policy
 import json
 import os
+import random
 import ssl
 import sys
+import time
 import uuid
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
@@ -43,28 +53,41 @@ REPLIES = {
     "rate421": "421 4.7.0 Too many connections, slow down",
     "rate451": "451 4.7.1 Rate limit exceeded, try again later",
 }
+# The reply to --transient-rate's share of RCPTs.
+TRANSIENT = REPLIES["fail451"]
 
 
 def local_part(address):
-    return address.split("@", 1)[0].lower()
+    """The local part, lower-cased, without its "+tag"."""
+    return address.split("@", 1)[0].split("+", 1)[0].lower()
 
 
 class Handler:
-    def __init__(self, directory, implicit_tls, refuse):
+    def __init__(
+        self, directory, implicit_tls, refuse, transient_rate, data_delay, rng
+    ):
         self.directory = directory
         self.implicit_tls = implicit_tls
         self.refuse = refuse
+        self.transient_rate = transient_rate
+        self.data_delay = data_delay
+        self.rng = rng
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.refuse or REPLIES.get(local_part(address))
+        if reply is None and self.rng.random() < self.transient_rate:
+            reply = TRANSIENT
         if reply is not None:
             return reply
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        received_at = time.time()
         if any(local_part(r) == "slow" for r in envelope.rcpt_tos):
             await asyncio.sleep(60)
+        if self.data_delay > 0:
+            await asyncio.sleep(self.data_delay)
         raw = envelope.original_content or envelope.content
         msg = email.message_from_bytes(raw, policy=email.policy.default)
         plain = msg.get_body(("plain",))
@@ -83,6 +106,7 @@ class Handler:
             "rcpt_tos": envelope.rcpt_tos,
             "tls": tls,
             "peer_port": session.peer[1],
+            "received_at": received_at,
             "auth_login": login,
             "content_type": msg.get_content_type(),
             "subject": str(msg["subject"]),
@@ -111,7 +135,24 @@ def main():
     p.add_argument("--implicit-tls", action="store_true")
     p.add_argument("--auth", help="USER:PASSWORD")
     p.add_argument("--refuse", help="the reply to every RCPT, e.g. '451 4.3.0 Busy'")
+    p.add_argument(
+        "--transient-rate",
+        type=float,
+        default=0.0,
+        help="the share (0..1) of RCPTs answered 451 4.3.0 at random",
+    )
+    p.add_argument("--seed", type=int, help="seeds --transient-rate's draw")
+    p.add_argument(
+        "--data-delay-ms",
+        type=int,
+        default=0,
+        help="holds every DATA reply this long",
+    )
     args = p.parse_args()
+    if not 0.0 <= args.transient_rate <= 1.0:
+        p.error("--transient-rate must be within 0..1")
+    if args.data_delay_ms < 0:
+        p.error("--data-delay-ms must not be negative")
 
     context = None
     if args.tls_cert:
@@ -133,7 +174,14 @@ def main():
                 success=ok, handled=False, auth_data=auth_data if ok else None
             )
 
-    handler = Handler(args.dir, args.implicit_tls, args.refuse)
+    handler = Handler(
+        args.dir,
+        args.implicit_tls,
+        args.refuse,
+        args.transient_rate,
+        args.data_delay_ms / 1000.0,
+        random.Random(args.seed),
+    )
 
     def factory():
         return SMTP(
