@@ -1,5 +1,5 @@
-// A scripted SMSC for the SMPP carrier's tests (engine/tests/delivery_smpp.rs),
-// built on the `smpp` npm package (SMPP 3.4 / 5.0 server).
+// A scripted SMSC for the SMPP carrier's tests (engine/tests/delivery_smpp.rs
+// and engine/tests/delivery_chaos_smpp.rs), built on the `smpp` npm package (SMPP 3.4 / 5.0 server).
 //
 //   node smsc.js PORT SYSTEM_ID PASSWORD
 //
@@ -12,8 +12,11 @@
 //   LISTENING port=N
 //   BIND status=0xNN system_id=S        (0x00 accepted; else refused, closed)
 //   SUBMIT id=ID status=0xNN from=S from_ton=N from_npi=N to=S to_ton=N
-//          to_npi=N dc=N rd=N esm=N text=HEX   (text: the decoded text,
-//          UTF-8 as hex; id is empty when refused or unanswered)
+//          to_npi=N dc=N rd=N esm=N at=MS text=HEX   (printed when answered;
+//          text: the decoded text, UTF-8 as hex; at: when the submit_sm
+//          arrived, Unix ms; id is empty when refused or unanswered, and
+//          status is `none` when unanswered, also when the session closed
+//          before a delayed answer)
 //   RECEIPT id=ID state=N               (a deliver_sm receipt was sent)
 //   RECEIPT_RESP id=ID status=0xNN      (the client's deliver_sm_resp)
 //   ENQUIRE_LINK                        (from the client; answered)
@@ -25,6 +28,11 @@
 //   qfull N           the next N are answered ESME_RMSGQFUL (0x14)
 //   status N CODE     the next N are answered with CODE (e.g. 0x0B)
 //   silent N          the next N get no answer at all
+//   random_status RATE CODE
+//                     each later submit_sm (after the counted modes above)
+//                     is answered CODE with probability RATE (0 to 1; 0: off)
+//   resp_delay MS     every submit_sm_resp is sent MS after its submit_sm
+//                     arrived (default 0); a receipt follows the answer
 //   receipts on|off   send delivery receipts (default on)
 //   state N           message_state of later receipts (2 delivered, 5 undeliverable, ...)
 //   style tlv|text    receipts carry the TLVs and the text (tlv, default) or
@@ -51,6 +59,9 @@ const modes = {
   status: 0,
   statusCode: 0,
   silent: 0,
+  randomRate: 0,
+  randomCode: 0,
+  respDelay: 0,
   receipts: true,
   state: 2,
   style: 'tlv',
@@ -114,7 +125,8 @@ function onSubmit(session, pdu) {
   const text = Buffer.isBuffer(msg) ? msg.toString('hex') : Buffer.from(String(msg), 'utf8').toString('hex');
   const common = `from=${pdu.source_addr} from_ton=${pdu.source_addr_ton} from_npi=${pdu.source_addr_npi} ` +
     `to=${pdu.destination_addr} to_ton=${pdu.dest_addr_ton} to_npi=${pdu.dest_addr_npi} ` +
-    `dc=${pdu.data_coding} rd=${pdu.registered_delivery} esm=${pdu.esm_class} text=${text}`;
+    `dc=${pdu.data_coding} rd=${pdu.registered_delivery} esm=${pdu.esm_class} ` +
+    `at=${Date.now()} text=${text}`;
   let status = 0;
   if (modes.silent > 0) {
     modes.silent--;
@@ -130,6 +142,20 @@ function onSubmit(session, pdu) {
   } else if (modes.status > 0) {
     modes.status--;
     status = modes.statusCode;
+  } else if (modes.randomRate > 0 && Math.random() < modes.randomRate) {
+    status = modes.randomCode;
+  }
+  if (modes.respDelay > 0) {
+    setTimeout(() => answer(session, pdu, status, common), modes.respDelay);
+  } else {
+    answer(session, pdu, status, common);
+  }
+}
+
+function answer(session, pdu, status, common) {
+  if (!sessions.has(session)) {
+    out(`SUBMIT id= status=none ${common}`);
+    return;
   }
   if (status !== 0) {
     session.send(pdu.response({ command_status: status }));
@@ -228,6 +254,8 @@ function control(line) {
     case 'qfull': modes.qfull = Number(a); break;
     case 'status': modes.status = Number(a); modes.statusCode = Number(b); break;
     case 'silent': modes.silent = Number(a); break;
+    case 'random_status': modes.randomRate = Number(a); modes.randomCode = Number(b); break;
+    case 'resp_delay': modes.respDelay = Number(a); break;
     case 'receipts': modes.receipts = a === 'on'; break;
     case 'state': modes.state = Number(a); break;
     case 'style': modes.style = a; break;
