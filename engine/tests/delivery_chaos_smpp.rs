@@ -23,17 +23,16 @@
 //! short timeouts. Without `node` or the npm package it says so and passes,
 //! except in CI (`CI` set), where it fails.
 
+#[path = "smsc_support.rs"]
+mod smsc_support;
 #[path = "delivery_support.rs"]
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use smsc_support::{PASSWORD, SYSTEM_ID, Smsc, field, smsc_ready};
 use support::{Recording, TestLedger, tries_per_id};
 use tokio::time::Instant;
 use watchword_engine::delivery::{
@@ -43,8 +42,6 @@ use watchword_engine::delivery::{
 };
 use watchword_engine::{ChallengeId, Channel, Code, DeliveryState, ManualClock, TenantId};
 
-const SYSTEM_ID: &str = "watchword";
-const PASSWORD: &str = "s3cretpw";
 /// The carriers' answer timeout, ms.
 const TIMEOUT_MS: u64 = 1_000;
 /// A submit_sm may reach the SMSC this long after the router's last look at
@@ -56,143 +53,6 @@ const LONG: Duration = Duration::from_secs(120);
 /// Short enough to expire during the outage.
 const SHORT: Duration = Duration::from_millis(1_000);
 const NOT_PENDING: &str = "no longer pending";
-
-// ---------------------------------------------------------------- the SMSC
-
-fn smsc_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/smsc")
-}
-
-/// Whether the SMSC can run here; if not, says what is missing, and fails
-/// in CI.
-fn smsc_ready() -> bool {
-    let node = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    let missing = if !node {
-        Some("node is not installed (apt-get install nodejs npm)")
-    } else if !smsc_dir().join("node_modules/smpp/package.json").is_file() {
-        Some("the smpp npm package is not installed (cd engine/tests/smsc && npm ci)")
-    } else {
-        None
-    };
-    if let Some(what) = missing {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{what}; .ci/run installs it"
-        );
-        eprintln!("SKIPPED: {what}");
-        return false;
-    }
-    true
-}
-
-/// A running `smsc.js`: its event lines, its control input; killed by pid
-/// on drop.
-struct Smsc {
-    child: Child,
-    stdin: Mutex<ChildStdin>,
-    lines: Arc<Mutex<Vec<String>>>,
-    port: u16,
-}
-
-impl Smsc {
-    /// Starts on `port` (0: a free one, read from its first line).
-    async fn start_on(port: u16) -> Smsc {
-        let mut child = Command::new("node")
-            .arg("smsc.js")
-            .arg(port.to_string())
-            .arg(SYSTEM_ID)
-            .arg(PASSWORD)
-            .current_dir(smsc_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start node smsc.js");
-        let stdout = child.stdout.take().unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let l = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                l.lock().push(line);
-            }
-        });
-        let mut s = Smsc {
-            child,
-            stdin: Mutex::new(stdin),
-            lines,
-            port: 0,
-        };
-        assert!(
-            s.wait_for(|l| l.starts_with("LISTENING "), 1, Duration::from_secs(10))
-                .await,
-            "the SMSC did not start"
-        );
-        let first = s.all("LISTENING ").remove(0);
-        s.port = field(&first, "port").parse().unwrap();
-        s
-    }
-
-    /// Sends a control line and waits for its `OK`.
-    async fn control(&self, line: &str) {
-        writeln!(self.stdin.lock(), "{line}").unwrap();
-        let ok = format!("OK {line}");
-        assert!(
-            self.wait_for(|l| l == ok, 1, Duration::from_secs(5)).await,
-            "the SMSC did not take {line:?}"
-        );
-    }
-
-    fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
-        self.lines.lock().iter().filter(|l| pred(l)).count()
-    }
-
-    fn all(&self, prefix: &str) -> Vec<String> {
-        (self.lines.lock().iter())
-            .filter(|l| l.starts_with(prefix))
-            .cloned()
-            .collect()
-    }
-
-    /// Waits until `n` lines match.
-    async fn wait_for(&self, pred: impl Fn(&str) -> bool, n: usize, within: Duration) -> bool {
-        let end = Instant::now() + within;
-        while Instant::now() < end {
-            if self.count(&pred) >= n {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.count(&pred) >= n
-    }
-
-    /// Kills it (by its pid) and waits for it.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Smsc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The value of `key=` in an event line.
-fn field(line: &str, key: &str) -> String {
-    let k = format!("{key}=");
-    line.split(' ')
-        .find_map(|w| w.strip_prefix(k.as_str()))
-        .unwrap_or_default()
-        .to_owned()
-}
 
 fn is_submit_to(line: &str, to: &str, status: &str) -> bool {
     line.starts_with("SUBMIT ") && field(line, "to") == to && field(line, "status") == status

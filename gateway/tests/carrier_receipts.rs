@@ -93,15 +93,14 @@ fn config(dir: &std::path::Path, carrier_url: &str) -> Config {
     cfg
 }
 
-/// POSTs `body` to `path` on the HTTP API with the given signature headers;
-/// the status and JSON answer.
-async fn post_signed(r: &Running, path: &str, body: &str, sig: &str, ts: u64) -> (u16, Value) {
+/// A request to the HTTP API with extra header lines (each `Name: value`);
+/// the status and JSON answer. No answer may hold the callback secret.
+async fn request(r: &Running, method: &str, path: &str, headers: &str, body: &str) -> (u16, Value) {
     let addr = r.http_addr.expect("the HTTP API is on");
     let mut s = TcpStream::connect(addr).await.unwrap();
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\
-         X-Watchword-Timestamp: {ts}\r\nX-Watchword-Signature: {sig}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{headers}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -115,6 +114,12 @@ async fn post_signed(r: &Running, path: &str, body: &str, sig: &str, ts: u64) ->
     let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
     let payload = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     (status, serde_json::from_str(payload).unwrap_or(Value::Null))
+}
+
+/// POSTs `body` to `path` on the HTTP API with the given signature headers.
+async fn post_signed(r: &Running, path: &str, body: &str, sig: &str, ts: u64) -> (u16, Value) {
+    let headers = format!("X-Watchword-Timestamp: {ts}\r\nX-Watchword-Signature: {sig}\r\n");
+    request(r, "POST", path, &headers, body).await
 }
 
 fn now() -> u64 {
@@ -259,24 +264,14 @@ async fn signed_callbacks_settle_http_deliveries_and_bad_ones_change_nothing() {
 
 /// An admin-API request with a bearer key; the status and JSON answer.
 async fn admin(r: &Running, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let addr = r.http_addr.expect("the HTTP API is on");
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
-         Authorization: Bearer demo-admin-key\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw))
-        .await
-        .expect("an answer")
-        .unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
-    let payload = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, serde_json::from_str(payload).unwrap_or(Value::Null))
+    request(
+        r,
+        method,
+        path,
+        "Authorization: Bearer demo-admin-key\r\n",
+        body,
+    )
+    .await
 }
 
 /// The next call the fake carrier was asked to make: its receipt token.
