@@ -122,6 +122,18 @@ async fn post_signed(r: &Running, path: &str, body: &str, sig: &str, ts: u64) ->
     request(r, "POST", path, &headers, body).await
 }
 
+/// A protocol connection as the demo tenant.
+async fn demo_client(r: &Running) -> Client {
+    Client::connect(ClientConfig {
+        addr: r.addr.to_string(),
+        tenant: "demo".into(),
+        key: "demo-key".into(),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -158,14 +170,7 @@ async fn signed_callbacks_settle_http_deliveries_and_bad_ones_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (url, mut posted) = fake_carrier().await;
     let r = start(config(dir.path(), &url)).await.unwrap();
-    let c = Client::connect(ClientConfig {
-        addr: r.addr.to_string(),
-        tenant: "demo".into(),
-        key: "demo-key".into(),
-        ..ClientConfig::default()
-    })
-    .await
-    .unwrap();
+    let c = demo_client(&r).await;
     let path = "/v1/carriers/webhooks/receipts";
 
     // The carrier gets the token and the callback path; a 2xx leaves it Sent.
@@ -379,14 +384,7 @@ async fn call_outcome_callbacks_confirm_decline_and_fail_confirmation_calls() {
     assert_eq!(s, 404);
 
     // A CHECK held on the call's state ends when the carrier reports #.
-    let c = Client::connect(ClientConfig {
-        addr: r.addr.to_string(),
-        tenant: "demo".into(),
-        key: "demo-key".into(),
-        ..ClientConfig::default()
-    })
-    .await
-    .unwrap();
+    let c = demo_client(&r).await;
     let ch = c.check("ann", "", "", "192.0.2.9").await.unwrap();
     assert_eq!(ch.result, 2, "{ch:?}");
     let token = next_call(&mut posted).await;
@@ -394,14 +392,7 @@ async fn call_outcome_callbacks_confirm_decline_and_fail_confirmation_calls() {
     assert_eq!(delivery_of(&c, id).await, DeliveryState::Sent);
     let held = {
         let st = ch.state.clone();
-        let c2 = Client::connect(ClientConfig {
-            addr: r.addr.to_string(),
-            tenant: "demo".into(),
-            key: "demo-key".into(),
-            ..ClientConfig::default()
-        })
-        .await
-        .unwrap();
+        let c2 = demo_client(&r).await;
         tokio::spawn(async move { c2.check("ann", "", &st, "").await })
     };
     let (s, v) = call_outcome(
