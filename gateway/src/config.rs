@@ -1962,7 +1962,9 @@ fn key_comment(header: &str, key: &str) -> Option<&'static str> {
             "false: a 2xx counts as delivered. true: a 2xx is only accepted; the body\n\
              carries receipt_token and callback (/v1/carriers/<name>/receipts), and the\n\
              carrier's signed callback on the HTTP API says delivered or failed (else the\n\
-             router's receipt timeout fails it). See docs/http-api.md."
+             router's receipt timeout fails it). A confirmation call also names\n\
+             call_callback (/v1/carriers/<name>/calls), where the carrier reports the call's\n\
+             outcome and the keys pressed. See docs/http-api.md."
         }
         ("[router.carriers.http]", "callback_secret") => {
             "The HMAC-SHA256 key the carrier signs its callbacks with (receipts = true\n\

@@ -419,7 +419,7 @@ async fn call_outcome_callbacks_confirm_decline_and_fail_confirmation_calls() {
     let token = next_call(&mut posted).await;
     let (s, _) = call_outcome(
         &r,
-        &format!(r#"{{"receipt_token":"{token}","status":"completed","digits":"9"}}"#),
+        &format!(r#"{{"receipt_token":"{token}","status":"completed","digits":"24680"}}"#),
     )
     .await;
     assert_eq!(s, 202);
@@ -467,10 +467,7 @@ async fn call_outcome_callbacks_confirm_decline_and_fail_confirmation_calls() {
     r.shutdown();
     r.wait().await;
     let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
-    assert!(
-        !audit.contains("digits"),
-        "the keys pressed are not audited"
-    );
+    assert!(!audit.contains("24680"), "the keys pressed are not audited");
     assert!(
         !audit.contains("5550199"),
         "no full number in the audit trail"

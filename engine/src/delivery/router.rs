@@ -1224,17 +1224,17 @@ impl Router {
     pub fn carrier_call(&self, name: &str, token: ReceiptToken, report: CallReport) -> bool {
         let ticket = {
             let mut calls = self.inner.calls.lock();
-            match calls.get(&token.0) {
-                Some(t) if self.inner.book.name(t.slot) == name => {}
-                _ => return false,
+            let ours = calls
+                .get(&token.0)
+                .copied()
+                .filter(|t| self.inner.book.name(t.slot) == name);
+            let Some(ticket) = ours else { return false };
+            // "answered" is not the end of the call: its outcome may follow.
+            if report != CallReport::Answered {
+                calls.remove(&token.0);
             }
-            if report == CallReport::Answered {
-                calls.get(&token.0).copied()
-            } else {
-                calls.remove(&token.0)
-            }
+            ticket
         };
-        let Some(ticket) = ticket else { return false };
         // Ignored when the receipt was settled already (an "answered"
         // before) or timed out.
         self.inner.book.report(
@@ -1255,11 +1255,6 @@ impl Router {
             h.answer(ticket.tenant, ticket.id, answer);
         }
         true
-    }
-
-    /// Confirmation calls whose outcome callback is still awaited.
-    pub fn calls_awaited(&self) -> usize {
-        self.inner.calls.lock().len()
     }
 
     /// A receipt the carrier `name` sent by callback (the HTTP carrier's
